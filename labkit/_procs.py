@@ -1,0 +1,160 @@
+"""Detached lab processes: start with a readiness check, find, stop.
+
+Lab processes must outlive the shell or notebook kernel that started them, so a
+:class:`Daemon` is a mirakuru :class:`~mirakuru.base.Executor` whose process is
+tagged with the lab id (not the starter's pid, which mirakuru's ``atexit`` clean-up
+would kill) and recorded in a pid file. Another process finds it again by pid
+file and tag, which is how ``status`` and ``down`` work from a fresh CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from mirakuru import Executor
+from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
+
+TAG_ENV = "mirakuru_uuid"
+
+
+class Daemon(Executor):
+    """A lab process started detached, considered up when ``check()`` is true."""
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        check: Callable[[], bool],
+        tag: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        user: str | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self._check = check
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_fh = open(log, "a")  # noqa: SIM115 - handed to the child
+        popen: dict[str, Any] = {}
+        if user:
+            popen.update(user=user, group=user, extra_groups=[])
+        super().__init__(
+            command,
+            timeout=timeout,
+            sleep=0.1,
+            envvars=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            popen_kwargs=popen,
+            cwd=cwd,
+        )
+        self._uuid = tag
+
+    @property
+    def envvars(self) -> dict[str, str]:  # mirakuru builds the child env from this
+        env = dict(self._envvars) if self._envvars else dict(os.environ)
+        env[TAG_ENV] = self._uuid
+        return env
+
+    def pre_start_check(self) -> bool:
+        return self._check()
+
+    def after_start_check(self) -> bool:
+        return self._check()
+
+
+def start(daemon: Daemon, pidfile: Path) -> int | None:
+    """Start ``daemon`` and wait for it; return its pid, or None when it already ran.
+
+    Raises mirakuru's ``ProcessExitedWithError`` or ``TimeoutExpired``; callers turn
+    them into a :class:`~labkit.errors.ComponentError` with the log's tail.
+    """
+    try:
+        daemon.start()
+    except AlreadyRunning:
+        return None
+    finally:
+        daemon._log_fh.close()
+    assert daemon.process is not None
+    pidfile.write_text(str(daemon.process.pid))
+    # Forget the child: it belongs to the lab now, not to this Python process.
+    daemon.process = None
+    return int(pidfile.read_text())
+
+
+def read_pid(pidfile: Path, tag: str) -> int | None:
+    """Return the live pid recorded in ``pidfile`` if that process carries ``tag``."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if proc.environ().get(TAG_ENV) != tag:
+            return None
+    except (psutil.Error, OSError):
+        return None
+    return pid
+
+
+def tagged(prefix: str) -> list[psutil.Process]:
+    """All live processes whose tag starts with ``prefix`` (a lab id)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TAG_ENV, "").startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> None:
+    """Stop a process group led by ``pid``: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # Reap if it was our child (e.g. in tests); otherwise init reaps it.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def rss(pid: int) -> int:
+    """Resident memory in bytes of ``pid`` and its children."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+    except psutil.Error:
+        return 0
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log yet)"
+
+
+__all__ = ["Daemon", "ProcessExitedWithError", "TimeoutExpired", "log_tail", "read_pid", "rss", "start", "stop_pid", "tagged"]

@@ -1,0 +1,152 @@
+"""The ``labkit`` command line: install, up, status, down, doctor, env, stage, run-notebooks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+
+from .errors import LabkitError
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from . import install
+
+    t0 = time.monotonic()
+    paths = install.install(force=args.force)
+    for name, p in sorted(paths.items()):
+        print(f"{name:<24} {p}")
+    print(f"install: done in {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+def _lab(args: argparse.Namespace):  # noqa: ANN202
+    from .backends import get_backend
+
+    return get_backend(args.backend, state=args.state)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    t0 = time.monotonic()
+    actions = lab.up()
+    changed = {k: v for k, v in actions.items() if v != "reused"}
+    print(f"up: lab ready in {time.monotonic() - t0:.1f}s" + ("" if changed else " (everything was already running)"))
+    print(_status_text(lab))
+    print("\nNext: `eval \"$(labkit env)\"` to point vault/bao/kubectl at the lab.")
+    return 0
+
+
+def _status_text(lab) -> str:  # noqa: ANN001
+    rows = [[h.component, str(h.pid or "-"), h.address, "healthy" if h.healthy else f"DOWN {h.detail}".strip(), h.version]
+            for h in lab.status()]
+    return _table(rows, ["component", "pid", "address", "health", "version"])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    print(_status_text(lab))
+    return 0 if lab.healthy() else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    stopped = lab.down(purge=args.purge)
+    print("down: stopped " + (", ".join(stopped) if stopped else "nothing (the lab was not running)"))
+    if args.purge:
+        print("down: state wiped; the next `labkit up` starts a fresh lab")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    for k, v in lab.env().items():
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    results = doctor(args.backend)
+    rows = [[r.name, "ok" if r.ok else "MISSING", r.detail if r.ok else r.fix] for r in results]
+    print(_table(rows, ["check", "result", "detail / how to fix"]))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from .stages import prepare_stage
+
+    lab = _lab(args)
+    done = prepare_stage(lab, args.n)
+    print(f"stage {args.n}: the lab is at the start of notebook {args.n:02d} ({', '.join(done) or 'nothing to do'})")
+    return 0
+
+
+def cmd_run_notebooks(args: argparse.Namespace) -> int:
+    from .runner import run_notebooks
+
+    ok = run_notebooks(args.output, backend=args.backend, ci=args.ci, only=args.only, solutions=args.solutions)
+    return 0 if ok else 1
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Start the lab, then JupyterLab on the notebooks."""
+    cmd_up(args)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    nb = os.path.join(here, "notebooks")
+    os.execvp(sys.executable, [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--notebook-dir={nb}",
+                               *(["--no-browser"] if args.no_browser else [])])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="VSO Lab: Vault + Vault Secrets Operator, hands-on.")
+    p.add_argument("--state", default=os.environ.get("VSOLAB_STATE"), help="lab state directory (VSOLAB_STATE)")
+    p.add_argument("--backend", default=os.environ.get("VSOLAB_BACKEND", "local"),
+                   help="local (default), minikube or external (VSOLAB_BACKEND)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("install", help="build and cache the lab's binaries")
+    s.add_argument("--force", action="store_true", help="rebuild even when cached")
+    s.set_defaults(func=cmd_install)
+    sub.add_parser("up", help="start the lab, or repair it (idempotent)").set_defaults(func=cmd_up)
+    sub.add_parser("status", help="a table of components and their health").set_defaults(func=cmd_status)
+    s = sub.add_parser("down", help="stop the lab (state kept)")
+    s.add_argument("--purge", action="store_true", help="also wipe the state: Vault data, leases, database")
+    s.set_defaults(func=cmd_down)
+    sub.add_parser("env", help="print export lines for VAULT_ADDR, VAULT_TOKEN, KUBECONFIG, PG*").set_defaults(func=cmd_env)
+    sub.add_parser("doctor", help="check prerequisites and say how to fix them").set_defaults(func=cmd_doctor)
+    s = sub.add_parser("stage", help="bring the lab to the start of notebook N")
+    s.add_argument("n", type=int)
+    s.set_defaults(func=cmd_stage)
+    s = sub.add_parser("run-notebooks", help="run every notebook in order with papermill")
+    s.add_argument("--output", default="executed", help="folder for executed notebooks")
+    s.add_argument("--ci", action="store_true", help="short TTLs and live views (CI parameters)")
+    s.add_argument("--only", nargs="*", help="notebook numbers to run")
+    s.add_argument("--solutions", action="store_true", help="apply the exercise solutions")
+    s.set_defaults(func=cmd_run_notebooks)
+    s = sub.add_parser("lab", help="start the lab and open JupyterLab on the notebooks")
+    s.add_argument("--no-browser", action="store_true")
+    s.set_defaults(func=cmd_lab)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LabkitError as exc:
+        print(f"labkit {args.cmd}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"labkit {args.cmd}: interrupted", file=sys.stderr)
+        return 130

