@@ -227,7 +227,7 @@ class Agent:
             self.stop_run(uid)
             return
         if not pod.spec.node_name:
-            if pod.metadata.deletion_timestamp is None and not pod.spec.scheduler_name.startswith("other"):
+            if pod.metadata.deletion_timestamp is None:
                 self.bind(pod)
             return
         if pod.spec.node_name != NODE_NAME:
@@ -328,7 +328,9 @@ class Agent:
                 "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
                 _procs.TAG_ENV: f"{self.state.lab_id}:pod:{uid}"}
         if run.port:
+            # The local stand-ins for the pod's own network namespace.
             penv["PORT"] = str(run.port)
+            penv["BIND_ADDR"] = "127.0.0.1"
         log = self.state.path("logs", "pods", f"{pod.metadata.namespace}_{pod.metadata.name}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as fh:

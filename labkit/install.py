@@ -9,6 +9,7 @@ PostgreSQL from the system (Debian's ``postgresql`` package or conda-forge's).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -216,10 +217,8 @@ def _dir_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
     return total
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,8 @@ import urllib3
 from . import _procs, install
 from ._pki import ca_pem, ensure_pki
 from ._state import State
-from .errors import ComponentError, MissingTool, NotRunning, StateError
+from .errors import ComponentError, MissingTool, NotRunning, StateError, SyncError
+from .names import Names
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
@@ -221,7 +221,7 @@ class APIServer(Component):
         return [
             str(self.lab.bin["kube-apiserver"]),
             f"--etcd-servers=http://127.0.0.1:{self.lab.ports['etcd']}", "--bind-address=127.0.0.1",
-            f"--secure-port={self.port}", f"--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}", "--advertise-address=127.0.0.1",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
             f"--client-ca-file={pki}/ca.crt", "--authorization-mode=Node,RBAC",
             "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
@@ -486,8 +486,8 @@ class VSO(Component):
         return env
 
     def prepare(self) -> None:
-        if not self.state.read().get("vso_pod_uid"):
-            self.state.update(vso_pod_uid=str(uuid.uuid4()))
+        # Each start is a new "pod" of the operator, as a restarted Deployment pod would be.
+        self.state.update(vso_pod_uid=str(uuid.uuid4()))
 
     def healthy(self) -> bool:
         return requests.get(f"{self.address()}/readyz", timeout=2).ok
@@ -509,6 +509,7 @@ class LocalLab:
         self._bin: dict[str, Path] | None = None
         self._ports: dict[str, int] | None = None
         self.components = {c.name: c(self) for c in ORDER}
+        self._kube: Any = None
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -634,15 +635,65 @@ class LocalLab:
     def _write_admin_kubeconfig(self) -> None:
         pki = self.state.path("pki")
         text = _kubeconfig(
-            self.kube_api, "vsolab", f"vsolab-admin",
+            self.kube_api, "vsolab", "vsolab-admin",
             user={"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
             ca_file=str(pki / "ca.crt"),
         )
         self.state.write_private("kube/admin.kubeconfig", text)
 
-    def purge_ok(self) -> None:
-        if shutil.which("true") is None:  # pragma: no cover - sanity only
-            raise StateError("no coreutils", [])
+    # -- what the stages need ----------------------------------------------------------------------
+    @property
+    def kube(self) -> Any:
+        """A kubernetes ApiClient for the lab's admin (cached)."""
+        if self._kube is None:
+            from . import k8s
+
+            self._kube = k8s.api_client(self.kubeconfig)
+        return self._kube
+
+    @property
+    def names(self) -> Names:
+        return Names()
+
+    @property
+    def vault_addr_for_cluster(self) -> str:
+        """Vault's address as VSO (in the cluster) reaches it."""
+        return self.vault_addr
+
+    @property
+    def kube_api_for_vault(self) -> str:
+        """The Kubernetes API address as Vault reaches it (for TokenReview)."""
+        return self.kube_api
+
+    @property
+    def pg_address_for_vault(self) -> tuple[str, int]:
+        return self.pg_address
+
+    @property
+    def pg_admin_password(self) -> str:
+        return str(self.state.secrets().get("postgres_password", ""))
+
+    @property
+    def pg_address_for_pods(self) -> tuple[str, int]:
+        return self.pg_address
+
+    def app_url(self, namespace: str, name: str) -> str:
+        """Base URL of a Ready pod of Deployment ``name``: the node agent's port annotation."""
+        from . import k8s
+        from .agent import PORT_ANNOTATION
+
+        for pod in k8s.ready_pods(self.kube, namespace, f"app={name}"):
+            port = (pod.metadata.annotations or {}).get(PORT_ANNOTATION)
+            if port:
+                return f"http://127.0.0.1:{port}"
+        raise SyncError(f"Checked for a Ready pod of {namespace}/{name} with a port: there is none.",
+                        ["Deploy the app first.", "Wait for its pod to be Ready: `kubectl get pods -n " + namespace + "`.",
+                         "Run `labkit status` to check the node agent."])
+
+    def events_supported(self) -> tuple[bool, str]:
+        from .vault import events_supported
+
+        return events_supported(self)
 
 
 def _kubeconfig(server: str, cluster: str, user_name: str, *, user: dict[str, str], ca_file: str) -> str:

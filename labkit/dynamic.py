@@ -1,0 +1,172 @@
+"""Stage 3: dynamic PostgreSQL credentials from Vault's database secrets engine,
+synced by a VaultDynamicSecret that restarts the app when they rotate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import app, k8s, pg, vault, vso
+from .connect import connection_ref
+from .display import Check, Done, mask, mask_mapping
+
+CREATION = [
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";",
+]
+REVOCATION = [
+    "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM \"{{name}}\";",
+    "DROP ROLE IF EXISTS \"{{name}}\";",
+]
+DB_POLICY = """path "{mount}/creds/{role}" {{
+  capabilities = ["read"]
+}}
+"""
+
+
+def short_user(username: str) -> str:
+    """A dynamic PostgreSQL role name, shortened so the full name is never printed."""
+    return username[:16] + "…" if len(username) > 16 else mask(username)
+
+
+def enable_database(lab: Any) -> Done:
+    return vault.enable_secrets_engine(lab, "database", lab.names.db_mount)
+
+
+def configure_connection(lab: Any) -> Done:
+    n = lab.names
+    host, port = lab.pg_address_for_vault
+    return vault.configure_postgres_connection(
+        lab, name=n.db_connection, host=host, port=port, username="root", password=lab.pg_admin_password,
+        allowed_roles=[n.db_role], mount=n.db_mount,
+    )
+
+
+def create_db_role(lab: Any, default_ttl: str = "1m", max_ttl: str = "3m") -> Done:
+    n = lab.names
+    return vault.create_database_role(lab, n.db_role, db_name=n.db_connection, creation_statements=CREATION,
+                                      revocation_statements=REVOCATION, default_ttl=default_ttl, max_ttl=max_ttl,
+                                      mount=n.db_mount)
+
+
+def generate_test_credentials(lab: Any) -> Done:
+    """Ask Vault for one set of credentials, show the role it created in PostgreSQL, and revoke it again."""
+    n = lab.names
+    creds = vault.generate_credentials(lab, n.db_role, mount=n.db_mount)
+    roles = [r["role"] for r in pg.dynamic_roles(lab)]
+    ok, who = pg.can_login(lab, creds["username"], creds["password"])
+    vault.client(lab).sys.revoke_lease(creds["lease_id"])
+    return Done(
+        "Vault created a PostgreSQL role on demand, it could log in, and revoking its lease dropped it",
+        f"vault read {n.db_mount}/creds/{n.db_role}",
+        {"username": short_user(creds["username"]), "password": mask(creds["password"]),
+         "lease": f"{creds['lease_id'].rsplit('/', 1)[0]}/… ({creds['lease_duration']}s, renewable={creds['renewable']})",
+         "role in pg_roles": creds["username"] in roles, "login works": ok and who == creds["username"]},
+    )
+
+
+def db_policy(lab: Any) -> str:
+    n = lab.names
+    return DB_POLICY.format(mount=n.db_mount, role=n.db_role)
+
+
+def write_policy(lab: Any) -> Done:
+    return vault.write_policy(lab, lab.names.db_policy, db_policy(lab))
+
+
+def create_role(lab: Any) -> Done:
+    n = lab.names
+    return vault.create_kubernetes_role(
+        lab, n.dynamic_role, bound_service_account_names=[n.dynamic_sa], bound_service_account_namespaces=[n.dynamic_ns],
+        policies=[n.db_policy], ttl="24h", mount=n.k8s_auth_mount,
+    )
+
+
+def create_namespace(lab: Any) -> Done:
+    n = lab.names
+    k8s.ensure_namespace(lab.kube, n.dynamic_ns)
+    k8s.apply(lab.kube, {"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": n.dynamic_sa, "namespace": n.dynamic_ns}})
+    return Done(f"namespace {n.dynamic_ns} with service account {n.dynamic_sa}",
+                f"kubectl create namespace {n.dynamic_ns}\nkubectl create serviceaccount {n.dynamic_sa} -n {n.dynamic_ns}")
+
+
+def create_vault_auth(lab: Any) -> Done:
+    n = lab.names
+    return vso.apply(lab, vso.vault_auth(n.dynamic_auth, n.dynamic_ns, role=n.dynamic_role, service_account=n.dynamic_sa,
+                                         connection_ref=connection_ref(lab), mount=n.k8s_auth_mount))
+
+
+def dynamic_secret(lab: Any, renewal_percent: int = 67) -> dict:
+    n = lab.names
+    return vso.vault_dynamic_secret(
+        n.dynamic_vds, n.dynamic_ns, mount=n.db_mount, path=f"creds/{n.db_role}", vault_auth_ref=n.dynamic_auth,
+        destination=n.dynamic_secret, renewal_percent=renewal_percent,
+        rollout_restart_targets=[{"kind": "Deployment", "name": n.app}],
+    )
+
+
+def create_dynamic_secret(lab: Any, renewal_percent: int = 67) -> Done:
+    n = lab.names
+    done = vso.apply(lab, dynamic_secret(lab, renewal_percent))
+    vso.wait_synced(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    done.what += f"; VSO wrote Secret {n.dynamic_ns}/{n.dynamic_secret}"
+    return done
+
+
+def read_secret(lab: Any) -> dict[str, str]:
+    n = lab.names
+    return k8s.secret_data(lab.kube, n.dynamic_secret, n.dynamic_ns) or {}
+
+
+def describe_secret(lab: Any, reveal: bool = False) -> Done:
+    n = lab.names
+    data = read_secret(lab)
+    shown = mask_mapping({k: v for k, v in data.items() if k != "_raw"}, reveal)
+    if "username" in data and not reveal:
+        shown["username"] = short_user(data["username"])
+    return Done(f"Secret {n.dynamic_ns}/{n.dynamic_secret} has keys {sorted(data)}",
+                f"kubectl get secret {n.dynamic_secret} -n {n.dynamic_ns} -o json | jq '.data | map_values(@base64d)'", shown)
+
+
+def lease(lab: Any) -> dict[str, Any]:
+    """The VaultDynamicSecret's view of its lease: id, duration, last renewal."""
+    n = lab.names
+    obj = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns) or {}
+    st = obj.get("status") or {}
+    return {"lease_id": (st.get("secretLease") or {}).get("id", ""), "duration": (st.get("secretLease") or {}).get("duration"),
+            "last_renewal": st.get("lastRenewalTime"), "generation": st.get("lastGeneration")}
+
+
+def deploy_app(lab: Any) -> Done:
+    n = lab.names
+    return app.deploy(lab, n.dynamic_ns, n.dynamic_secret, n.app)
+
+
+def app_status(lab: Any) -> Done:
+    n = lab.names
+    code, body = app.call(lab, n.dynamic_ns, "/status", n.app)
+    body = dict(body)
+    if "connected_as" in body:
+        body["connected_as"] = short_user(body["connected_as"])
+    return Done(f"/status answered {code}", f"kubectl port-forward -n {n.dynamic_ns} deploy/{n.app} 8080 & curl localhost:8080/status",
+                body)
+
+
+def check(lab: Any) -> Check:
+    n = lab.names
+    vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    sec = read_secret(lab)
+    login_ok, _ = pg.can_login(lab, sec["username"], sec["password"]) if sec.get("username") else (False, "")
+    try:
+        code, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=10)
+        app_ok = code == 200 and body.get("connected_as") == sec.get("username")
+    except Exception:  # noqa: BLE001
+        app_ok = False
+    return Check("dynamic secret: Vault → PostgreSQL role → VSO → Secret → app", [
+        (f"VaultDynamicSecret {n.dynamic_ns}/{n.dynamic_vds} is synced", vso.is_synced(vds),
+         vso.hint_from_events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)),
+        (f"Secret {n.dynamic_ns}/{n.dynamic_secret} holds a working PostgreSQL login", login_ok,
+         "the credentials in the Secret cannot log in: the lease may have expired, or the database role's statements failed"),
+        ("the app's /status connects with those credentials", app_ok,
+         "deploy the app (deploy_app) after the VaultDynamicSecret; check DB_HOST/DB_PORT and the pod's log"),
+    ])

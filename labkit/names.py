@@ -1,0 +1,120 @@
+"""Every name the lab creates, as the tutorial spells it.
+
+On a shared cluster and Vault (the ``external`` backend) each attendee gets a
+prefix, so nothing one attendee creates touches another's or the team's own.
+With an empty prefix the names are exactly the tutorial's.
+
+Two places where the tutorial contradicts itself, and what the kit uses:
+
+* it enables the KV v2 engine at ``static`` but points the VaultStaticSecret at
+  ``secret``: the kit uses ``static`` everywhere (the policy, the later update
+  to ``static/exampleapp/creds`` and the instant-update step all say ``static``);
+* it reuses the service account ``vso-static-exampleapp-sa`` in the dynamic
+  namespace: the kit names it ``vso-dynamic-exampleapp-sa``, matching the
+  namespace it lives in, and binds the dynamic auth role to that name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Names:
+    prefix: str = ""
+
+    def _p(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # stage 2: connection and the token reviewer
+    @property
+    def vault_ns(self) -> str:
+        return self._p("vault")
+
+    @property
+    def vault_connection(self) -> str:
+        return "vault-connection"
+
+    @property
+    def reviewer_sa(self) -> str:
+        return "vault-to-k8s-sa"
+
+    @property
+    def reviewer_secret(self) -> str:
+        return "vault-auth-secret"
+
+    @property
+    def reviewer_binding(self) -> str:
+        return self._p("vault-to-k8s-sa-auth-delegator")
+
+    @property
+    def k8s_auth_mount(self) -> str:
+        return self._p("kubernetes")
+
+    # stage 3: static secrets
+    @property
+    def kv_mount(self) -> str:
+        return self._p("static")
+
+    kv_path = "exampleapp/creds"
+
+    @property
+    def kv_policy(self) -> str:
+        return self._p("exampleapp-kv-read")
+
+    @property
+    def static_role(self) -> str:
+        return "vault-role-static-exampleapp"
+
+    @property
+    def static_ns(self) -> str:
+        return self._p("static-exampleapp")
+
+    static_sa = "vso-static-exampleapp-sa"
+    static_auth = "static-auth"
+    static_vss = "vault-static-secret"
+    static_secret = "vso-static-creds-from-vault"
+
+    # stage 4: dynamic secrets
+    @property
+    def db_mount(self) -> str:
+        return self._p("database")
+
+    db_connection = "postgresql"
+    db_role = "vault-role-dynamic-exampleapp"
+
+    @property
+    def db_policy(self) -> str:
+        return self._p("exampleapp-database-read")
+
+    dynamic_role = "vault-role-dynamic-exampleapp"
+
+    @property
+    def dynamic_ns(self) -> str:
+        return self._p("dynamic-exampleapp")
+
+    dynamic_sa = "vso-dynamic-exampleapp-sa"
+    dynamic_auth = "dynamic-auth"
+    dynamic_vds = "vault-dynamic-secret"
+    dynamic_secret = "vso-dynamic-creds-from-vault"
+
+    app = "hashicups-exampleapp"
+
+    # stage 6: client cache
+    @property
+    def transit_mount(self) -> str:
+        return self._p("demo-transit")
+
+    transit_key = "vso-client-cache"
+
+    @property
+    def transit_policy(self) -> str:
+        return self._p("vso-transit-policy")
+
+    @property
+    def transit_role(self) -> str:
+        return self._p("auth-role-operator")
+
+    operator_ns = "vault-secrets-operator"
+    operator_sa = "vault-secrets-operator-controller-manager"
+    transit_auth = "vault-secrets-operator-default-transit-auth"

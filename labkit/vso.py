@@ -1,0 +1,138 @@
+"""Vault Secrets Operator resources: build, apply, read status and events.
+
+Group ``secrets.hashicorp.com/v1beta1``. Builders return plain dicts, so a
+notebook can print the YAML a learner would ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import k8s
+from .display import Done
+
+GROUP = "secrets.hashicorp.com"
+API_VERSION = f"{GROUP}/v1beta1"
+
+
+def _obj(kind: str, name: str, namespace: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+
+
+def vault_connection(name: str, namespace: str, address: str, skip_tls_verify: bool = False) -> dict:
+    return _obj("VaultConnection", name, namespace, {"address": address, "skipTLSVerify": skip_tls_verify})
+
+
+def vault_auth(name: str, namespace: str, *, role: str, service_account: str, connection_ref: str,
+               mount: str = "kubernetes", audiences: list[str] | None = None,
+               storage_encryption: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict:
+    spec: dict[str, Any] = {
+        "vaultConnectionRef": connection_ref, "method": "kubernetes", "mount": mount,
+        "kubernetes": {"role": role, "serviceAccount": service_account, "tokenExpirationSeconds": 600},
+    }
+    if audiences:
+        spec["kubernetes"]["audiences"] = audiences
+    if storage_encryption:
+        spec["storageEncryption"] = storage_encryption
+    return _obj("VaultAuth", name, namespace, spec, labels)
+
+
+def vault_static_secret(name: str, namespace: str, *, mount: str, path: str, vault_auth_ref: str, destination: str,
+                        refresh_after: str = "30s", instant_updates: bool = False,
+                        rollout_restart_targets: list[dict[str, str]] | None = None) -> dict:
+    spec: dict[str, Any] = {
+        "type": "kv-v2", "mount": mount, "path": path, "vaultAuthRef": vault_auth_ref, "refreshAfter": refresh_after,
+        "destination": {"name": destination, "create": True},
+    }
+    if instant_updates:
+        spec["syncConfig"] = {"instantUpdates": True}
+    if rollout_restart_targets:
+        spec["rolloutRestartTargets"] = rollout_restart_targets
+    return _obj("VaultStaticSecret", name, namespace, spec)
+
+
+def vault_dynamic_secret(name: str, namespace: str, *, mount: str, path: str, vault_auth_ref: str, destination: str,
+                         renewal_percent: int = 67, revoke: bool = True,
+                         rollout_restart_targets: list[dict[str, str]] | None = None) -> dict:
+    spec: dict[str, Any] = {
+        "mount": mount, "path": path, "vaultAuthRef": vault_auth_ref, "renewalPercent": renewal_percent,
+        "revoke": revoke, "destination": {"name": destination, "create": True},
+    }
+    if rollout_restart_targets:
+        spec["rolloutRestartTargets"] = rollout_restart_targets
+    return _obj("VaultDynamicSecret", name, namespace, spec)
+
+
+def to_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def apply(lab: Any, obj: dict) -> Done:
+    """Server-side apply a VSO resource (``kubectl apply -f``)."""
+    k8s.apply(lab.kube, obj)
+    m = obj["metadata"]
+    return Done(f"applied {obj['kind']} {m['namespace']}/{m['name']}", f"kubectl apply -f - <<EOF\n{to_yaml(obj).strip()}\nEOF")
+
+
+def get(lab: Any, kind: str, name: str, namespace: str) -> dict | None:
+    return k8s.get(lab.kube, API_VERSION, kind, name, namespace)
+
+
+def delete(lab: Any, kind: str, name: str, namespace: str) -> bool:
+    return k8s.delete(lab.kube, API_VERSION, kind, name, namespace)
+
+
+def conditions(obj: dict | None) -> dict[str, dict[str, Any]]:
+    """Conditions by type, e.g. ``{"Ready": {"status": "True", "reason": ...}}``."""
+    if not obj:
+        return {}
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def is_synced(obj: dict | None) -> bool:
+    c = conditions(obj)
+    return all(c.get(t, {}).get("status") == "True" for t in ("SecretSynced", "Ready")) if c else False
+
+
+def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the events about a VSO resource, oldest first."""
+    return [(e.type, e.reason, e.message) for e in k8s.events_for(lab.kube, namespace, name, kind)]
+
+
+def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
+    """Turn VSO's latest warning into a hint a learner can act on."""
+    warns = [e for e in events(lab, kind, name, namespace) if e[0] == "Warning"]
+    if not warns:
+        obj = get(lab, kind, name, namespace)
+        if obj is None:
+            return f"the {kind} {namespace}/{name} does not exist: apply it first"
+        return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
+    _, reason, msg = warns[-1]
+    low = msg.lower()
+    if "permission denied" in low or "403" in low:
+        cause = "Vault refused the request: check the role's bound service account/namespace and the policy's paths"
+    elif "404" in low or "no secret exists" in low or "not found" in low:
+        cause = "the Vault path does not exist: check the mount and path (kv-v2 reads <mount>/data/<path>)"
+    elif "invalid role name" in low or "role" in low and "not" in low:
+        cause = "the VaultAuth's role does not exist in Vault: check spec.kubernetes.role"
+    elif "vaultauth" in low or "vaultconnection" in low:
+        cause = "the VaultAuth or VaultConnection it references is missing or invalid"
+    else:
+        cause = "see the message"
+    return f"VSO reported {reason}: {msg[:300]} — likely cause: {cause}"
+
+
+def wait_synced(lab: Any, kind: str, name: str, namespace: str, timeout: float = 60) -> dict:
+    """Wait until the resource reports SecretSynced and Ready."""
+
+    def probe() -> dict | None:
+        obj = get(lab, kind, name, namespace)
+        return obj if is_synced(obj) else None
+
+    return k8s.wait_for(f"{kind} {namespace}/{name} to be synced", probe, timeout,
+                        hint=lambda: hint_from_events(lab, kind, name, namespace))
