@@ -96,12 +96,19 @@ def create_vault_auth(lab: Any) -> Done:
                                          connection_ref=connection_ref(lab), mount=n.k8s_auth_mount))
 
 
-def dynamic_secret(lab: Any, renewal_percent: int = 67) -> dict:
+def dynamic_secret(lab: Any, renewal_percent: int = 67, ttl_label: str = "") -> dict:
+    """The VaultDynamicSecret; ``ttl_label`` records the role's TTLs on the destination Secret.
+
+    Changing the label changes the resource's spec, and VSO answers a spec change
+    by fetching fresh credentials: that is how the rotation stage makes new TTLs
+    take effect at once.
+    """
     n = lab.names
     return vso.vault_dynamic_secret(
         n.dynamic_vds, n.dynamic_ns, mount=n.db_mount, path=f"creds/{n.db_role}", vault_auth_ref=n.dynamic_auth,
         destination=n.dynamic_secret, renewal_percent=renewal_percent,
         rollout_restart_targets=[{"kind": "Deployment", "name": n.app}],
+        destination_labels={"vsolab.dev/ttl": ttl_label} if ttl_label else None,
     )
 
 
@@ -135,6 +142,25 @@ def lease(lab: Any) -> dict[str, Any]:
     st = obj.get("status") or {}
     return {"lease_id": (st.get("secretLease") or {}).get("id", ""), "duration": (st.get("secretLease") or {}).get("duration"),
             "last_renewal": st.get("lastRenewalTime"), "generation": st.get("lastGeneration")}
+
+
+def wait_steady(lab: Any, quiet: float = 3.0, timeout: float = 90) -> None:
+    """Wait until the lease has not changed for ``quiet`` seconds and the app runs exactly one Ready pod."""
+    import time
+
+    n = lab.names
+    last, since = None, time.monotonic()
+
+    def probe() -> bool:
+        nonlocal last, since
+        lid = lease(lab)["lease_id"]
+        if lid != last:
+            last, since = lid, time.monotonic()
+        all_pods = k8s.pods(lab.kube, n.dynamic_ns, f"app={n.app}")
+        ready = k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}")
+        return time.monotonic() - since >= quiet and len(all_pods) == len(ready) <= 1
+
+    k8s.wait_for("the dynamic secret and the app to settle", probe, timeout, interval=0.3)
 
 
 def deploy_app(lab: Any) -> Done:

@@ -58,11 +58,14 @@ def vault_static_secret(name: str, namespace: str, *, mount: str, path: str, vau
 
 def vault_dynamic_secret(name: str, namespace: str, *, mount: str, path: str, vault_auth_ref: str, destination: str,
                          renewal_percent: int = 67, revoke: bool = True,
-                         rollout_restart_targets: list[dict[str, str]] | None = None) -> dict:
+                         rollout_restart_targets: list[dict[str, str]] | None = None,
+                         destination_labels: dict[str, str] | None = None) -> dict:
     spec: dict[str, Any] = {
         "mount": mount, "path": path, "vaultAuthRef": vault_auth_ref, "renewalPercent": renewal_percent,
         "revoke": revoke, "destination": {"name": destination, "create": True},
     }
+    if destination_labels:
+        spec["destination"]["labels"] = destination_labels
     if rollout_restart_targets:
         spec["rolloutRestartTargets"] = rollout_restart_targets
     return _obj("VaultDynamicSecret", name, namespace, spec)
@@ -106,7 +109,9 @@ def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, st
 
 def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     """Turn VSO's latest warning into a hint a learner can act on."""
-    warns = [e for e in events(lab, kind, name, namespace) if e[0] == "Warning"]
+    evs = events(lab, kind, name, namespace)
+    last_ok = max((i for i, e in enumerate(evs) if e[1] in ("SecretSynced", "SecretRotated", "Accepted")), default=-1)
+    warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning"]
     if not warns:
         obj = get(lab, kind, name, namespace)
         if obj is None:
@@ -114,7 +119,9 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
         return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
     _, reason, msg = warns[-1]
     low = msg.lower()
-    if "permission denied" in low or "403" in low:
+    if reason.startswith("RolloutRestart"):
+        cause = "a rolloutRestartTargets entry names a Deployment that does not exist (yet): deploy the app"
+    elif "permission denied" in low or "403" in low:
         cause = "Vault refused the request: check the role's bound service account/namespace and the policy's paths"
     elif "404" in low or "no secret exists" in low or "not found" in low:
         cause = "the Vault path does not exist: check the mount and path (kv-v2 reads <mount>/data/<path>)"

@@ -1,0 +1,127 @@
+"""Stage 7: delete what the lab created, revoke the leases, and prove nothing is left.
+
+Each ``undo_*`` removes what one stage created, so ``labkit stage N`` can also
+take a lab *back* to the start of notebook N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hvac import exceptions as hvexc
+from kubernetes.client.exceptions import ApiException
+
+from . import k8s, pg, vault, vso
+from .display import Check, Done, Steps
+
+
+def _delete_namespace(lab: Any, ns: str) -> None:
+    try:
+        k8s.delete(lab.kube, "v1", "Namespace", ns)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    k8s.wait_for(f"namespace {ns} to be deleted", lambda: k8s.namespace_gone(lab.kube, ns), 120,
+                 hint="a namespace waits for its pods and VSO resources; check `kubectl get all -n " + ns + "`")
+
+
+def _vault_quiet(fn: Any, *a: Any, **kw: Any) -> None:
+    try:
+        fn(*a, **kw)
+    except hvexc.InvalidPath:
+        pass
+
+
+def undo_instant(lab: Any) -> Done:
+    """Back to a VaultStaticSecret without instant updates, and the plain read policy."""
+    from . import static
+
+    n = lab.names
+    if vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns):
+        vso.apply(lab, static.static_secret(lab))
+    if vault.read_policy(lab, n.kv_policy):
+        static.write_policy(lab)
+    return Done("instant updates turned off", "")
+
+
+def undo_cache(lab: Any) -> Done:
+    n = lab.names
+    if lab.operator_settings().get("client_cache_persistence_model") != "none":
+        lab.restart_operator(client_cache_persistence_model="none")
+    if not getattr(lab, "helm_managed_operator", False):
+        vso.delete(lab, "VaultAuth", n.transit_auth, n.operator_ns)
+    c = vault.client(lab)
+    _vault_quiet(c.auth.kubernetes.delete_role, n.transit_role, mount_point=n.k8s_auth_mount)
+    _vault_quiet(c.sys.delete_policy, n.transit_policy)
+    if f"{n.transit_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.disable_secrets_engine(n.transit_mount)
+    from kubernetes import client as kclient
+
+    core = kclient.CoreV1Api(lab.kube)
+    for s in core.list_namespaced_secret(n.operator_ns).items:
+        if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
+            core.delete_namespaced_secret(s.metadata.name, n.operator_ns)
+    return Done("client-cache persistence off; transit engine, key, policy and role removed",
+                f"vault secrets disable {n.transit_mount}\nvault policy delete {n.transit_policy}")
+
+
+def undo_dynamic(lab: Any) -> Done:
+    """Delete the VaultDynamicSecret (VSO revokes its lease), the app and the namespace; then the Vault side."""
+    n = lab.names
+    vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    _delete_namespace(lab, n.dynamic_ns)
+    c = vault.client(lab)
+    if f"{n.db_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.revoke_prefix(f"{n.db_mount}/creds/{n.db_role}")
+        c.sys.disable_secrets_engine(n.db_mount)  # revokes every remaining lease of the engine
+    _vault_quiet(c.auth.kubernetes.delete_role, n.dynamic_role, mount_point=n.k8s_auth_mount)
+    _vault_quiet(c.sys.delete_policy, n.db_policy)
+    return Done(f"deleted {n.dynamic_ns}, revoked leases under {n.db_mount}/creds/{n.db_role}, disabled {n.db_mount}/",
+                f"kubectl delete vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns}\nkubectl delete namespace {n.dynamic_ns}\n"
+                f"vault lease revoke -prefix {n.db_mount}/creds/{n.db_role}\nvault secrets disable {n.db_mount}")
+
+
+def undo_static(lab: Any) -> Done:
+    n = lab.names
+    _delete_namespace(lab, n.static_ns)
+    c = vault.client(lab)
+    _vault_quiet(c.auth.kubernetes.delete_role, n.static_role, mount_point=n.k8s_auth_mount)
+    _vault_quiet(c.sys.delete_policy, n.kv_policy)
+    if f"{n.kv_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.disable_secrets_engine(n.kv_mount)
+    return Done(f"deleted {n.static_ns}, the role, the policy and the KV engine at {n.kv_mount}/",
+                f"kubectl delete namespace {n.static_ns}\nvault secrets disable {n.kv_mount}")
+
+
+def undo_connect(lab: Any) -> Done:
+    n = lab.names
+    _delete_namespace(lab, n.vault_ns)
+    try:
+        k8s.delete(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    c = vault.client(lab)
+    if f"{n.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]:
+        c.sys.disable_auth_method(n.k8s_auth_mount)
+    return Done(f"deleted namespace {n.vault_ns} (VaultConnection, reviewer account) and disabled auth/{n.k8s_auth_mount}",
+                f"kubectl delete namespace {n.vault_ns}\nkubectl delete clusterrolebinding {n.reviewer_binding}\n"
+                f"vault auth disable {n.k8s_auth_mount}")
+
+
+def clean_all(lab: Any) -> Steps:
+    return Steps([undo_instant(lab), undo_cache(lab), undo_dynamic(lab), undo_static(lab), undo_connect(lab)])
+
+
+def check(lab: Any) -> Check:
+    n = lab.names
+    roles = pg.dynamic_roles(lab)
+    leases = vault.list_leases(lab, f"{n.db_mount}/creds/{n.db_role}")
+    left = [ns for ns in (n.static_ns, n.dynamic_ns, n.vault_ns) if not k8s.namespace_gone(lab.kube, ns)]
+    return Check("clean-up: nothing the lab created is left", [
+        ("no dynamic PostgreSQL role is left", not roles,
+         f"{len(roles)} role(s) remain: revoke the leases (`vault lease revoke -prefix {n.db_mount}/creds/{n.db_role}`)"),
+        ("Vault has no outstanding lease for the lab's database role", not leases,
+         "revoke them by prefix, or disable the database engine"),
+        ("the lab's namespaces are gone", not left, f"still there: {left}; a namespace waits for its pods to stop"),
+    ])

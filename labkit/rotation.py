@@ -1,0 +1,134 @@
+"""Stage 4: watch VSO renew a lease at ``renewalPercent``, rotate it at
+``max_ttl``, restart the app with the new credentials, and Vault revoke the old
+PostgreSQL role."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import app, dynamic, k8s, pg, vso
+from .display import Check, Done
+
+
+def use_short_ttls(lab: Any, default_ttl: str, max_ttl: str, renewal_percent: int = 67) -> Done:
+    """Shorten the database role's TTLs, then re-apply the VaultDynamicSecret so VSO
+    fetches fresh credentials under them (a spec change makes VSO sync anew)."""
+    n = lab.names
+    first = dynamic.create_db_role(lab, default_ttl, max_ttl)
+    before = dynamic.lease(lab).get("lease_id")
+    vso.apply(lab, dynamic.dynamic_secret(lab, renewal_percent, ttl_label=f"{default_ttl}-{max_ttl}-{renewal_percent}"))
+    k8s.wait_for("VSO to fetch credentials under the new TTLs", lambda: dynamic.lease(lab).get("lease_id") not in ("", before),
+                 60, hint=lambda: vso.hint_from_events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns))
+    dynamic.wait_steady(lab, quiet=1.0)
+    patch = {"spec": {"renewalPercent": renewal_percent,
+                      "destination": {"labels": {"vsolab.dev/ttl": f"{default_ttl}-{max_ttl}-{renewal_percent}"}}}}
+    return Done(f"{first.what}; VaultDynamicSecret renewalPercent={renewal_percent}; VSO fetched a new lease",
+                f"{first.command}\nkubectl patch vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns} --type merge "
+                f"-p '{json.dumps(patch)}'")
+
+
+@dataclass
+class Observation:
+    """What happened while we watched: one record per change."""
+
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds since start, kind, detail)
+    leases: list[str] = field(default_factory=list)
+    roles_seen: list[str] = field(default_factory=list)
+    roles_dropped: list[str] = field(default_factory=list)
+    pods_seen: list[str] = field(default_factory=list)
+    app_users: list[str] = field(default_factory=list)
+    renewals: int = 0
+
+    @property
+    def rotations(self) -> int:
+        return max(len(self.leases) - 1, 0)
+
+    def summary(self) -> str:
+        lines = [f"renewals: {self.renewals}, rotations: {self.rotations}, app pods: {len(self.pods_seen)}, "
+                 f"PostgreSQL roles created: {len(self.roles_seen)}, dropped: {len(self.roles_dropped)}"]
+        lines += [f"  t={t:5.1f}s  {kind:<14} {detail}" for t, kind, detail in self.events]
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _pods(lab: Any) -> list[str]:
+    n = lab.names
+    return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
+
+
+def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5) -> Observation:
+    """Poll the lease, the PostgreSQL roles, the app's pods and /status for ``seconds``.
+
+    With ``until_rotation_and_revocation`` it stops early once a rotation happened,
+    the app runs the new credentials and the first role was dropped.
+    """
+    n = lab.names
+    obs = Observation()
+    start = time.monotonic()
+    last_renewal = None
+    roles_prev: set[str] = set()
+
+    def note(kind: str, detail: str) -> None:
+        obs.events.append((round(time.monotonic() - start, 1), kind, detail))
+
+    while time.monotonic() - start < seconds:
+        lease = dynamic.lease(lab)
+        lid = lease.get("lease_id") or ""
+        if lid and (not obs.leases or obs.leases[-1] != lid):
+            obs.leases.append(lid)
+            note("new lease" if len(obs.leases) == 1 else "rotation", f"lease …{lid[-6:]} ({lease.get('duration')}s)")
+        elif lease.get("last_renewal") != last_renewal and last_renewal is not None and lid == obs.leases[-1]:
+            obs.renewals += 1
+            note("renewal", f"lease …{lid[-6:]} renewed for {lease.get('duration')}s")
+        last_renewal = lease.get("last_renewal")
+        roles = {r["role"] for r in pg.dynamic_roles(lab) if r["role"].startswith("v-kubernet")}
+        for r in sorted(roles - roles_prev):
+            if r not in obs.roles_seen:
+                obs.roles_seen.append(r)
+                note("role created", dynamic.short_user(r))
+        for r in sorted(roles_prev - roles):
+            obs.roles_dropped.append(r)
+            note("role dropped", dynamic.short_user(r))
+        roles_prev = roles
+        for p in _pods(lab):
+            if p not in obs.pods_seen:
+                obs.pods_seen.append(p)
+                note("pod ready", p)
+                try:
+                    _, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=5)
+                    user = body.get("connected_as", "")
+                    obs.app_users.append(user)
+                    note("app /status", f"{body.get('status')} as {dynamic.short_user(user)}")
+                except Exception as exc:  # noqa: BLE001 - a rolling pod; note it and go on
+                    note("app /status", f"no answer yet ({type(exc).__name__})")
+        if until_rotation_and_revocation and obs.rotations >= 1 and obs.roles_dropped and len(obs.app_users) >= 2:
+            break
+        time.sleep(interval)
+    return obs
+
+
+def check(lab: Any, obs: Observation) -> Check:
+    n = lab.names
+    sec = dynamic.read_secret(lab)
+    current = sec.get("username", "")
+    try:
+        code, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=10)
+        app_ok = code == 200 and body.get("connected_as") == current
+    except Exception:  # noqa: BLE001
+        app_ok = False
+    first_role = obs.roles_seen[0] if obs.roles_seen else ""
+    still = {r["role"] for r in pg.dynamic_roles(lab)}
+    return Check("rotation: renew, rotate, restart, revoke", [
+        ("VSO renewed the lease at least once", obs.renewals >= 1,
+         "watch longer than default_ttl × renewalPercent, or lower renewalPercent"),
+        ("VSO rotated to a new lease", obs.rotations >= 1,
+         "rotation happens when a renewal would pass max_ttl: watch for longer than max_ttl"),
+        ("the app was restarted and now connects with the current credentials", app_ok and len(obs.pods_seen) >= 2,
+         "rolloutRestartTargets must name the Deployment; check the VaultDynamicSecret's RolloutRestart events"),
+        ("the first PostgreSQL role was revoked (dropped)", bool(first_role) and first_role not in still,
+         "Vault drops the role when its lease expires at max_ttl; wait until then"),
+    ])
