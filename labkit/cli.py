@@ -22,7 +22,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from . import install
 
     t0 = time.monotonic()
-    paths = install.install(force=args.force)
+    paths = install.install(force=args.force, source=args.source)
     for name, p in sorted(paths.items()):
         print(f"{name:<24} {p}")
     print(f"install: done in {time.monotonic() - t0:.0f}s")
@@ -115,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=os.environ.get("VSOLAB_BACKEND", "local"),
                    help="local (default), minikube or external (VSOLAB_BACKEND)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("install", help="build and cache the lab's binaries")
-    s.add_argument("--force", action="store_true", help="rebuild even when cached")
+    s = sub.add_parser("install", help="build or download, and cache, the lab's binaries")
+    s.add_argument("--force", action="store_true", help="rebuild (or download again) even when cached")
+    s.add_argument("--source", choices=["auto", "build", "prebuilt"], default="auto",
+                   help="build: from the Go module proxy; prebuilt: official release binaries, checksums verified; "
+                        "auto (default): prebuilt with build fallback below 3 GiB of memory or with "
+                        "VSOLAB_INSTALL_SOURCE=prebuilt, else build (docs/install.md)")
     s.set_defaults(func=cmd_install)
     sub.add_parser("up", help="start the lab, or repair it (idempotent)").set_defaults(func=cmd_up)
     sub.add_parser("status", help="a table of components and their health").set_defaults(func=cmd_status)

@@ -1,0 +1,118 @@
+"""environment.yml agrees with pyproject.toml: one list of Python packages, installed from the kit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+# The packages the kit was designed around (issue 6): each must be a runtime dependency of the kit.
+CORE = ["jupyterlab", "ipywidgets", "papermill", "hvac", "kubernetes", "docker", "psycopg", "nbval"]
+
+
+def load_env(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def conda_deps(env: dict[str, Any]) -> list[str]:
+    return [d for d in env["dependencies"] if isinstance(d, str)]
+
+
+def conda_name(spec: str) -> str:
+    return canonicalize_name(re.split(r"[\s=<>!~]", spec.strip(), maxsplit=1)[0])
+
+
+def pip_lines(env: dict[str, Any]) -> list[str]:
+    sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(sections) <= 1, "more than one pip section"
+    return list(sections[0]) if sections else []
+
+
+def local_install(line: str, env_file: Path) -> tuple[Path, set[str]]:
+    """The directory and extras a local pip line (`-e .[test]`, `..`) installs; paths are relative to the env file."""
+    m = re.fullmatch(r"(?:-e\s+|--editable[=\s]+)?(\.[^\[\s]*)(?:\[([\w,\s-]*)\])?", line.strip())
+    assert m, f"pip line {line!r} is not a local install of the kit"
+    extras = {canonicalize_name(e) for e in (m.group(2) or "").split(",") if e.strip()}
+    return (env_file.parent / m.group(1)).resolve(), extras
+
+
+def kit_install_of(env_file: Path) -> tuple[Path, set[str]]:
+    lines = pip_lines(load_env(env_file))
+    assert len(lines) == 1, f"{env_file.name}: the pip section must install only the kit (from pyproject), found {lines}"
+    return local_install(lines[0], env_file)
+
+
+def test_environment_installs_the_kit_from_pyproject_and_nothing_else() -> None:
+    where, extras = kit_install_of(ROOT / "environment.yml")
+    assert where == ROOT, f"environment.yml installs {where}, not the repository root"
+    assert (where / "pyproject.toml").exists()
+    declared = {canonicalize_name(k) for k in pyproject()["project"].get("optional-dependencies", {})}
+    assert extras <= declared, f"extras {extras - declared} are not declared in pyproject"
+
+
+def test_conda_packages_do_not_duplicate_pip_dependencies() -> None:
+    """A package comes from conda-forge or from pyproject, never both (that is how the lists drift)."""
+    proj = pyproject()["project"]
+    pip_names = {canonicalize_name(Requirement(r).name) for r in proj["dependencies"]}
+    for extra in proj.get("optional-dependencies", {}).values():
+        pip_names |= {canonicalize_name(Requirement(r).name) for r in extra}
+    conda_names = {conda_name(d) for d in conda_deps(load_env(ROOT / "environment.yml"))}
+    assert not conda_names & pip_names, f"listed in both environment.yml and pyproject: {sorted(conda_names & pip_names)}"
+
+
+def test_conda_provides_what_the_local_lab_needs() -> None:
+    env = load_env(ROOT / "environment.yml")
+    assert env.get("channels") == ["conda-forge"]
+    names = {conda_name(d) for d in conda_deps(env)}
+    assert {"python", "pip", "go", "postgresql"} <= names
+
+
+def test_python_version_satisfies_requires_python() -> None:
+    pins = [d for d in conda_deps(load_env(ROOT / "environment.yml")) if conda_name(d) == "python"]
+    assert len(pins) == 1
+    m = re.fullmatch(r"python\s*=+\s*(\d+\.\d+)", pins[0].strip())
+    assert m, f"pin python to a minor version like python=3.11 (repo2docker reads it), got {pins[0]!r}"
+    assert m.group(1) == "3.11"
+    assert SpecifierSet(pyproject()["project"]["requires-python"]).contains(f"{m.group(1)}.0")
+
+
+def test_go_is_new_enough_for_the_wrapper_modules() -> None:
+    """GOTOOLCHAIN=local: the conda Go must satisfy every `go` directive in labkit/_gomod/*/go.mod."""
+    (go,) = [d for d in conda_deps(load_env(ROOT / "environment.yml")) if conda_name(d) == "go"]
+    m = re.search(r">=\s*([\d.]+)", go)
+    assert m, f"give go a lower bound, got {go!r}"
+    floor = tuple(int(x) for x in m.group(1).split("."))
+    for mod in sorted((ROOT / "labkit" / "_gomod").glob("*/go.mod")):
+        want = re.search(r"^go (\S+)$", mod.read_text(), re.M)
+        assert want
+        need = tuple(int(x) for x in want.group(1).split("."))
+        assert floor >= need, f"{mod.relative_to(ROOT)} needs go {want.group(1)}, environment.yml allows {m.group(1)}"
+
+
+@pytest.mark.parametrize("package", CORE)
+def test_pyproject_declares_the_core_packages(package: str) -> None:
+    runtime = {canonicalize_name(Requirement(r).name) for r in pyproject()["project"]["dependencies"]}
+    assert canonicalize_name(package) in runtime, f"{package} is not a runtime dependency in pyproject.toml"
+
+
+def test_pyproject_dependencies_are_valid_requirements() -> None:
+    for r in pyproject()["project"]["dependencies"]:
+        Requirement(r)  # raises on a typo that pip would reject
