@@ -74,6 +74,16 @@ class Check:
     def passed(self) -> bool:
         return all(ok for _, ok, _ in self.results)
 
+    def require(self) -> Check:
+        """Return self when every item passed; otherwise raise CheckFailed with the hints."""
+        if not self.passed:
+            from .errors import CheckFailed
+
+            raise CheckFailed(str(self), ["Follow the hint next to each unchecked item.",
+                                          "Re-run the cells above this check, in order.",
+                                          "Or reset this stage: `labkit stage N` for this notebook's number N."])
+        return self
+
     def __str__(self) -> str:
         lines = [f"{'PASS' if self.passed else 'FAIL'}: {self.title}"]
         for what, ok, hint in self.results:

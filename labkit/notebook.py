@@ -1,0 +1,124 @@
+"""What every notebook does first: check its parameters, show errors briefly, connect to the lab.
+
+Parameters live in a cell tagged ``parameters`` (papermill injects new values
+after it). Their learner defaults are in the notebooks; :data:`CI` holds the
+short values CI uses. Setting ``VSOLAB_CI=1`` applies the CI values too (nbval
+cannot inject parameters, so it uses that).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import get_backend
+from .errors import LabkitError, NotRunning, ParameterError
+
+#: name → (type, learner default)
+SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "BACKEND": (str, "local"),
+    "STATE_DIR": ((str, type(None)), None),
+    "INTERACTIVE": (bool, True),
+    "LIVE_SECONDS": ((int, float), 60),
+    "REFRESH_AFTER": (str, "10s"),
+    "DEFAULT_TTL": (str, "1m"),
+    "MAX_TTL": (str, "3m"),
+    "RENEWAL_PERCENT": (int, 67),
+    "SOLUTIONS": (bool, False),
+    "STOP_LAB": (bool, True),
+}
+#: the values CI passes (short TTLs and live views, no interaction, exercises solved)
+CI: dict[str, Any] = {
+    "INTERACTIVE": False, "LIVE_SECONDS": 6, "REFRESH_AFTER": "3s", "DEFAULT_TTL": "15s", "MAX_TTL": "30s",
+    "RENEWAL_PERCENT": 67, "SOLUTIONS": True,
+}
+
+
+def duration_seconds(value: str) -> float:
+    """``"90s"``, ``"2m"``, ``"1h"`` → seconds (VSO's refreshAfter format, and Vault's TTLs)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(value[:-1]) * units[value[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise ParameterError(
+            f"Checked the duration {value!r}: it is not a number followed by s, m or h.",
+            ['Write durations like "30s", "2m" or "1h".', "Use a whole number of seconds for TTLs under a minute.",
+             "Check the parameters cell at the top of the notebook."],
+        ) from None
+
+
+def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Check the parameters' types and values; return them (with CI values under VSOLAB_CI=1)."""
+    out = {k: params.get(k, default) for k, (_, default) in SPEC.items()}
+    if os.environ.get("VSOLAB_CI") == "1":
+        out.update(CI)
+    for name, (typ, _) in SPEC.items():
+        value = out[name]
+        if typ in ((int, float), int) and isinstance(value, bool) or not isinstance(value, typ):
+            want = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise ParameterError(
+                f"Checked the parameter {name}: it should be {want}, but it is {type(value).__name__} ({value!r}).",
+                [f"Fix {name} in the cell tagged `parameters` at the top of the notebook.",
+                 f"With papermill, pass it typed: -p {name} <value> (or -y '{name}: <value>').",
+                 "Restart the kernel and run the notebook from the top."],
+            )
+    for name in ("REFRESH_AFTER", "DEFAULT_TTL", "MAX_TTL"):
+        duration_seconds(out[name])
+    if duration_seconds(out["MAX_TTL"]) < duration_seconds(out["DEFAULT_TTL"]):
+        raise ParameterError(f"Checked MAX_TTL ({out['MAX_TTL']}) ≥ DEFAULT_TTL ({out['DEFAULT_TTL']}): it is smaller.",
+                             ["Raise MAX_TTL.", "Lower DEFAULT_TTL.", "Use the defaults: DEFAULT_TTL='1m', MAX_TTL='3m'."])
+    if not 0 <= out["RENEWAL_PERCENT"] <= 90:
+        raise ParameterError(f"Checked RENEWAL_PERCENT={out['RENEWAL_PERCENT']}: VSO accepts 0 to 90.",
+                             ["Use 67 (VSO's default).", "Use a value between 0 and 90.", "See the VaultDynamicSecret CRD."])
+    return out
+
+
+def _short_errors() -> None:
+    """Show labkit errors as their message, not a traceback (the cell still fails)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+        stb = [f"\x1b[1;31m{etype.__name__}\x1b[0m: {value}"]
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    ip.set_custom_exc((LabkitError,), handler)
+
+
+@dataclass
+class Session:
+    lab: Any
+    params: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+
+def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) -> Session:
+    """Validate parameters, shorten error display, and connect to (or start) the lab.
+
+    ``start=True`` (notebook 00) starts the lab; later notebooks need it running.
+    """
+    _short_errors()
+    p = validate(params)
+    params.update(p)
+    lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
+    if start:
+        return Session(lab, p)
+    if not lab.healthy():
+        down = [h.component for h in lab.status() if not h.healthy]
+        raise NotRunning(
+            f"Checked that the lab is up before notebook {stage:02d}: these parts are not healthy: {', '.join(down)}.",
+            ["Run notebook 00 (it starts the lab), or `labkit up` in a terminal.",
+             f"Or jump here directly: `labkit stage {stage}` brings the lab to the start of this notebook.",
+             "Run `labkit status` and `labkit doctor` to see what is wrong."],
+        )
+    return Session(lab, p)
