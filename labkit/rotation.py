@@ -19,12 +19,14 @@ def use_short_ttls(lab: Any, default_ttl: str, max_ttl: str, renewal_percent: in
     n = lab.names
     first = dynamic.create_db_role(lab, default_ttl, max_ttl)
     before = dynamic.lease(lab).get("lease_id")
-    vso.apply(lab, dynamic.dynamic_secret(lab, renewal_percent, ttl_label=f"{default_ttl}-{max_ttl}-{renewal_percent}"))
+    # The label carries the TTLs and the time: a changed spec, so VSO fetches fresh credentials now, even on a re-run.
+    label = f"{default_ttl}-{max_ttl}-{renewal_percent}-{int(time.time())}"
+    vso.apply(lab, dynamic.dynamic_secret(lab, renewal_percent, ttl_label=label))
     k8s.wait_for("VSO to fetch credentials under the new TTLs", lambda: dynamic.lease(lab).get("lease_id") not in ("", before),
                  60, hint=lambda: vso.hint_from_events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns))
     dynamic.wait_steady(lab, quiet=1.0)
     patch = {"spec": {"renewalPercent": renewal_percent,
-                      "destination": {"labels": {"vsolab.dev/ttl": f"{default_ttl}-{max_ttl}-{renewal_percent}"}}}}
+                      "destination": {"labels": {"vsolab.dev/ttl": label}}}}
     return Done(f"{first.what}; VaultDynamicSecret renewalPercent={renewal_percent}; VSO fetched a new lease",
                 f"{first.command}\nkubectl patch vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns} --type merge "
                 f"-p '{json.dumps(patch)}'")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set everything up and run every test: lint, unit, the local lab with real processes, the backend contract,
+# the browser, then the whole notebook series twice (papermill, then nbval) with a leak scan.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh || exit 1
+ART="${VSOLAB_ARTIFACTS:-$PWD/artifacts}"; mkdir -p "$ART"; export VSOLAB_ARTIFACTS="$ART"
+export VSOLAB_STATE="${VSOLAB_STATE:-$(mktemp -d /tmp/vsolab-ci.XXXXXX)/state}"
+status=0
+pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
+  python3 -m pytest "$@"; local rc=$?
+  [ $rc -eq 5 ] && rc=0
+  [ $rc -ne 0 ] && status=1
+  return 0
+}
+step() { printf '\n== %s\n' "$*"; }
+
+step "lint"; python3 -m ruff check labkit tests || status=1
+step "unit and integration tests"; pytest_step -q -p no:cacheprovider tests --ignore=tests/test_executed.py --junitxml="$ART/junit.xml"
+
+step "notebooks, first run (papermill, CI parameters) with a secret recorder"
+python3 -m labkit up || status=1
+python3 tests/record_secrets.py "$ART/recorded-secrets.json" & recorder=$!
+python3 -m labkit run-notebooks --ci --output "$ART/executed" || status=1
+step "notebooks, second run on the same lab (nbval --nbval-lax over the executed notebooks)"
+VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+  --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
+kill "$recorder" 2>/dev/null; wait "$recorder" 2>/dev/null
+step "leak scan of executed notebooks, widget state, status output and logs"
+python3 -m labkit status > "$ART/status.txt" 2>&1
+VSOLAB_EXECUTED="$ART/executed" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider tests/test_executed.py
+python3 -m labkit down --purge >/dev/null 2>&1
+exit $status
