@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,25 @@ DEFAULT_STATE = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/stat
 def state_dir_from_env() -> Path:
     """Return the state directory chosen by ``VSOLAB_STATE`` or the default."""
     return Path(os.environ.get("VSOLAB_STATE", str(DEFAULT_STATE))).expanduser().absolute()
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on ``port``, and a server can bind it the way servers do (with SO_REUSEADDR).
+
+    ``port_for.is_available`` binds without SO_REUSEADDR, so it calls a port taken for about a minute
+    after a server stopped (connections linger in TIME_WAIT); ``down`` then ``up`` must work at once.
+    """
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, port)) == 0:
+            return False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -155,7 +175,7 @@ class State:
 
     def check_port_free(self, name: str, port: int, owner_hint: str) -> None:
         """Raise :class:`PortTaken` when ``port`` is bound by someone other than the lab."""
-        if port_for.is_available(port):
+        if port_free(port):
             return
         raise PortTaken(
             f"Checked that port {port} on 127.0.0.1 (for {name}) is free: another process is listening on it.",

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lab", help="start the lab and open JupyterLab on the notebooks")
     s.add_argument("--no-browser", action="store_true")
     s.set_defaults(func=cmd_lab)
+    # Also accept --backend/--state after the command (`labkit doctor --backend minikube`).
+    for s in sub.choices.values():
+        s.add_argument("--backend", default=argparse.SUPPRESS, help="local, minikube or external")
+        s.add_argument("--state", default=argparse.SUPPRESS, help="lab state directory")
     return p
 
 

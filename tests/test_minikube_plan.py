@@ -1,0 +1,412 @@
+"""The minikube backend's plan, without Docker, minikube or Helm: container specs, network wiring,
+Helm values and command lines; and ``labkit doctor --backend minikube`` on a machine without them.
+
+Also the pure parts ``external.py`` shares with it (prefixes, kubeconfigs, the manager's flags).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from docker.models.containers import _create_container_args
+
+from labkit import external, install, minikube
+from labkit.backends import get_backend
+from labkit.errors import LabkitError, MissingTool, NotRunning, ParameterError
+from labkit.external import ExternalLab, cache_model_from_args, kubeconfig_cluster, validate_prefix, vso_values
+from labkit.minikube import MinikubeLab, Settings, plan, wiring
+from labkit.names import Names
+
+REPO = Path(__file__).resolve().parent.parent
+SUBNET, NODE_IP = "192.168.49.0/24", "192.168.49.2"
+LICENSE = "02MV4UU43BK5HGYYTOJZWFQMTMNNEWU33JJ"  # a made-up license string
+
+
+def make_plan(environ: dict[str, str] | None = None, model: str = "none", **options: object):  # noqa: ANN201
+    settings = Settings.from_env(environ or {}, **options)
+    return plan(settings, subnet=SUBNET, node_ip=NODE_IP, vault_port=18200, pg_port=15432, root_token="tok-123",
+                pg_password="pw-456", kubeconfig="/state/kube/minikube.kubeconfig", values_file="/state/helm/vso-values.yaml",
+                model=model)
+
+
+def all_words(p: minikube.Plan) -> list[str]:
+    """Every string of the plan: command lines, container specs and Helm values."""
+    words: list[str] = [w for cmd in p.commands() for w in cmd]
+    for spec in (p.vault, p.postgres):
+        words += [spec.image, *spec.command, *spec.environment.values(), spec.network, spec.ipv4_address]
+    words.append(yaml.safe_dump(p.vso_values))
+    return words
+
+
+# -- the Vault edition -------------------------------------------------------------------------------------------
+def test_with_license_vault_is_enterprise_with_the_license_in_its_env() -> None:
+    p = make_plan({"VAULT_LICENSE": LICENSE})
+    assert p.settings.enterprise
+    assert p.vault.image.startswith("hashicorp/vault-enterprise:") and p.vault.image.endswith("-ent")
+    assert p.vault.environment["VAULT_LICENSE"] == LICENSE
+    assert p.vault.command == ("server", "-dev")
+    assert p.vault.environment["VAULT_DEV_ROOT_TOKEN_ID"] == "tok-123"
+    assert p.vault.environment["VAULT_DEV_LISTEN_ADDRESS"] == "0.0.0.0:8200"
+    assert "IPC_LOCK" in p.vault.cap_add
+
+
+def test_without_license_vault_is_community_and_says_what_that_loses() -> None:
+    p = make_plan({})
+    assert not p.settings.enterprise
+    assert p.vault.image.startswith("hashicorp/vault:")
+    assert "VAULT_LICENSE" not in p.vault.environment
+    assert "instant updates" in minikube.COMMUNITY_LOSES and "event notifications" in minikube.COMMUNITY_LOSES
+    assert "Enterprise" in minikube.COMMUNITY_LOSES
+
+
+def test_a_blank_license_counts_as_none_and_an_image_override_wins() -> None:
+    assert not make_plan({"VAULT_LICENSE": "  "}).settings.enterprise
+    p = make_plan({"VAULT_LICENSE": LICENSE, "VSOLAB_VAULT_IMAGE": "registry.example/vault-enterprise:1.19.5-ent"})
+    assert p.vault.image == "registry.example/vault-enterprise:1.19.5-ent"
+    assert p.vault.environment["VAULT_LICENSE"] == LICENSE
+
+
+def test_secrets_are_masked_when_a_spec_is_shown() -> None:
+    p = make_plan({"VAULT_LICENSE": LICENSE})
+    shown = json.dumps([p.vault.describe(), p.postgres.describe()])
+    for secret in (LICENSE, "tok-123", "pw-456"):
+        assert secret not in shown
+    assert LICENSE not in repr(p.settings)
+
+
+def test_adding_a_license_changes_the_vault_fingerprint_so_up_recreates_it() -> None:
+    assert make_plan({}).vault.fingerprint() == make_plan({}).vault.fingerprint()
+    assert make_plan({}).vault.fingerprint() != make_plan({"VAULT_LICENSE": LICENSE}).vault.fingerprint()
+    assert make_plan({}).postgres.fingerprint() == make_plan({"VAULT_LICENSE": LICENSE}).postgres.fingerprint()
+
+
+def test_postgres_has_the_tutorials_admin_role() -> None:
+    p = make_plan({})
+    assert p.postgres.image == minikube.PG_IMAGE
+    assert p.postgres.environment == {"POSTGRES_USER": "root", "POSTGRES_PASSWORD": "pw-456"}
+
+
+# -- network wiring -------------------------------------------------------------------------------------------------
+def test_vault_and_postgres_are_attached_to_the_minikube_network_named_after_the_profile() -> None:
+    p = make_plan({}, profile="lab-x")
+    assert p.settings.network == "lab-x"
+    for spec in (p.vault, p.postgres):
+        assert spec.network == "lab-x"
+        kwargs = spec.docker_run_kwargs("1.44")
+        assert kwargs["network"] == "lab-x"
+        # What the Docker SDK sends to the engine: it accepts every argument, and the endpoint has the fixed address.
+        create = _create_container_args({**kwargs, "version": "1.44"})
+        assert create["host_config"]["NetworkMode"] == "lab-x"
+        endpoint = create["networking_config"]["EndpointsConfig"]["lab-x"]
+        assert endpoint["IPAMConfig"]["IPv4Address"] == spec.ipv4_address
+        assert endpoint["Aliases"] == [spec.role]
+        bindings = create["host_config"]["PortBindings"]
+        assert all(b["HostIp"] == "127.0.0.1" for bs in bindings.values() for b in bs), "published on loopback only"
+    assert p.vault.docker_run_kwargs("1.44")["ports"] == {"8200/tcp": ("127.0.0.1", 18200)}
+    assert p.postgres.docker_run_kwargs("1.44")["ports"] == {"5432/tcp": ("127.0.0.1", 15432)}
+
+
+def test_addresses_on_the_network_are_fixed_distinct_and_inside_the_subnet() -> None:
+    import ipaddress
+
+    w = wiring("vsolab", SUBNET, NODE_IP)
+    net = ipaddress.ip_network(SUBNET)
+    addrs = {w.node_ip, w.vault_ip, w.pg_ip, str(net[1])}  # node, Vault, PostgreSQL, the gateway
+    assert len(addrs) == 4
+    assert all(ipaddress.ip_address(a) in net for a in addrs)
+    assert (w.vault_ip, w.pg_ip) == ("192.168.49.250", "192.168.49.251")
+    assert wiring("vsolab", SUBNET, NODE_IP) == w, "the same on every up, so VaultConnections stay valid"
+
+
+def test_vault_reaches_the_kubernetes_api_directly_at_the_minikube_node_over_tls() -> None:
+    p = make_plan({})
+    assert p.wiring.kube_api_for_vault == f"https://{NODE_IP}:8443"
+    assert p.wiring.vault_addr_for_cluster == "http://192.168.49.250:8200"
+    assert p.wiring.pg_address_for_vault == ("192.168.49.251", 5432)
+    assert p.wiring.pg_address_for_pods == ("192.168.49.251", 5432)
+    assert "--apiserver-port=8443" in p.minikube_start
+
+
+def test_no_tunnel_and_no_plain_http_proxy_anywhere_in_the_plan() -> None:
+    for environ in ({}, {"VAULT_LICENSE": LICENSE}):
+        for model in ("none", "direct-encrypted"):
+            p = make_plan(environ, model)
+            words = all_words(p)
+            text = " ".join(words).lower()
+            for banned in ("ngrok", "tunnel", "--scheme", "8001", "localtunnel", "host.docker.internal"):
+                assert banned not in text
+            for cmd in p.commands():
+                assert "proxy" not in cmd, cmd
+                assert not (cmd[0].endswith("kubectl") and "proxy" in cmd)
+            assert p.wiring.kube_api_for_vault.startswith("https://")
+
+
+def test_wiring_refuses_a_node_outside_the_subnet_a_tiny_subnet_and_ipv6() -> None:
+    with pytest.raises(ParameterError, match="not in its network"):
+        wiring("vsolab", SUBNET, "10.0.0.2")
+    with pytest.raises(ParameterError, match="/28 or larger"):
+        wiring("vsolab", "192.168.49.0/30", "192.168.49.2")
+    with pytest.raises(ParameterError, match="IPv4"):
+        wiring("vsolab", "fd00::/64", "fd00::2")
+
+
+# -- minikube -------------------------------------------------------------------------------------------------------------
+def test_minikube_start_uses_the_profile_docker_driver_and_embedded_certs() -> None:
+    p = make_plan({"VSOLAB_MINIKUBE_PROFILE": "lab-y", "VSOLAB_KUBERNETES_VERSION": "v1.34.0"})
+    cmd = p.minikube_start
+    assert cmd[:4] == ["minikube", "start", "-p", "lab-y"]
+    assert "--driver=docker" in cmd and "--embed-certs" in cmd and "--kubernetes-version=v1.34.0" in cmd
+    assert minikube.minikube_command("status", "lab-y") == ["minikube", "status", "-p", "lab-y", "-o", "json"]
+    assert minikube.minikube_command("delete", "lab-y") == ["minikube", "delete", "-p", "lab-y"]
+
+
+def test_settings_refuse_a_bad_profile_and_unknown_options() -> None:
+    with pytest.raises(ParameterError, match="profile name"):
+        Settings.from_env({}, profile="Bad_Name")
+    with pytest.raises(ParameterError, match="unknown"):
+        Settings.from_env({}, colour="blue")
+
+
+# -- Helm ----------------------------------------------------------------------------------------------------------------
+def test_helm_installs_vso_at_the_pinned_chart_version_into_the_operator_namespace() -> None:
+    cmd = make_plan({}).helm_install
+    assert cmd[:5] == ["helm", "upgrade", "--install", "vault-secrets-operator", "vault-secrets-operator"]
+    assert cmd[cmd.index("--repo") + 1] == "https://helm.releases.hashicorp.com"
+    assert cmd[cmd.index("--version") + 1] == install.VSO_VERSION == external.CHART_VERSION
+    assert cmd[cmd.index("--namespace") + 1] == "vault-secrets-operator" and "--create-namespace" in cmd
+    assert cmd[cmd.index("--values") + 1] == "/state/helm/vso-values.yaml"
+    assert cmd[cmd.index("--kubeconfig") + 1] == "/state/kube/minikube.kubeconfig"
+    assert cmd[cmd.index("--kube-context") + 1] == "vsolab"
+    assert "--wait" in cmd and "--reuse-values" not in cmd, "the lab owns this release: it sends the full values"
+
+
+def test_helm_values_for_the_default_install() -> None:
+    assert make_plan({}).vso_values == {"controller": {"manager": {"clientCache": {"persistenceModel": "none"}}}}
+
+
+def test_helm_values_for_the_client_cache_stage_wire_transit_storage_encryption() -> None:
+    n = Names()
+    values = make_plan({}, model="direct-encrypted").vso_values
+    cache = values["controller"]["manager"]["clientCache"]
+    assert cache["persistenceModel"] == "direct-encrypted"
+    enc = cache["storageEncryption"]
+    assert enc == {
+        "enabled": True, "vaultConnectionRef": "vault/vault-connection", "keyName": n.transit_key,
+        "transitMount": n.transit_mount, "method": "kubernetes", "mount": n.k8s_auth_mount,
+        "kubernetes": {"role": n.transit_role, "serviceAccount": n.operator_sa},
+    }
+    assert (n.transit_key, n.transit_mount, n.transit_role) == ("vso-client-cache", "demo-transit", "auth-role-operator")
+    # The chart names its transit VaultAuth <release>-default-transit-auth: the name the cache stage looks for.
+    assert f"{external.RELEASE}-default-transit-auth" == n.transit_auth
+
+
+def test_the_cache_stage_shows_the_same_values_the_backend_sends() -> None:
+    from labkit import cache
+
+    shown = yaml.safe_load(cache.helm_values(SimpleNamespace(names=Names())))
+    assert shown == make_plan({}, model="direct-encrypted").vso_values
+
+
+def test_helm_values_refuse_an_unknown_cache_model() -> None:
+    with pytest.raises(ParameterError, match="direct-encrypted"):
+        vso_values("encrypted", Names(), "vault/vault-connection")
+
+
+def test_upgrade_through_the_lab_runs_the_planned_command(tmp_path: Path) -> None:
+    lab = MinikubeLab(tmp_path / "state")
+    lab.state.ensure()
+    lab.state.update(minikube={"subnet": SUBNET, "node_ip": NODE_IP})
+    p = lab.plan(model="direct-encrypted")
+    assert lab.helm_command(external.RELEASE, "vault-secrets-operator", external.CHART_VERSION, reuse=False) == p.helm_install
+    assert lab.values_file == tmp_path / "state" / "helm" / "vso-values.yaml"
+    assert p.vso_values["controller"]["manager"]["clientCache"]["persistenceModel"] == "direct-encrypted"
+    # The lab's addresses come from the same wiring.
+    assert lab.kube_api_for_vault == f"https://{NODE_IP}:8443"
+    assert lab.vault_addr_for_cluster == p.wiring.vault_addr_for_cluster
+    assert lab.pg_address_for_vault == p.wiring.pg_address_for_vault
+    assert lab.vault_addr == f"http://127.0.0.1:{p.vault.ports[8200]}"
+    assert p.vault.environment["VAULT_DEV_ROOT_TOKEN_ID"] == lab.vault_token
+    assert p.postgres.environment["POSTGRES_PASSWORD"] == lab.pg_admin_password
+    assert (tmp_path / "state" / "secrets.json").stat().st_mode & 0o077 == 0, "secrets are private to the owner"
+    assert lab.kube_context == "vsolab" and lab.kubeconfig == tmp_path / "state" / "kube" / "minikube.kubeconfig"
+
+
+def test_the_running_managers_cache_model_is_read_from_its_flags_and_env() -> None:
+    assert cache_model_from_args(["--health-probe-bind-address=:8081", "--leader-elect"]) == "none"
+    assert cache_model_from_args(["--client-cache-persistence-model=direct-encrypted"]) == "direct-encrypted"
+    assert cache_model_from_args(["--client-cache-persistence-model=none"],
+                                 {"VSO_CLIENT_CACHE_PERSISTENCE_MODEL": "direct-unencrypted"}) == "direct-unencrypted"
+
+
+# -- the lab object before up ---------------------------------------------------------------------------------------------
+def test_get_backend_builds_a_minikube_lab_whose_addresses_explain_they_need_up(tmp_path: Path) -> None:
+    lab = get_backend("minikube", state=tmp_path / "s", profile="lab-z")
+    assert isinstance(lab, MinikubeLab) and lab.backend == "minikube" and lab.settings.profile == "lab-z"
+    assert lab.names == Names()
+    with pytest.raises(NotRunning, match="labkit up --backend minikube"):
+        _ = lab.kube_api_for_vault
+
+
+def test_a_cluster_backend_never_shares_a_local_labs_state_directory(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    assert external.cluster_state(tmp_path, "minikube").root == tmp_path / "minikube"
+    assert external.cluster_state(tmp_path / "fresh", "minikube").root == tmp_path / "fresh"
+
+
+def test_up_without_the_tools_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(MissingTool) as exc:
+        MinikubeLab(tmp_path / "state").up(progress=lambda m: None)
+    text = str(exc.value)
+    for name in ("docker", "minikube", "helm", "docker engine"):
+        assert name in text
+
+
+# -- labkit doctor --backend minikube ---------------------------------------------------------------------------------------
+def _doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labkit", "doctor", "--backend", "minikube"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _rows(out: str) -> dict[str, str]:
+    rows = {}
+    for line in out.splitlines()[2:]:
+        name, _, rest = line.partition("  ")
+        rows[name.strip()] = rest.strip()
+    return rows
+
+
+def _stub(bindir: Path, name: str, output: str) -> None:
+    path = bindir / name
+    path.write_text(f"#!/bin/sh\necho '{output}'\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _base_env(tmp_path: Path, path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VAULT_LICENSE", "DOCKER_HOST", "DOCKER_CONTEXT")}
+    env.update(PATH=path, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", PYTHONPATH=str(REPO))
+    return env
+
+
+def test_doctor_without_docker_names_each_missing_tool_and_how_to_get_it(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    res = _doctor(_base_env(tmp_path, str(empty)))
+    assert res.returncode == 1, res.stdout + res.stderr
+    rows = _rows(res.stdout)
+    assert rows["docker"].startswith("MISSING") and "docs.docker.com" in rows["docker"]
+    assert rows["docker engine"].startswith("MISSING") and "docker info" in rows["docker engine"]
+    assert rows["minikube"].startswith("MISSING") and "minikube.sigs.k8s.io" in rows["minikube"]
+    assert rows["helm"].startswith("MISSING") and "helm.sh" in rows["helm"]
+    assert rows["VAULT_LICENSE"].startswith("ok") and "instant updates" in rows["VAULT_LICENSE"]
+
+
+def test_doctor_with_tools_but_no_docker_engine_names_the_engine(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _stub(bindir, "docker", "28.2.2")
+    _stub(bindir, "minikube", "v1.36.0")
+    _stub(bindir, "helm", "v3.18.4+gb5a5b6f")
+    _stub(bindir, "kubectl", "Client Version: v1.34.1")
+    res = _doctor(_base_env(tmp_path, f"{bindir}:/usr/bin:/bin"))
+    assert res.returncode == 1
+    rows = _rows(res.stdout)
+    assert rows["docker"] == "ok       28.2.2"
+    assert rows["minikube"].startswith("ok") and "v1.36.0" in rows["minikube"]
+    assert rows["helm"].startswith("ok") and "v3.18.4" in rows["helm"]
+    assert rows["docker engine"].startswith("MISSING")
+
+
+def test_doctor_flags_a_tool_older_than_needed(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _stub(bindir, "helm", "v3.2.4+g0ad800e")
+    res = _doctor(_base_env(tmp_path, f"{bindir}:/usr/bin:/bin"))
+    assert "older than 3.8" in _rows(res.stdout)["helm"]
+
+
+def test_doctor_passes_when_every_tool_and_the_engine_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit import cli
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, out in (("docker", "28.2.2"), ("minikube", "v1.36.0"), ("helm", "v3.18.4"), ("kubectl", "Client Version: v1.34.1")):
+        _stub(bindir, name, out)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("VAULT_LICENSE", LICENSE)
+    monkeypatch.setattr(minikube, "docker_client", lambda timeout=10: SimpleNamespace(version=lambda: {"Version": "28.2.2"}))
+    assert cli.main(["doctor", "--backend", "minikube"]) == 0
+
+
+# -- external: prefixes, kubeconfigs, environment ---------------------------------------------------------------------------
+def test_attendee_prefixes_are_name_safe() -> None:
+    assert validate_prefix("alice") == "alice-"
+    assert validate_prefix("Team-7-") == "team-7-"
+    assert validate_prefix("") == ""
+    for bad in ("al ice", "-x", "ä", "a" * 30):
+        with pytest.raises(ParameterError, match="VSOLAB_PREFIX"):
+            validate_prefix(bad)
+    n = Names(validate_prefix("alice"))
+    assert (n.static_ns, n.k8s_auth_mount, n.kv_mount, n.reviewer_binding) == (
+        "alice-static-exampleapp", "alice-kubernetes", "alice-static", "alice-vault-to-k8s-sa-auth-delegator")
+
+
+def test_external_lab_reads_its_addresses_from_the_environment(tmp_path: Path) -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "team",
+        "clusters": [{"name": "team-cluster", "cluster": {"server": "https://k8s.example:6443",
+                                                           "certificate-authority-data": base64.b64encode(ca.encode()).decode()}}],
+        "contexts": [{"name": "team", "context": {"cluster": "team-cluster", "user": "me"}}],
+        "users": [{"name": "me", "user": {"token": "x"}}],
+    }))
+    env = {"VAULT_ADDR": "https://vault.example:8200/", "VAULT_TOKEN": "hvs.x", "KUBECONFIG": str(kc),
+           "VSOLAB_PG_ADDR": "db.example:6432", "VSOLAB_PG_PASSWORD": "pw", "VSOLAB_PG_ADDR_FOR_VAULT": "10.0.0.5:5432",
+           "VSOLAB_PREFIX": "bob"}
+    lab = ExternalLab(tmp_path / "state", environ=env)
+    assert lab.backend == "external" and lab.names == Names("bob-")
+    assert lab.vault_addr == lab.vault_addr_for_cluster == "https://vault.example:8200"
+    assert lab.kube_api_for_vault == "https://k8s.example:6443" and lab.kube_ca() == ca
+    assert lab.pg_address == ("db.example", 6432)
+    assert lab.pg_address_for_vault == lab.pg_address_for_pods == ("10.0.0.5", 5432)
+    assert lab.pg_dsn() == "host=db.example port=6432 user=root password=pw dbname=postgres"
+    assert lab.env()["VSOLAB_PREFIX"] == "bob-"
+    del env["VSOLAB_PG_PASSWORD"]
+    with pytest.raises(ParameterError, match="VSOLAB_PG_PASSWORD"):
+        _ = ExternalLab(tmp_path / "state", environ=env).pg_admin_password
+    with pytest.raises(ParameterError, match="host:port"):
+        external.parse_hostport("postgresql://db:x", "PostgreSQL", "VSOLAB_PG_ADDR")
+
+
+def test_kubeconfig_ca_may_be_a_file_relative_to_the_kubeconfig(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("PEM")
+    kc = tmp_path / "config"
+    kc.write_text(yaml.safe_dump({"current-context": "m", "clusters": [{"name": "c", "cluster": {
+        "server": "https://192.168.49.2:8443", "certificate-authority": "ca.crt"}}],
+        "contexts": [{"name": "m", "context": {"cluster": "c"}}]}))
+    assert kubeconfig_cluster(kc) == {"server": "https://192.168.49.2:8443", "ca": "PEM", "context": "m"}
+    with pytest.raises(LabkitError, match="context 'nope'"):
+        kubeconfig_cluster(kc, "nope")
+
+
+def test_doctor_external_names_each_missing_setting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VAULT_ADDR", "VAULT_TOKEN", "VSOLAB_PG_ADDR", "VSOLAB_PG_PASSWORD", "VSOLAB_PREFIX")}
+    env.update(KUBECONFIG=str(tmp_path / "missing"), PYTHONPATH=str(REPO))
+    res = subprocess.run([sys.executable, "-m", "labkit", "doctor", "--backend", "external"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    rows = _rows(res.stdout)
+    for key in ("VAULT_ADDR", "VAULT_TOKEN", "VSOLAB_PG_ADDR", "VSOLAB_PG_PASSWORD", "KUBECONFIG"):
+        assert rows[key].startswith("MISSING") and "export" in rows[key]
