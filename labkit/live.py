@@ -1,0 +1,386 @@
+"""Live widgets: a Secret, a lease, the whole sync pipeline and a timeline, updating in JupyterLab.
+
+Each view polls in one daemon thread for a bounded time: ``view.run(seconds)`` returns at once and
+returns the view (so ``SecretView(lab).run(60)`` as a cell's last line shows it), ``stop()`` ends it
+early, ``join()`` waits for it. The thread only sets widget values; it never prints. What a view
+shows comes from a pure model in :mod:`labkit._livemodel`. Secret values stay masked unless the
+learner clicks Reveal, which works only with ``interactive=True`` (papermill runs never reveal).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from typing import Any
+
+import ipywidgets as widgets
+import requests
+
+from . import k8s, pg, vault, vso
+from ._livemodel import (
+    FAIL,
+    LANES,
+    OK,
+    UNKNOWN,
+    WARN,
+    LeaseModel,
+    PipelineModel,
+    PipelineObservation,
+    SecretModel,
+    TimelineModel,
+    ago,
+    parse_time,
+    redact,
+)
+
+__all__ = ["LeaseView", "PipelineView", "SecretView", "Timeline"]
+COLORS = {OK: "#2e7d32", WARN: "#f9a825", FAIL: "#c62828", UNKNOWN: "#9e9e9e"}
+VSO_KINDS = ("VaultDynamicSecret", "VaultStaticSecret", "VaultPKISecret")
+LH = "style='line-height:1.55'"
+e = html.escape
+
+
+def _light(light: str, text: str, **data: Any) -> str:
+    attrs = "".join(f" data-{k}='{e(str(v))}'" for k, v in data.items())
+    return (f"<span class='vsolab-light vsolab-light-{light}' data-light='{light}'{attrs}>"
+            f"<span style='color:{COLORS[light]};font-size:1.2em'>●</span> {e(text)}</span>")
+
+
+class _Live:
+    """A box of widgets redrawn by :meth:`refresh`, which one daemon thread calls every ``interval`` seconds."""
+
+    css, max_width = "vsolab-live", "none"
+
+    def __init__(self, lab: Any, *, interval: float, interactive: bool = False, refresh: bool = True) -> None:
+        self.lab, self.interval, self.interactive, self.error = lab, interval, bool(interactive), ""
+        self._stop, self._lock = threading.Event(), threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._until = 0.0
+        self._hvac: Any = None
+        self.status = widgets.HTML()
+        self.box = widgets.VBox([*self._children(), self.status], layout=widgets.Layout(max_width=self.max_width))
+        for css in ("vsolab-live", self.css):
+            self.box.add_class(css)
+        if refresh:
+            self.refresh()
+
+    def _children(self) -> list[widgets.Widget]:
+        raise NotImplementedError
+
+    def observe(self) -> Any:
+        """Read the cluster (the only I/O)."""
+        raise NotImplementedError
+
+    def apply(self, now: float, observed: Any) -> None:
+        """Update the model with what was read, and draw it."""
+        raise NotImplementedError
+
+    def _secrets(self) -> list[str]:
+        return []
+
+    def _vault(self) -> Any:
+        if self._hvac is None:
+            self._hvac = vault.client(self.lab)
+        return self._hvac
+
+    def refresh(self) -> None:
+        """Read once and redraw: what each tick of the thread does. Errors are shown, never raised."""
+        with self._lock:
+            try:
+                self.apply(time.time(), self.observe())
+                self.error = ""
+            except Exception as exc:  # noqa: BLE001 - a failed read is shown in the widget
+                first = (str(exc).strip().splitlines() or [""])[0]
+                self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
+            self._draw_status()
+
+    def _draw_status(self) -> None:
+        left = max(0.0, self._until - time.monotonic())
+        run = (f"<span style='color:{COLORS[OK]}'>●</span> live, every {self.interval:g}s, stops in {left:.0f}s" if self.running
+               else "○ not polling: <code>.run(seconds)</code> watches again")
+        err = f" · <span style='color:{COLORS[FAIL]}'>last read failed: {e(self.error)}</span>" if self.error else ""
+        self.status.value = f"<small class='vsolab-run' data-running='{int(self.running)}'>{run}{err}</small>"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def run(self, seconds: float = 60.0) -> _Live:
+        """Poll for ``seconds`` in a background daemon thread; returns at once. Calling it again extends the run."""
+        self._until = time.monotonic() + max(0.0, float(seconds))
+        if not self.running:
+            self.join()  # a stopped thread ends within one interval
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name=f"labkit-{type(self).__name__}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._until:
+            self.refresh()
+            self._stop.wait(self.interval)
+        self._stop.set()
+        with self._lock:
+            self._draw_status()
+
+    def stop(self) -> None:
+        """Stop polling; the thread ends within one interval."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not (self._thread is not None and self._thread.is_alive())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'namespace', '')}/{getattr(self, 'name', '')}>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        data = self.box._repr_mimebundle_(**kwargs)
+        data["text/plain"] = repr(self)  # not the VBox repr, which spells out every child's value
+        return data
+
+
+class SecretView(_Live):
+    """A Kubernetes Secret watched live: keys, masked values, resourceVersion, last change, its VSO owner's conditions."""
+
+    css, max_width = "vsolab-secretview", "900px"
+
+    def __init__(self, lab: Any, name: str | None = None, namespace: str | None = None, *, owner: tuple[str, str] | None = None,
+                 interactive: bool = False, interval: float = 1.0, highlight_seconds: float = 5.0, refresh: bool = True) -> None:
+        self.name, self.namespace = name or lab.names.dynamic_secret, namespace or lab.names.dynamic_ns
+        self.owner_ref, self.revealed = owner, False
+        self.model = SecretModel(highlight_seconds=highlight_seconds)
+        self.reveal_button = widgets.ToggleButton(
+            description="Reveal", icon="eye", disabled=not interactive,
+            tooltip="show the values" if interactive else "reveal is off: this run is not interactive (INTERACTIVE=False)")
+        self.reveal_button.add_class("vsolab-reveal")
+        self.reveal_button.observe(self._on_reveal, names="value")
+        self.view = widgets.HTML()
+        super().__init__(lab, interval=interval, interactive=interactive, refresh=refresh)
+
+    def _children(self) -> list[widgets.Widget]:
+        return [self.view, self.reveal_button]
+
+    def _secrets(self) -> list[str]:
+        return list(self.model._values.values())
+
+    def _on_reveal(self, change: dict) -> None:
+        with self._lock:
+            self.revealed = bool(change["new"]) and self.interactive
+            self.reveal_button.description = "Hide" if self.revealed else "Reveal"
+            self._draw(self.model.state(time.time(), self.revealed))
+
+    def observe(self) -> tuple[dict | None, dict | None]:
+        secret = k8s.get(self.lab.kube, "v1", "Secret", self.name, self.namespace)
+        ref = self.owner_ref
+        if ref is None:
+            refs = [o for o in ((secret or {}).get("metadata") or {}).get("ownerReferences") or [] if o.get("kind") in VSO_KINDS]
+            ref = (refs[0]["kind"], refs[0]["name"]) if refs else None
+        return secret, (vso.get(self.lab, ref[0], ref[1], self.namespace) if ref else None)
+
+    def apply(self, now: float, observed: tuple[dict | None, dict | None]) -> None:
+        self._draw(self.model.update(now, observed[0], observed[1], reveal=self.revealed))
+
+    def _draw(self, st: Any) -> None:
+        title = f"<b>Secret {e(self.namespace)}/{e(self.name)}</b>"
+        head = (f"{title} · resourceVersion <code>{e(st.resource_version)}</code> · last change "
+                f"{ago(None if st.last_change is None else time.time() - st.last_change)} · {st.changes} changes seen"
+                if st.exists else f"{title}: does not exist (yet)")
+        rows = "".join(f"<tr class='vsolab-row{' vsolab-changed' if ch else ''}' style='background:{'#fff59d' if ch else 'none'}'>"
+                       f"<td><code>{e(k)}</code></td><td class='vsolab-value' data-key='{e(k)}'><code>"
+                       f"{e(v if len(v) < 200 else v[:200] + '…')}</code></td></tr>" for k, v, ch in st.rows)
+        conds = " ".join(_light(OK if s == "True" else FAIL if s == "False" else UNKNOWN, short, cond=short, status=s)
+                         for short, (s, _) in st.owner_conditions.items())
+        owner = f"owned by {e(st.owner)}: {conds}" if st.owner else "no VSO owner found"
+        self.view.value = (f"<div class='vsolab-secret' data-rv='{e(st.resource_version)}' data-changes='{st.changes}' "
+                           f"data-revealed='{int(self.revealed)}' {LH}>{head}<table style='margin:4px 0'>{rows}</table>{owner}</div>")
+
+
+class LeaseView(_Live):
+    """The Vault lease behind a VaultDynamicSecret: TTL counting down, next renewal, ``max_ttl`` horizon, renewals, rotations."""
+
+    css, max_width = "vsolab-leaseview", "900px"
+
+    def __init__(self, lab: Any, name: str | None = None, namespace: str | None = None, *, max_ttl: float | None = None,
+                 interval: float = 1.0, refresh: bool = True) -> None:
+        self.name, self.namespace = name or lab.names.dynamic_vds, namespace or lab.names.dynamic_ns
+        self.model, self._max_ttl_known = LeaseModel(max_ttl=max_ttl), max_ttl is not None
+        self._issued: dict[str, float | None] = {}
+        self.bar = widgets.FloatProgress(value=0, min=0, max=1, description="TTL", layout=widgets.Layout(width="440px"))
+        self.view = widgets.HTML()
+        super().__init__(lab, interval=interval, refresh=refresh)
+
+    def _children(self) -> list[widgets.Widget]:
+        return [self.bar, self.view]
+
+    def _role(self, mount: str, role: str) -> dict:
+        """GET /:mount/roles/:role (the database role: default_ttl, max_ttl)."""
+        return (self._vault().read(f"{mount}/roles/{role}") or {}).get("data") or {}
+
+    def _issue_time(self, lease_id: str) -> float | None:
+        """PUT /sys/leases/lookup: when Vault issued the lease (the max_ttl horizon counts from it)."""
+        return parse_time(self._vault().sys.read_lease(lease_id)["data"].get("issue_time"))
+
+    def observe(self) -> tuple[dict | None, float | None]:
+        vds = vso.get(self.lab, "VaultDynamicSecret", self.name, self.namespace)
+        spec = (vds or {}).get("spec") or {}
+        if not self._max_ttl_known and str(spec.get("path", "")).startswith("creds/"):
+            self.model.max_ttl = float(self._role(spec["mount"], spec["path"].split("/", 1)[1]).get("max_ttl") or 0) or None
+            self._max_ttl_known = True
+        lease_id = str((((vds or {}).get("status") or {}).get("secretLease") or {}).get("id") or "")
+        if lease_id and lease_id not in self._issued:
+            try:
+                self._issued = {lease_id: self._issue_time(lease_id)}
+            except Exception:  # noqa: BLE001 - without it the horizon counts from when the lease was first seen
+                self._issued = {lease_id: None}
+        return vds, self._issued.get(lease_id)
+
+    def apply(self, now: float, observed: tuple[dict | None, float | None]) -> None:
+        st = self.model.update(now, observed[0], issued_at=observed[1])
+        over = st.next_renewal_in is not None and st.next_renewal_in < 0
+        self.bar.max = max(st.duration, 1.0)
+        self.bar.value = min(st.ttl, self.bar.max)
+        self.bar.bar_style = "danger" if st.fraction < 0.1 else "warning" if over else "success"
+        self.bar.description = f"TTL {st.ttl:.0f}s"
+        nxt = ("no lease yet" if st.next_renewal_in is None else f"renewal due now (at {st.renewal_percent}%)" if over
+               else f"next renewal in {st.next_renewal_in:.1f}s (at {st.renewal_percent}% of {st.duration:.0f}s)")
+        hz = "max_ttl unknown" if st.horizon_in is None else f"max_ttl ends this lease in {max(0.0, st.horizon_in):.1f}s"
+        marks = " ".join(f"<span class='vsolab-rotation'>↻ {time.strftime('%H:%M:%S', time.localtime(t))}</span>"
+                         for t in st.rotations[-5:])
+        self.view.value = (
+            f"<div class='vsolab-lease' data-ttl='{st.ttl:.2f}' data-lease='{e(st.short_id)}' data-renewals='{st.total_renewals}' "
+            f"data-rotations='{len(st.rotations)}' {LH}><b>VaultDynamicSecret {e(self.namespace)}/{e(self.name)}</b> · lease "
+            f"<code>{e(st.short_id)}</code><br><b class='vsolab-ttl'>{st.ttl:.1f}s</b> of {st.duration:.0f}s left · {nxt} · {hz}"
+            f"<br>renewals: {st.renewals} of this lease, {st.total_renewals} in all · new credentials: {len(st.rotations)} {marks}</div>")
+
+
+class _Chain(_Live):
+    """A VSO resource, its Secret and the Deployment it restarts: what the pipeline and the timeline read."""
+
+    def __init__(self, lab: Any, kind: str, name: str | None, namespace: str | None, deployment: str | None, **kw: Any) -> None:
+        static = kind == "VaultStaticSecret"
+        self.kind, self.deployment = kind, deployment
+        self.name = name or (lab.names.static_vss if static else lab.names.dynamic_vds)
+        self.namespace = namespace or (lab.names.static_ns if static else lab.names.dynamic_ns)
+        super().__init__(lab, **kw)
+
+    def _read(self) -> tuple[dict | None, dict | None, str, list[dict], int]:
+        res = vso.get(self.lab, self.kind, self.name, self.namespace)
+        spec = (res or {}).get("spec") or {}
+        secret_name = (spec.get("destination") or {}).get("name") or ""
+        secret = k8s.get(self.lab.kube, "v1", "Secret", secret_name, self.namespace) if secret_name else None
+        targets = [t["name"] for t in spec.get("rolloutRestartTargets") or [] if t.get("kind") == "Deployment"]
+        dep_name = self.deployment or (targets[0] if targets else self.lab.names.app)
+        dep = k8s.get(self.lab.kube, "apps/v1", "Deployment", dep_name, self.namespace) or {}
+        labels = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {"app": dep_name}
+        pods = [self.lab.kube.sanitize_for_serialization(p) for p in
+                k8s.pods(self.lab.kube, self.namespace, ",".join(f"{k}={v}" for k, v in labels.items()))] if dep else []
+        return res, secret, dep_name, pods, int((dep.get("spec") or {}).get("replicas") or 1)
+
+
+class PipelineView(_Chain):
+    """Vault path → VSO resource → Kubernetes Secret → Deployment pods → app endpoint, with a status light on each link."""
+
+    css = "vsolab-pipelineview"
+
+    def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
+                 deployment: str | None = None, app_path: str = "/status", interval: float = 2.0, refresh: bool = True) -> None:
+        self.app_path, self.model, self.links = app_path, PipelineModel(), ()
+        self.view = widgets.HTML()
+        super().__init__(lab, kind, name, namespace, deployment, interval=interval, refresh=refresh)
+
+    def _children(self) -> list[widgets.Widget]:
+        return [self.view]
+
+    def _secrets(self) -> list[str]:
+        return list(self.model.secret._values.values())
+
+    def _vault_path(self, spec: dict) -> tuple[str, bool | None, str]:
+        """Probe the Vault side without reading a secret: the database role, or the KV v2 metadata."""
+        mount, path = str(spec.get("mount", "")), str(spec.get("path", ""))
+        if self.kind == "VaultDynamicSecret" and path.startswith("creds/"):
+            probe, what = f"{mount}/roles/{path.split('/', 1)[1]}", "the database role exists"
+        elif self.kind == "VaultStaticSecret" and spec.get("type", "kv-v2") == "kv-v2":
+            probe, what = f"{mount}/metadata/{path}", "the KV v2 secret exists (metadata read, not the values)"
+        else:
+            return f"{mount}/{path}", None, "not probed"
+        ok = self._vault().read(probe) is not None
+        return f"{mount}/{path}", ok, what if ok else f"{probe} not found"
+
+    def observe(self) -> PipelineObservation:
+        res, secret, dep, pods, replicas = self._read()
+        vpath, vok, vdetail = self._vault_path((res or {}).get("spec") or {}) if res else ("?", None, "no VSO resource")
+        app, err = None, ""
+        try:
+            r = requests.get(self.lab.app_url(self.namespace, dep) + self.app_path, timeout=4)
+            app = (r.status_code, r.json() if "json" in r.headers.get("content-type", "") else {})
+        except Exception as exc:  # noqa: BLE001 - an app that does not answer is a red light
+            err = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]
+        return PipelineObservation(vpath, vok, res, secret, pods, replicas, app, err, vdetail, dep, self.app_path)
+
+    def apply(self, now: float, observed: PipelineObservation) -> None:
+        self.links = self.model.update(now, observed)
+        cards = "<span style='font-size:1.4em;color:#777'>→</span>".join(
+            f"<div class='vsolab-link' data-link='{ln.name}' data-light='{ln.light}' style='border:2px solid {COLORS[ln.light]};"
+            f"border-radius:6px;padding:4px 6px;flex:1;font-size:0.85em'>{_light(ln.light, ln.title, link=ln.name)}"
+            f"<div style='color:#555'>{e(ln.detail)}</div></div>" for ln in self.links)
+        ok = sum(1 for ln in self.links if ln.light == OK)
+        self.view.value = (f"<div class='vsolab-pipeline' data-ok='{ok}' data-links='{len(self.links)}' {LH}><b>sync pipeline</b> "
+                           f"({ok}/{len(self.links)} green)<div style='display:flex;align-items:stretch;gap:4px'>{cards}</div></div>")
+
+
+class Timeline(_Chain):
+    """A plotly chart that fills in while it runs: PostgreSQL roles created and dropped, renewals, Secret changes, pod restarts."""
+
+    css = "vsolab-timeline"
+    SYMBOLS = ("triangle-up", "triangle-down", "circle", "star", "diamond", "square", "x", "cross")
+
+    def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
+                 deployment: str | None = None, interval: float = 2.0, refresh: bool = True) -> None:
+        self.model = TimelineModel()
+        # plotly's FigureWidget needs anywidget; an Output widget with plotly's mimetype needs only jupyterlab-plotly.
+        self.out, self.caption = widgets.Output(layout=widgets.Layout(min_height="320px")), widgets.HTML()
+        super().__init__(lab, kind, name, namespace, deployment, interval=interval, refresh=refresh)
+
+    def _children(self) -> list[widgets.Widget]:
+        return [self.out, self.caption]
+
+    def observe(self) -> dict[str, Any]:
+        res, secret, _, pods, _ = self._read()
+        dynamic = self.kind == "VaultDynamicSecret"
+        return {"roles": [r["role"] for r in pg.dynamic_roles(self.lab)] if dynamic else None, "vds": res if dynamic else None,
+                "secret": secret, "pods": pods}
+
+    def apply(self, now: float, observed: dict[str, Any]) -> None:
+        self.model.update(now, **observed)
+        fig = json.loads(self.figure(now).to_json())
+        # Output.outputs is a synced trait: setting it from a thread is safe, unlike print() or display().
+        self.out.outputs = ({"output_type": "display_data", "metadata": {}, "data": {
+            "application/vnd.plotly.v1+json": {**fig, "config": {"displaylogo": False}},
+            "text/plain": f"<Timeline: {len(self.model.events)} events>"}},)
+        counts = {lane: sum(1 for _, ln, _ in self.model.events if ln == lane) for lane in LANES}
+        self.caption.value = (f"<small class='vsolab-events' data-events='{len(self.model.events)}' "
+                              f"data-rotations='{counts['new credentials']}'>"
+                              + " · ".join(f"{e(k)}: {v}" for k, v in counts.items()) + "</small>")
+
+    def figure(self, now: float | None = None) -> Any:
+        """The timeline as a plotly Figure; x is seconds since the timeline started."""
+        import plotly.graph_objects as go
+
+        now = now or time.time()
+        start = self.model.start or now
+        fig = go.Figure()
+        for i, lane in enumerate(LANES):
+            pts = [(round(t - start, 1), label) for t, ln, label in self.model.events if ln == lane]
+            fig.add_trace(go.Scatter(x=[x for x, _ in pts] or [None], y=[lane] * max(1, len(pts)), mode="markers", name=lane,
+                                     text=[label for _, label in pts], hovertemplate="%{y}: %{text} at %{x}s<extra></extra>",
+                                     marker={"symbol": self.SYMBOLS[i % len(self.SYMBOLS)], "size": 11}))
+        fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 30}, showlegend=False,
+                          title={"text": f"{self.namespace}: credentials, leases, Secret and pods over time", "font": {"size": 13}},
+                          xaxis={"title": {"text": "seconds since the timeline started"}, "range": [0, max(10.0, now - start + 1)]},
+                          yaxis={"type": "category", "categoryorder": "array", "categoryarray": list(reversed(LANES))})
+        return fig

@@ -1,0 +1,298 @@
+"""The live widgets in a real browser: JupyterLab on loopback, headless Debian chromium, a local lab.
+
+One local lab in its own state directory is brought to the dynamic-secret stage (DB role TTLs of
+15s/30s, so renewals and rotations happen while we watch). Then:
+
+* ``tests/notebooks/live_widgets.ipynb`` is executed headless by papermill with ``INTERACTIVE=False``
+  and the executed notebook, widget state included, is scanned for every credential the lab made;
+* the same notebook is opened in JupyterLab in chromium (Python playwright), its cells are run, and
+  the SecretView (masked, reveals on click), LeaseView (TTL goes down), PipelineView (all green) and
+  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS`` and ``docs/img``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "tests" / "notebooks" / "live_widgets.ipynb"
+ARTIFACTS = Path(os.environ.get("VSOLAB_ARTIFACTS") or ROOT / "artifacts")
+DOCS_IMG = ROOT / "docs" / "img"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+MASK = "••••••••"
+TIMINGS: dict[str, float] = {}
+
+
+def _require_tools() -> None:
+    from labkit import install
+
+    if not all(p.built() for p in install.PRODUCTS.values()):
+        pytest.skip("the lab's binaries are not built: run `labkit install`")
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    # 0755: when run as root, PostgreSQL runs as another user and keeps its data beside the state dir.
+    path = Path(tempfile.mkdtemp(prefix="vsolab-live-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(base: Path) -> Iterator[Any]:
+    """A local lab of our own at the dynamic-secret stage; torn down and purged afterwards."""
+    _require_tools()
+    from labkit import connect, dynamic, static
+    from labkit.local import LocalLab
+
+    lab = LocalLab(base / "state")
+    try:
+        t0 = time.monotonic()
+        lab.up(progress=lambda m: None)
+        TIMINGS["lab_up_s"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        for step in (connect.create_vault_namespace, connect.create_vault_connection, connect.create_token_reviewer,
+                     connect.enable_kubernetes_auth, static.enable_kv, static.write_creds, static.write_policy, static.create_role,
+                     static.create_namespace, static.create_vault_auth, static.create_static_secret,
+                     dynamic.enable_database, dynamic.configure_connection, lambda lb: dynamic.create_db_role(lb, "15s", "30s"),
+                     dynamic.write_policy, dynamic.create_role, dynamic.create_namespace, dynamic.create_vault_auth,
+                     dynamic.create_dynamic_secret, dynamic.deploy_app):
+            step(lab)
+        assert dynamic.check(lab).passed, str(dynamic.check(lab))
+        TIMINGS["stages_s"] = round(time.monotonic() - t0, 1)
+        yield lab
+    finally:
+        lab.down(purge=True)
+        assert not (base / "state").exists()
+
+
+def _notebook_copy(dest: Path, **params: Any) -> Path:
+    """The test notebook with its parameters cell set to ``params``."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+    return dest
+
+
+class Collector(threading.Thread):
+    """Every credential the lab holds, read over and over while a notebook runs (they rotate every ~20s)."""
+
+    def __init__(self, lab: Any) -> None:
+        super().__init__(daemon=True)
+        self.lab, self.values, self.done = lab, set(), threading.Event()
+
+    def grab(self) -> None:
+        from labkit import connect, k8s, pg
+
+        n = self.lab.names
+        for name, ns in ((n.dynamic_secret, n.dynamic_ns), (n.static_secret, n.static_ns)):
+            data = k8s.secret_data(self.lab.kube, name, ns) or {}
+            self.values |= {v for k, v in data.items() if k in ("username", "password")}
+        self.values |= {r["role"] for r in pg.dynamic_roles(self.lab)}
+        self.values |= {self.lab.vault_token, self.lab.pg_admin_password, connect.read_token_reviewer(self.lab)["token"]}
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            with contextlib.suppress(Exception):  # a read during a rotation may fail; the next one counts
+                self.grab()
+
+
+@pytest.mark.lab
+def test_executed_notebook_widget_state_holds_no_generated_credential(lab: Any, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import papermill
+
+    monkeypatch.setenv("VSOLAB_STATE", str(lab.state.root))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    src = _notebook_copy(base / "headless" / "live_widgets.ipynb", INTERACTIVE=True, LIVE_SECONDS=30)
+    out = ARTIFACTS / "live_widgets.executed.ipynb"
+    collector = Collector(lab)
+    collector.grab()
+    collector.start()
+    t0 = time.monotonic()
+    papermill.execute_notebook(str(src), str(out), parameters={"INTERACTIVE": False, "LIVE_SECONDS": 30}, kernel_name="python3",
+                               cwd=str(src.parent), progress_bar=False, execution_timeout=300)
+    TIMINGS["papermill_s"] = round(time.monotonic() - t0, 1)
+    collector.done.set()
+    collector.join(5)
+    collector.grab()
+    text = out.read_text()
+    state = json.loads(text)["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    dumped = json.dumps(state, ensure_ascii=False)
+    assert MASK in dumped and "vsolab-lease" in dumped and "vsolab-pipeline" in dumped and "application/vnd.plotly.v1+json" in dumped
+    secrets = sorted(v for v in collector.values if v and len(v) >= 6)
+    assert len(secrets) >= 6, "the collector saw too few credentials to make the scan meaningful"
+    leaked = [f"{v[:4]}… ({len(v)} chars)" for v in secrets if v in text]
+    assert not leaked, f"credentials found in the executed notebook: {leaked}"
+    TIMINGS["credentials_scanned"] = len(secrets)
+
+
+@pytest.fixture(scope="module")
+def jupyter(lab: Any, base: Path) -> Iterator[tuple[str, Path]]:
+    """JupyterLab on 127.0.0.1, a random token, a free port, its own settings; stopped at the end."""
+    import port_for
+
+    root, settings = base / "jl", base / "jl-settings"
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    _notebook_copy(root / "live_widgets.ipynb", INTERACTIVE=True, LIVE_SECONDS=300)
+    port, token = port_for.select_random(), uuid.uuid4().hex
+    env = {**os.environ, "VSOLAB_STATE": str(lab.state.root), "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(base / "jl-ws"), "JUPYTER_RUNTIME_DIR": str(base / "jl-rt")}
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+    cmd += ["--allow-root"] if os.getuid() == 0 else []
+    log = (base / "jupyterlab.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (base / "jupyterlab.log").read_text()[-3000:]
+            time.sleep(0.3)
+        yield f"{url}/lab/tree/live_widgets.ipynb?token={token}", root
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # our own process group: the server and its kernels
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+        if ARTIFACTS.exists():
+            shutil.copy(base / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
+
+
+def _shot(locator: Any, name: str, docs: bool = True) -> None:
+    locator.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(ARTIFACTS / name))
+    if docs:
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ARTIFACTS / name, DOCS_IMG / name)
+
+
+def _run_all(page: Any) -> None:
+    """Run > Run All Cells, again if the first click went nowhere (the kernel was not attached yet)."""
+    for _ in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
+                                   ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=20_000)
+            return
+        except Exception:  # noqa: BLE001 - nothing started: click again
+            page.keyboard.press("Escape")
+    pytest.fail("Run All Cells never started the notebook's cells")
+
+
+@pytest.mark.lab
+@pytest.mark.browser
+def test_widgets_in_jupyterlab_in_headless_chromium(lab: Any, jupyter: tuple[str, Path]) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    from labkit import k8s
+
+    url, _ = jupyter
+    n = lab.names
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.keyboard.press("Control+b")  # hide the file browser: wider widgets in the screenshots
+            t0 = time.monotonic()
+            _run_all(page)
+
+            # SecretView: masked, reveals on click, masked again on a second click
+            sv = page.locator(".vsolab-secretview")
+            sv.locator(".vsolab-value").first.wait_for(timeout=90_000)
+            TIMINGS["first_widget_s"] = round(time.monotonic() - t0, 1)
+            values = sv.locator(".vsolab-value")
+            assert values.count() >= 2 and all(MASK in t for t in values.all_inner_texts())
+            button = sv.locator("button.vsolab-reveal")
+            assert button.is_enabled()
+            button.click()
+            page.wait_for_selector(".vsolab-secret[data-revealed='1']", timeout=10_000)
+            for _ in range(10):  # the credentials rotate every ~20s: compare with the Secret read at the same moment
+                shown = sv.locator(".vsolab-value[data-key='password']").inner_text().strip()
+                if shown == (k8s.secret_data(lab.kube, n.dynamic_secret, n.dynamic_ns) or {}).get("password"):
+                    break
+                time.sleep(1)
+            else:
+                pytest.fail("the revealed password never matched the Secret's")
+            assert MASK not in shown
+            button.click()
+            page.wait_for_selector(".vsolab-secret[data-revealed='0']", timeout=10_000)
+            assert all(MASK in t for t in values.all_inner_texts())
+
+            # LeaseView: the TTL goes down between two reads of the same lease
+            lease = page.locator(".vsolab-lease")
+            for _ in range(15):
+                a = lease.evaluate("el => ({...el.dataset})")
+                time.sleep(2)
+                b = lease.evaluate("el => ({...el.dataset})")
+                if (a["lease"], a["renewals"]) == (b["lease"], b["renewals"]):
+                    break
+            assert float(b["ttl"]) < float(a["ttl"]), (a, b)
+            TIMINGS["ttl_read_1"], TIMINGS["ttl_read_2"] = float(a["ttl"]), float(b["ttl"])
+
+            # PipelineView: all five links green
+            page.wait_for_selector(".vsolab-pipeline[data-ok='5']", timeout=120_000)
+            lights = page.locator(".vsolab-pipeline .vsolab-link")
+            assert lights.count() == 5 and set(lights.evaluate_all("els => els.map(e => e.dataset.light)")) == {"ok"}
+            TIMINGS["all_green_s"] = round(time.monotonic() - t0, 1)
+            _shot(page.locator(".vsolab-pipelineview"), "pipelineview.png")
+
+            # Timeline and LeaseView: renewals and two rotations (new credentials), plotted and marked
+            page.wait_for_function("() => { const d = document.querySelector('.vsolab-lease')?.dataset;"
+                                   " return d && Number(d.rotations) >= 2 && Number(d.renewals) >= 1; }", timeout=150_000)
+            page.wait_for_selector(".vsolab-timeline .js-plotly-plot", timeout=30_000)
+            assert int(page.locator(".vsolab-events").get_attribute("data-rotations") or 0) >= 1
+            TIMINGS["second_rotation_s"] = round(time.monotonic() - t0, 1)
+            time.sleep(2.5)  # one more timeline tick, so the last events are drawn
+            _shot(page.locator(".vsolab-timeline"), "timeline.png")
+            _shot(page.locator(".vsolab-leaseview"), "leaseview.png")
+            assert all(MASK in t for t in values.all_inner_texts())
+            _shot(sv, "secretview.png")
+            page.screenshot(path=str(ARTIFACTS / "notebook.png"))
+        except BaseException:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise
+        finally:
+            browser.close()
+    (ARTIFACTS / "browser-timings.json").write_text(json.dumps(TIMINGS, indent=1))
