@@ -60,7 +60,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    stopped = lab.down(purge=args.purge)
+    if args.delete_profile and lab.backend != "minikube":
+        from .errors import ParameterError
+
+        raise ParameterError(f"Checked --delete-profile against the {lab.backend} backend: only minikube has a profile.",
+                             ["Use `labkit down --backend minikube --delete-profile`.", "Drop --delete-profile.",
+                              "See `labkit down --help`."])
+    stopped = lab.down(purge=args.purge, **({"delete_profile": True} if args.delete_profile else {}))
     print("down: stopped " + (", ".join(stopped) if stopped else "nothing (the lab was not running)"))
     if args.purge:
         print("down: state wiped; the next `labkit up` starts a fresh lab")
@@ -126,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="a table of components and their health").set_defaults(func=cmd_status)
     s = sub.add_parser("down", help="stop the lab (state kept)")
     s.add_argument("--purge", action="store_true", help="also wipe the state: Vault data, leases, database")
+    s.add_argument("--delete-profile", action="store_true", help="minikube backend: also delete the minikube profile")
     s.set_defaults(func=cmd_down)
     sub.add_parser("env", help="print export lines for VAULT_ADDR, VAULT_TOKEN, KUBECONFIG, PG*").set_defaults(func=cmd_env)
     sub.add_parser("doctor", help="check prerequisites and say how to fix them").set_defaults(func=cmd_doctor)

@@ -22,6 +22,7 @@ import getpass
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -221,6 +222,7 @@ class PortForwards:
         return f"{self.lab.state.lab_id}:pf:{namespace}:{name}"
 
     def url(self, namespace: str, name: str) -> str:
+        self.lab.state.ensure()
         pods = sorted(k8s.ready_pods(self.lab.kube, namespace, f"app={name}"), key=lambda p: p.metadata.creation_timestamp)
         if not pods:
             raise SyncError(f"Checked for a Ready pod of {namespace}/{name} to port-forward to: there is none.",
@@ -270,7 +272,9 @@ class PortForwards:
 
 
 def _listening(port: int) -> bool:
-    return not port_for.is_available(port)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cluster_state(state: State | str | Path | None, backend: str) -> State:
@@ -283,7 +287,7 @@ def cluster_state(state: State | str | Path | None, backend: str) -> State:
         return state
     given = state or os.environ.get("VSOLAB_STATE")
     root = Path(given).expanduser().absolute() if given else DEFAULT_STATE.with_name(backend)
-    if (root / "pki").is_dir() or "ports" in State(root).read():
+    if (root / "pki" / "ca.crt").exists() or "ports" in State(root).read():  # a local lab's CA or its ports
         root = root / backend
     return State(root)
 
@@ -614,8 +618,9 @@ class ExternalLab(ClusterLab):
         out = []
         try:
             r = requests.get(f"{self.vault_addr}/v1/sys/health", timeout=5)
-            out.append(Health("vault", None, self.vault_addr, r.status_code == 200, str(r.json().get("version", "")),
-                              "" if r.status_code == 200 else f"sys/health answered {r.status_code}"))
+            ok = r.status_code in (200, 429, 473)  # active, standby, performance standby
+            out.append(Health("vault", None, self.vault_addr, ok, str(r.json().get("version", "")),
+                              "" if ok else f"sys/health answered {r.status_code}"))
         except (LabkitError, requests.RequestException, ValueError) as exc:
             out.append(Health("vault", None, self.environ.get("VAULT_ADDR", ""), False, "", str(exc).splitlines()[0][:120]))
         try:
@@ -682,8 +687,9 @@ def doctor_checks(environ: dict[str, str] | None = None) -> list[Result]:
                      ("VSOLAB_PG_PASSWORD", "export VSOLAB_PG_PASSWORD=… (the PostgreSQL admin's password)")):
         shown = "set" if key in ("VAULT_TOKEN", "VSOLAB_PG_PASSWORD") else env.get(key, "")
         out.append(Result(key, bool(env.get(key)), shown if env.get(key) else "", fix))
-    kc = Path(env.get("KUBECONFIG") or Path.home() / ".kube" / "config").expanduser()
-    out.append(Result("KUBECONFIG", kc.exists(), str(kc), "export KUBECONFIG=/path/to/your/kubeconfig"))
+    kc = env.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    kc_ok = any(part and Path(part).expanduser().exists() for part in kc.split(os.pathsep))
+    out.append(Result("KUBECONFIG", kc_ok, kc, "export KUBECONFIG=/path/to/your/kubeconfig"))
     try:
         prefix = default_prefix(env)
         note = "" if prefix else " (none: only on a cluster and Vault of your own)"

@@ -264,7 +264,7 @@ def minikube_start_command(settings: Settings) -> list[str]:
 
 
 def minikube_command(verb: str, profile: str) -> list[str]:
-    """``status`` (JSON), ``ip``, ``stop`` or ``delete`` for one profile."""
+    """``status`` (JSON), ``ip``, ``update-context``, ``stop`` or ``delete`` for one profile."""
     return ["minikube", verb, "-p", profile, *(["-o", "json"] if verb == "status" else [])]
 
 
@@ -326,6 +326,7 @@ class MinikubeLab(ClusterLab):
         super().__init__(state, "minikube")
         self.settings = Settings.from_env(**options)
         self.kube_context = self.settings.profile
+        self._say: Any = lambda m: print(m, flush=True)
 
     # -- facts -------------------------------------------------------------------------------------------
     @property
@@ -372,8 +373,7 @@ class MinikubeLab(ClusterLab):
         ports = self._ports()
         return plan(self.settings, subnet=subnet or facts.get("subnet", ""), node_ip=node_ip or facts.get("node_ip", ""),
                     vault_port=ports["vault"], pg_port=ports["postgres"], root_token=self.vault_token,
-                    pg_password=self.pg_admin_password, kubeconfig=self.kubeconfig,
-                    values_file=self.state.path("helm", "vso-values.yaml"),
+                    pg_password=self.pg_admin_password, kubeconfig=self.kubeconfig, values_file=self.values_file,
                     model=model or self.state.read().get("vso", {}).get("client_cache_persistence_model", "none"), names=self.names)
 
     @property
@@ -442,15 +442,21 @@ class MinikubeLab(ClusterLab):
         st = self.cluster_status()
         running = st.get("Host") == "Running" and st.get("APIServer") == "Running"
         if running and self.kubeconfig.exists():
+            # Cheap, and repairs the kubeconfig if a restart moved the API's address or port.
+            self._minikube("update-context", "update the kubeconfig", check=False)
             return "reused"
         say(f"  minikube   starting profile {self.settings.profile} (a few minutes the first time)")
         self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         self._minikube(minikube_start_command(self.settings), f"start the minikube profile {self.settings.profile}")
+        if not self.kubeconfig.exists():
+            raise ComponentError(f"Started the minikube profile {self.settings.profile}: it wrote no kubeconfig at {self.kubeconfig}.",
+                                 ["Check minikube honours KUBECONFIG (`minikube update-context -p <profile>`).",
+                                  "Upgrade minikube.", "Run `labkit up --backend minikube` again."])
         os.chmod(self.kubeconfig, 0o600)
         if not running:
             self.state.update(minikube={**self._facts(), "started_profile": True})
         self._kube = None
-        return "started" if not st else "restarted"
+        return "configured" if running else ("restarted" if st else "started")
 
     def _discover_network(self, client: Any) -> tuple[str, str]:
         import docker
@@ -466,6 +472,11 @@ class MinikubeLab(ClusterLab):
                  "Run `docker network ls`."]) from None
         configs = (net.attrs.get("IPAM") or {}).get("Config") or []
         subnet = next((c["Subnet"] for c in configs if c.get("Subnet") and ":" not in c["Subnet"]), "")
+        if not subnet:
+            raise ComponentError(f"Checked the Docker network {self.settings.network!r} for an IPv4 subnet: it has none.",
+                                 [f"Recreate the profile: `minikube delete -p {self.settings.profile}`, then up again.",
+                                  "Or start it with `minikube start --subnet 192.168.49.0/24`.",
+                                  f"Inspect it: `docker network inspect {self.settings.network}`."])
         self.state.update(minikube={**self._facts(), "subnet": subnet, "node_ip": node_ip})
         return subnet, node_ip
 
@@ -473,6 +484,16 @@ class MinikubeLab(ClusterLab):
         import docker
 
         action = "created"
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            self._say(f"  {spec.role:<10} pulling {spec.image}")
+            try:
+                client.images.pull(spec.image)
+            except docker.errors.DockerException as exc:
+                raise ComponentError(f"Pulled {spec.image} for the {spec.role} container: Docker could not ({exc}).",
+                                     [f"Try it yourself: `docker pull {spec.image}`.", "Check your network or registry mirror.",
+                                      "Set VSOLAB_VAULT_IMAGE to an image you can pull (for Vault)."]) from None
         try:
             c = client.containers.get(spec.name)
             if c.labels.get(f"{LABEL}.spec") == spec.fingerprint():
@@ -516,7 +537,7 @@ class MinikubeLab(ClusterLab):
     # -- life cycle ---------------------------------------------------------------------------------------------
     def up(self, progress: Any = None) -> dict[str, str]:
         """Start or reuse the profile, the Vault and PostgreSQL containers, and VSO. Idempotent."""
-        say = progress or (lambda m: print(m, flush=True))
+        say = self._say = progress or (lambda m: print(m, flush=True))
         missing = [r for r in doctor_checks() if not r.ok]
         if missing:
             raise MissingTool("Checked the minikube backend's tools: " + ", ".join(r.name for r in missing) + " missing.",
@@ -524,7 +545,7 @@ class MinikubeLab(ClusterLab):
         self.state.ensure()
         if not self.settings.enterprise:
             say(f"  note: {COMMUNITY_LOSES}")
-        client = docker_client()
+        client = docker_client(timeout=300)
         actions = {"minikube": self._ensure_cluster(say)}
         subnet, node_ip = self._discover_network(client)
         p = self.plan(subnet=subnet, node_ip=node_ip)
@@ -541,7 +562,9 @@ class MinikubeLab(ClusterLab):
             actions["vso"] = "reused" if op.release and op.chart_version == CHART_VERSION else ""
         except NotRunning:
             actions["vso"] = ""
-        if not actions["vso"]:
+        if actions["vso"]:
+            self.wait_operator_ready()
+        else:
             say(f"  vso        installing chart {CHART_VERSION} with Helm")
             actions["vso"] = self.install_operator(p.vso_values["controller"]["manager"]["clientCache"]["persistenceModel"])
         self.state.update(last_up=time.time())
@@ -551,6 +574,9 @@ class MinikubeLab(ClusterLab):
         return actions
 
     def status(self) -> list[Health]:
+        if not self.state.root.exists():
+            return [Health(c, None, "", False, "", "no state: run `labkit up --backend minikube`")
+                    for c in ("minikube", "vault", "postgres", "vso")]
         st = self.cluster_status() if shutil.which("minikube") else {}
         up = st.get("Host") == "Running" and st.get("APIServer") == "Running"
         out = [Health("minikube", None, f"profile {self.settings.profile}", up, "",
@@ -559,16 +585,17 @@ class MinikubeLab(ClusterLab):
             client = docker_client(timeout=5)
         except LabkitError as exc:
             client, why = None, exc.checked[:120]
+        addresses = {"vault": self.vault_addr, "postgres": "{}:{}".format(*self.pg_address)}
         for role, probe in (("vault", self._vault_ok), ("postgres", self._pg_ok)):
             name = f"{self.settings.profile}-{role}"
             if client is None:
-                out.append(Health(role, None, name, False, "", why))
+                out.append(Health(role, None, addresses[role], False, "", why))
                 continue
             try:
                 c = client.containers.get(name)
                 ok = c.status == "running" and bool(probe())
-                out.append(Health(role, None, f"{name} {c.labels.get(f'{LABEL}.role', '')}".strip(), ok,
-                                  (c.image.tags or [""])[0], "" if ok else c.status))
+                out.append(Health(role, None, addresses[role], ok, (c.image.tags or [""])[0],
+                                  "" if ok else f"container {name} is {c.status}"))
             except Exception as exc:  # noqa: BLE001 - status never raises
                 out.append(Health(role, None, name, False, "", type(exc).__name__))
         out.append(self._operator_health() if up else Health("vso", None, "", False, "", "the cluster is not running"))
@@ -608,6 +635,9 @@ class MinikubeLab(ClusterLab):
         self._kube = None
         if purge:
             self.state.purge()
+        elif self.state.root.exists():
+            # Vault and VSO are gone: the next up starts them with the defaults again.
+            self.state.update(vso={}, port_forwards={})
         return done
 
 

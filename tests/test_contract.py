@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,7 +25,8 @@ from labkit import _procs, app, connect, k8s, static, vault, vso
 from labkit._state import port_free
 from labkit.backends import get_backend
 from labkit.doctor import doctor
-from labkit.errors import ParameterError
+from labkit.errors import NotRunning, ParameterError
+from labkit.external import ExternalLab
 from labkit.names import Names
 
 BACKEND = os.environ.get("VSOLAB_CONTRACT_BACKEND", "local").strip().lower()
@@ -218,6 +220,39 @@ def test_events_supported_answers_with_a_reason(lab: Any) -> None:
         assert ok == lab.settings.enterprise, why
     if not ok:
         assert "Enterprise" in why
+
+
+# -- attendees sharing one Vault and cluster (the external backend, over the local lab's Vault, API and database) -------------
+def test_an_external_attendee_cleans_up_only_what_carries_their_prefix(lab: Any, ct: Prefixed,
+                                                                       tmp_path: Path) -> None:
+    if BACKEND != "local":
+        pytest.skip("exercised over the local lab's Vault, API and PostgreSQL")
+    host, port = lab.pg_address
+    env = {**lab.env(), "VSOLAB_PG_ADDR": f"{host}:{port}", "VSOLAB_PG_PASSWORD": lab.pg_admin_password,
+           "VSOLAB_PREFIX": "ext", "VSOLAB_INSTALL_VSO": "0"}
+    ext = ExternalLab(tmp_path / "ext-state", environ=env)
+    n = ext.names
+    health = {h.component: h.healthy for h in ext.status()}
+    assert health == {"vault": True, "kubernetes": True, "postgres": True, "vso": False}, "the local VSO has no Deployment"
+    with pytest.raises(NotRunning, match="VSO Deployment"):
+        ext.up(progress=lambda m: None)
+    connect.create_vault_namespace(ext)
+    connect.create_token_reviewer(ext)
+    vault.enable_auth_method(ext, "kubernetes", n.k8s_auth_mount)
+    static.enable_kv(ext)
+    static.write_policy(ext)
+    c = vault.client(ext)
+    done = ext.down(purge=True)
+    assert {f"namespace {n.vault_ns}", f"vault mount {n.kv_mount}/", f"vault auth {n.k8s_auth_mount}/",
+            f"vault policy {n.kv_policy}", f"clusterrolebinding {n.reviewer_binding}"} <= set(done), done
+    assert k8s.namespace_gone(lab.kube, n.vault_ns)
+    assert f"{n.kv_mount}/" not in c.sys.list_mounted_secrets_engines()["data"]
+    # The other attendee's objects (the ct- ones) are untouched.
+    o = ct.names
+    assert not k8s.namespace_gone(lab.kube, o.vault_ns) and not k8s.namespace_gone(lab.kube, o.static_ns)
+    assert f"{o.kv_mount}/" in c.sys.list_mounted_secrets_engines()["data"]
+    assert f"{o.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]
+    assert vso.is_synced(vso.get(ct, "VaultStaticSecret", o.static_vss, o.static_ns))
 
 
 # -- clean-up (last: takes the lab down, checks, brings it back) -------------------------------------------------------------

@@ -258,8 +258,12 @@ def test_get_backend_builds_a_minikube_lab_whose_addresses_explain_they_need_up(
 
 def test_a_cluster_backend_never_shares_a_local_labs_state_directory(tmp_path: Path) -> None:
     (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_text("a local lab's CA")
     assert external.cluster_state(tmp_path, "minikube").root == tmp_path / "minikube"
     assert external.cluster_state(tmp_path / "fresh", "minikube").root == tmp_path / "fresh"
+    used = MinikubeLab(tmp_path / "mk")
+    used.state.ensure()
+    assert MinikubeLab(tmp_path / "mk").state.root == tmp_path / "mk", "its own state directory is reused as is"
 
 
 def test_up_without_the_tools_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,3 +414,213 @@ def test_doctor_external_names_each_missing_setting(tmp_path: Path) -> None:
     rows = _rows(res.stdout)
     for key in ("VAULT_ADDR", "VAULT_TOKEN", "VSOLAB_PG_ADDR", "VSOLAB_PG_PASSWORD", "KUBECONFIG"):
         assert rows[key].startswith("MISSING") and "export" in rows[key]
+
+
+# -- the execution glue, with a fake Docker engine and a fake minikube ------------------------------------------------------
+class FakeContainer:
+    def __init__(self, kwargs: dict) -> None:
+        self.name, self.labels, self.status = kwargs["name"], kwargs["labels"], "running"
+        self.image = SimpleNamespace(tags=[kwargs["image"]])
+        self.removed = False
+
+    def start(self) -> None:
+        self.status = "running"
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
+class FakeDocker:
+    """What MinikubeLab uses of the Docker SDK, recording each call."""
+
+    def __init__(self, subnet: str = SUBNET) -> None:
+        import docker
+
+        self.errors = docker.errors
+        self.api = SimpleNamespace(api_version="1.44")
+        self.by_name: dict[str, FakeContainer] = {}
+        self.calls: list[str] = []
+        self.runs: list[dict] = []
+        self.pulled: list[str] = []
+        self.subnet = subnet
+        self.containers = SimpleNamespace(get=self._get, run=self._run, list=self._list)
+        self.images = SimpleNamespace(get=self._image, pull=self.pulled.append)
+        self.networks = SimpleNamespace(get=self._network)
+
+    def _get(self, name: str) -> FakeContainer:
+        c = self.by_name.get(name)
+        if c is None or c.removed:
+            raise self.errors.NotFound(f"no container {name}")
+        return c
+
+    def _run(self, **kwargs: object) -> FakeContainer:
+        self.calls.append(f"run {kwargs['name']}")
+        self.runs.append(dict(kwargs))
+        c = self.by_name[kwargs["name"]] = FakeContainer(kwargs)  # type: ignore[arg-type]
+        return c
+
+    def _list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:  # noqa: A002
+        key, _, value = (filters or {})["label"].partition("=")
+        return [c for c in self.by_name.values() if not c.removed and c.labels.get(key) == value]
+
+    def _image(self, name: str) -> object:
+        if name not in self.pulled:
+            raise self.errors.ImageNotFound(name)
+        return object()
+
+    def _network(self, name: str) -> object:
+        if name != "vsolab":
+            raise self.errors.NotFound(name)
+        return SimpleNamespace(attrs={"IPAM": {"Config": [{"Subnet": self.subnet, "Gateway": "192.168.49.1"}]}})
+
+
+FAKE_MINIKUBE = """#!/bin/sh
+echo "$@" >> "$FAKE_MK/log"
+case "$1" in
+  status) if [ -f "$FAKE_MK/running" ]; then
+            echo '{"Name":"vsolab","Host":"Running","Kubelet":"Running","APIServer":"Running","Kubeconfig":"Configured"}'
+          else echo '* Profile "vsolab" not found.'; exit 85; fi ;;
+  start) touch "$FAKE_MK/running"
+         printf '%s\n' 'apiVersion: v1' 'kind: Config' 'current-context: vsolab' \
+           'clusters: [{name: vsolab, cluster: {server: "https://192.168.49.2:8443"}}]' \
+           'contexts: [{name: vsolab, context: {cluster: vsolab, user: vsolab}}]' \
+           'users: [{name: vsolab, user: {token: fake}}]' > "$KUBECONFIG" ;;
+  ip) echo 192.168.49.2 ;;
+  stop|delete) rm -f "$FAKE_MK/running" ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    from labkit.errors import NotRunning as _NotRunning
+
+    bindir, mk = tmp_path / "bin", tmp_path / "mk"
+    bindir.mkdir()
+    mk.mkdir()
+    (bindir / "minikube").write_text(FAKE_MINIKUBE)
+    (bindir / "minikube").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_MK", str(mk))
+    monkeypatch.delenv("VAULT_LICENSE", raising=False)
+    world = SimpleNamespace(docker=FakeDocker(), mk=mk, installed=[], helm=[], deleted=[], operator=None)
+    monkeypatch.setattr(minikube, "doctor_checks", lambda environ=None: [])
+    monkeypatch.setattr(minikube, "docker_client", lambda timeout=10: world.docker)
+
+    def operator(self: MinikubeLab) -> object:
+        if world.operator is None:
+            raise _NotRunning("no VSO", [])
+        return world.operator
+
+    def install_operator(self: MinikubeLab, model: str = "none") -> str:
+        world.installed.append(model)
+        world.operator = external.Operator("vault-secrets-operator", "vault-secrets-operator-controller-manager", "1.5.0",
+                                           model, RELEASE_NAME, external.CHART_VERSION, True)
+        return "installed"
+
+    real_run = minikube.run
+
+    def run(cmd: list[str], what: str, fixes: list[str], **kw: object) -> str:
+        if cmd[0] != "helm":
+            return real_run(cmd, what, fixes, **kw)  # type: ignore[arg-type]
+        world.helm.append(cmd)
+        world.docker.calls.append(" ".join(cmd[:2]))
+        return ""
+
+    def delete_lab_objects(self: MinikubeLab) -> list[str]:
+        world.docker.calls.append("delete namespaces")
+        return ["namespace vault"]
+
+    monkeypatch.setattr(MinikubeLab, "operator", operator)
+    monkeypatch.setattr(MinikubeLab, "install_operator", install_operator)
+    monkeypatch.setattr(MinikubeLab, "wait_operator_ready", lambda self, timeout=300: world.operator)
+    monkeypatch.setattr(MinikubeLab, "_vault_ok", lambda self: True)
+    monkeypatch.setattr(MinikubeLab, "_pg_ok", lambda self: True)
+    monkeypatch.setattr(MinikubeLab, "_delete_lab_objects", delete_lab_objects)
+    monkeypatch.setattr(minikube, "run", run)
+    monkeypatch.setattr(minikube.k8s, "delete", lambda *a, **kw: world.deleted.append(a[1:]) or True)
+    return world
+
+
+RELEASE_NAME = external.RELEASE
+
+
+def test_up_runs_the_plan_through_the_docker_sdk_and_reuses_it_the_second_time(tmp_path: Path, fake_world: SimpleNamespace) -> None:
+    lab = MinikubeLab(tmp_path / "state")
+    said: list[str] = []
+    actions = lab.up(progress=said.append)
+    assert actions == {"minikube": "started", "vault": "created", "postgres": "created", "vso": "installed"}
+    assert any("community image" in m for m in said), "says what running without VAULT_LICENSE loses"
+    log = (fake_world.mk / "log").read_text()
+    assert "start -p vsolab --driver=docker" in log and "ip -p vsolab" in log
+    p = lab.plan()
+    runs = fake_world.docker.runs
+    for got, spec in zip(runs, (p.vault, p.postgres), strict=True):
+        want = spec.docker_run_kwargs("1.44")
+        assert {k: v for k, v in got.items() if k != "networking_config"} == {k: v for k, v in want.items() if k != "networking_config"}
+        endpoint = got["networking_config"]["vsolab"]
+        assert endpoint["IPAMConfig"]["IPv4Address"] == spec.ipv4_address
+    assert fake_world.docker.pulled == [p.vault.image, p.postgres.image]
+    assert fake_world.installed == ["none"]
+    assert lab.kube_api_for_vault == "https://192.168.49.2:8443" and lab.vault_addr_for_cluster == "http://192.168.49.250:8200"
+    assert lab.state.read()["minikube"]["started_profile"] is True
+    again = lab.up(progress=said.append)
+    assert again == {"minikube": "reused", "vault": "reused", "postgres": "reused", "vso": "reused"}
+    assert "update-context -p vsolab" in (fake_world.mk / "log").read_text()
+    assert len(fake_world.docker.runs) == 2
+
+
+def test_up_with_a_license_recreates_vault_as_enterprise(tmp_path: Path, fake_world: SimpleNamespace,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    MinikubeLab(tmp_path / "state").up(progress=lambda m: None)
+    monkeypatch.setenv("VAULT_LICENSE", LICENSE)
+    lab = MinikubeLab(tmp_path / "state")
+    actions = lab.up(progress=lambda m: None)
+    assert actions["vault"].startswith("recreated") and actions["postgres"] == "reused"
+    last = fake_world.docker.runs[-1]
+    assert last["image"] == minikube.VAULT_ENTERPRISE_IMAGE and last["environment"]["VAULT_LICENSE"] == LICENSE
+
+
+def test_down_deletes_namespaces_before_vso_and_vso_before_the_containers(tmp_path: Path, fake_world: SimpleNamespace) -> None:
+    lab = MinikubeLab(tmp_path / "state")
+    lab.up(progress=lambda m: None)
+    fake_world.docker.calls.clear()
+    done = lab.down()
+    calls = fake_world.docker.calls
+    assert calls[:2] == ["delete namespaces", "helm uninstall"], calls
+    assert ("v1", "Namespace", "vault-secrets-operator") in fake_world.deleted
+    assert {"container vsolab-vault", "container vsolab-postgres"} <= set(done)
+    assert all(c.removed for c in fake_world.docker.by_name.values())
+    assert "minikube profile vsolab (stopped)" in done, "the lab started the profile, so it stops it"
+    assert "delete -p" not in (fake_world.mk / "log").read_text()
+    assert lab.state.read()["vso"] == {}
+
+
+def test_down_with_the_flag_deletes_the_profile_and_leaves_a_profile_it_did_not_start(tmp_path: Path,
+                                                                                       fake_world: SimpleNamespace) -> None:
+    (fake_world.mk / "running").touch()  # the user's own running profile
+    lab = MinikubeLab(tmp_path / "state")
+    lab.up(progress=lambda m: None)
+    assert "started_profile" not in lab.state.read().get("minikube", {})
+    assert "minikube profile vsolab (stopped)" not in lab.down()
+    (fake_world.mk / "running").touch()
+    done = lab.down(purge=True, delete_profile=True)
+    assert "minikube profile vsolab (deleted)" in done and "delete -p vsolab" in (fake_world.mk / "log").read_text()
+    assert not lab.state.root.exists()
+
+
+def test_an_external_release_is_upgraded_with_reuse_values_in_its_own_context(tmp_path: Path) -> None:
+    env = {"KUBECONFIG": str(tmp_path / "kc"), "VSOLAB_KUBE_CONTEXT": "workshop", "VSOLAB_PREFIX": "amy"}
+    lab = ExternalLab(tmp_path / "state", environ=env)
+    cmd = lab.helm_command("vso", "operators", "1.4.1", reuse=lab.reuse_helm_values)
+    assert "--reuse-values" in cmd, "a team's own settings of its VSO release are kept"
+    assert cmd[cmd.index("--namespace") + 1] == "operators" and cmd[cmd.index("--version") + 1] == "1.4.1"
+    assert cmd[cmd.index("--kube-context") + 1] == "workshop"
+    assert MinikubeLab.reuse_helm_values is False
+
+
+def test_delete_profile_is_refused_for_a_backend_without_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit import cli
+
+    assert cli.main(["down", "--delete-profile", "--state", str(tmp_path / "s")]) == 2
+    assert "only minikube has a profile" in capsys.readouterr().err
