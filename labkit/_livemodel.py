@@ -53,21 +53,14 @@ def ref(obj: dict | None) -> str:
 def conditions(obj: dict | None) -> dict[str, tuple[str, str]]:
     """VSO conditions by short name: ``{"Synced": ("True", reason), ...}``; missing ones are ``("Unknown", "")``."""
     found = {c.get("type"): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-    out = {}
-    for short, typ in CONDITIONS:
-        c = found.get(typ) or {}
-        out[short] = (str(c.get("status", "Unknown")), str(c.get("reason") or c.get("message") or ""))
-    return out
+    return {short: (str((found.get(typ) or {}).get("status", "Unknown")), str((found.get(typ) or {}).get("reason") or ""))
+            for short, typ in CONDITIONS}
 
 
 def conditions_light(obj: dict | None) -> str:
-    conds = conditions(obj)
-    states = [s for s, _ in conds.values()]
-    if obj is None:
-        return FAIL
-    if all(s == "True" for s in states):
-        return OK
-    return FAIL if "False" in states else WARN
+    """Green when Synced, Healthy and Ready are all True; red when one is False or the resource is missing; else amber."""
+    states = [s for s, _ in conditions(obj).values()]
+    return FAIL if obj is None or "False" in states else OK if all(s == "True" for s in states) else WARN
 
 
 # -- leases ------------------------------------------------------------------------------------------------------------
@@ -330,16 +323,18 @@ class TimelineModel:
     _roles: set[str] | None = None
     _role_no: dict[str, int] = field(default_factory=dict)
     _pods: dict[str, int] | None = None
+    _new: list[tuple[float, str, str]] = field(default_factory=list)
 
     def _add(self, t: float, lane: str, label: str) -> None:
+        self._new.append((t, lane, label))
         self.events.append((t, lane, label))
         del self.events[: max(0, len(self.events) - self.max_events)]
 
     def update(self, now: float, *, roles: list[str] | None = None, vds: dict | None = None, secret: dict | None = None,
                pods: list[dict] | None = None) -> list[tuple[float, str, str]]:
         """Feed one poll (``None`` for what was not read); return the new events."""
-        first, before = self.start is None, len(self.events)
-        if first:
+        self._new = []
+        if self.start is None:
             self.start = now
         if roles is not None:
             digests = [_digest(r) for r in roles]
@@ -369,4 +364,4 @@ class TimelineModel:
                     if seen[name] > self._pods[name]:
                         self._add(now, "container restarted", f"{name[-5:]} ×{seen[name]}")
             self._pods = seen
-        return self.events[before:] if not first else []
+        return self._new

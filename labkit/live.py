@@ -53,21 +53,19 @@ class _Live:
 
     css, max_width = "vsolab-live", "none"
 
-    def __init__(self, lab: Any, *, interval: float, interactive: bool = False, refresh: bool = True) -> None:
+    def __init__(self, lab: Any, children: list[widgets.Widget], *, interval: float, interactive: bool = False,
+                 refresh: bool = True) -> None:
         self.lab, self.interval, self.interactive, self.error = lab, interval, bool(interactive), ""
         self._stop, self._lock = threading.Event(), threading.RLock()
         self._thread: threading.Thread | None = None
         self._until = 0.0
         self._hvac: Any = None
         self.status = widgets.HTML()
-        self.box = widgets.VBox([*self._children(), self.status], layout=widgets.Layout(max_width=self.max_width))
+        self.box = widgets.VBox([*children, self.status], layout=widgets.Layout(max_width=self.max_width))
         for css in ("vsolab-live", self.css):
             self.box.add_class(css)
         if refresh:
             self.refresh()
-
-    def _children(self) -> list[widgets.Widget]:
-        raise NotImplementedError
 
     def observe(self) -> Any:
         """Read the cluster (the only I/O)."""
@@ -87,13 +85,15 @@ class _Live:
 
     def refresh(self) -> None:
         """Read once and redraw: what each tick of the thread does. Errors are shown, never raised."""
+        try:
+            observed = self.observe()  # outside the lock: a Reveal click never waits for the cluster
+            with self._lock:
+                self.apply(time.time(), observed)
+            self.error = ""
+        except Exception as exc:  # noqa: BLE001 - a failed read is shown in the widget
+            first = (str(exc).strip().splitlines() or [""])[0]
+            self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
         with self._lock:
-            try:
-                self.apply(time.time(), self.observe())
-                self.error = ""
-            except Exception as exc:  # noqa: BLE001 - a failed read is shown in the widget
-                first = (str(exc).strip().splitlines() or [""])[0]
-                self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
             self._draw_status()
 
     def _draw_status(self) -> None:
@@ -160,10 +160,7 @@ class SecretView(_Live):
         self.reveal_button.add_class("vsolab-reveal")
         self.reveal_button.observe(self._on_reveal, names="value")
         self.view = widgets.HTML()
-        super().__init__(lab, interval=interval, interactive=interactive, refresh=refresh)
-
-    def _children(self) -> list[widgets.Widget]:
-        return [self.view, self.reveal_button]
+        super().__init__(lab, [self.view, self.reveal_button], interval=interval, interactive=interactive, refresh=refresh)
 
     def _secrets(self) -> list[str]:
         return list(self.model._values.values())
@@ -188,7 +185,7 @@ class SecretView(_Live):
     def _draw(self, st: Any) -> None:
         title = f"<b>Secret {e(self.namespace)}/{e(self.name)}</b>"
         head = (f"{title} · resourceVersion <code>{e(st.resource_version)}</code> · last change "
-                f"{ago(None if st.last_change is None else time.time() - st.last_change)} · {st.changes} changes seen"
+                f"{ago(None if st.last_change is None else time.time() - st.last_change)} · changes seen: {st.changes}"
                 if st.exists else f"{title}: does not exist (yet)")
         rows = "".join(f"<tr class='vsolab-row{' vsolab-changed' if ch else ''}' style='background:{'#fff59d' if ch else 'none'}'>"
                        f"<td><code>{e(k)}</code></td><td class='vsolab-value' data-key='{e(k)}'><code>"
@@ -212,10 +209,7 @@ class LeaseView(_Live):
         self._issued: dict[str, float | None] = {}
         self.bar = widgets.FloatProgress(value=0, min=0, max=1, description="TTL", layout=widgets.Layout(width="440px"))
         self.view = widgets.HTML()
-        super().__init__(lab, interval=interval, refresh=refresh)
-
-    def _children(self) -> list[widgets.Widget]:
-        return [self.bar, self.view]
+        super().__init__(lab, [self.bar, self.view], interval=interval, refresh=refresh)
 
     def _role(self, mount: str, role: str) -> dict:
         """GET /:mount/roles/:role (the database role: default_ttl, max_ttl)."""
@@ -261,12 +255,13 @@ class LeaseView(_Live):
 class _Chain(_Live):
     """A VSO resource, its Secret and the Deployment it restarts: what the pipeline and the timeline read."""
 
-    def __init__(self, lab: Any, kind: str, name: str | None, namespace: str | None, deployment: str | None, **kw: Any) -> None:
+    def __init__(self, lab: Any, children: list[widgets.Widget], kind: str, name: str | None, namespace: str | None,
+                 deployment: str | None, **kw: Any) -> None:
         static = kind == "VaultStaticSecret"
         self.kind, self.deployment = kind, deployment
         self.name = name or (lab.names.static_vss if static else lab.names.dynamic_vds)
         self.namespace = namespace or (lab.names.static_ns if static else lab.names.dynamic_ns)
-        super().__init__(lab, **kw)
+        super().__init__(lab, children, **kw)
 
     def _read(self) -> tuple[dict | None, dict | None, str, list[dict], int]:
         res = vso.get(self.lab, self.kind, self.name, self.namespace)
@@ -291,10 +286,7 @@ class PipelineView(_Chain):
                  deployment: str | None = None, app_path: str = "/status", interval: float = 2.0, refresh: bool = True) -> None:
         self.app_path, self.model, self.links = app_path, PipelineModel(), ()
         self.view = widgets.HTML()
-        super().__init__(lab, kind, name, namespace, deployment, interval=interval, refresh=refresh)
-
-    def _children(self) -> list[widgets.Widget]:
-        return [self.view]
+        super().__init__(lab, [self.view], kind, name, namespace, deployment, interval=interval, refresh=refresh)
 
     def _secrets(self) -> list[str]:
         return list(self.model.secret._values.values())
@@ -344,10 +336,7 @@ class Timeline(_Chain):
         self.model = TimelineModel()
         # plotly's FigureWidget needs anywidget; an Output widget with plotly's mimetype needs only jupyterlab-plotly.
         self.out, self.caption = widgets.Output(layout=widgets.Layout(min_height="320px")), widgets.HTML()
-        super().__init__(lab, kind, name, namespace, deployment, interval=interval, refresh=refresh)
-
-    def _children(self) -> list[widgets.Widget]:
-        return [self.out, self.caption]
+        super().__init__(lab, [self.out, self.caption], kind, name, namespace, deployment, interval=interval, refresh=refresh)
 
     def observe(self) -> dict[str, Any]:
         res, secret, _, pods, _ = self._read()

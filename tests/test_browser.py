@@ -122,7 +122,7 @@ class Collector(threading.Thread):
 
 @pytest.mark.lab
 def test_executed_notebook_widget_state_holds_no_generated_credential(lab: Any, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import papermill
+    papermill = pytest.importorskip("papermill")
 
     monkeypatch.setenv("VSOLAB_STATE", str(lab.state.root))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def _run_all(page: Any) -> None:
 def test_widgets_in_jupyterlab_in_headless_chromium(lab: Any, jupyter: tuple[str, Path]) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
     from labkit import k8s
 
