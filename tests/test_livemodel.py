@@ -307,16 +307,19 @@ def test_views_poll_in_one_bounded_daemon_thread_and_stop(fake):
 
     lab = FakeLab()
     views = [SecretView(lab, interval=0.1), LeaseView(lab, interval=0.1), PipelineView(lab, interval=0.1), Timeline(lab, interval=0.1)]
-    before = threading.active_count()
     t0 = time.monotonic()
     for v in views:
         assert v.run(0.6) is v
     assert time.monotonic() - t0 < 0.5  # run() returns at once
-    assert threading.active_count() == before + 4 and all(v._thread.daemon for v in views)
+    ours = [t for t in threading.enumerate() if t.name.startswith("labkit-")]
+    assert len(ours) == 4 and all(t.daemon for t in ours)  # one daemon thread per view
+    views[1].run(0.6)  # running: extends the run, no second thread
+    assert len([t for t in threading.enumerate() if t.name.startswith("labkit-")]) == 4
     views[0].stop()
     assert views[0].join(2)
     assert all(v.join(5) for v in views)
     assert not any(v.running for v in views) and all(v.error == "" for v in views)
+    assert all("not polling" in v.status.value for v in views)
     lease = views[1].view.value
     assert "data-ttl=" in lease and views[1].model.max_ttl == 30 and views[1].bar.max == 15
     pipe = views[2]
@@ -326,3 +329,17 @@ def test_views_poll_in_one_bounded_daemon_thread_and_stop(fake):
         assert PASSWORD not in state and USERNAME not in state, type(v).__name__
     fig = views[3].out.outputs[0]["data"]["application/vnd.plotly.v1+json"]
     assert {t["name"] for t in fig["data"]} == set(lm.LANES)
+
+
+def test_a_failed_read_is_shown_in_the_widget_redacted_and_never_raised(fake, monkeypatch):
+    from labkit import live
+
+    view = live.SecretView(FakeLab())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"the API said no to {PASSWORD}\nsecond line")
+
+    monkeypatch.setattr(live.k8s, "get", broken)
+    view.refresh()
+    assert view.error.startswith("RuntimeError: the API said no to") and MASK in view.error and PASSWORD not in view.error
+    assert "last read failed" in view.status.value and PASSWORD not in widget_state(view)
