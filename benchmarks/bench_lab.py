@@ -44,9 +44,10 @@ def apiserver_alone(root: Path) -> float:
     """kube-apiserver's own time from exec to /readyz (etcd already up), in a scratch state."""
     lab = LocalLab(root)
     lab.state.ensure()
-    from labkit._pki import ensure_pki
+    from labkit._pki import ensure_etcd_pki, ensure_pki
 
     ensure_pki(lab.state)
+    ensure_etcd_pki(lab.state)
     lab._write_admin_kubeconfig()
     lab.components["etcd"].ensure()
     times = []

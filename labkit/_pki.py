@@ -110,5 +110,25 @@ def ensure_pki(state: State) -> None:
         state.write_private(f"pki/{rel}", text)
 
 
+def ensure_etcd_pki(state: State) -> None:
+    """etcd's serving certificate and the API server's client certificate for etcd.
+
+    etcd then accepts only clients with a certificate from the lab's CA, so on a shared
+    machine (one lab per JupyterHub user) no other local user can read the lab's etcd.
+    """
+    pki = state.path("pki")
+    if (pki / "etcd-client.crt").exists():
+        return
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    srv_key, srv_cert = _issue(ca_key, ca_cert, _name("etcd"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    cli_key, cli_cert = _issue(ca_key, ca_cert, _name("kube-apiserver-etcd-client"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    for rel, text in (("etcd.key", _key_pem(srv_key)), ("etcd.crt", _cert_pem(srv_cert)),
+                      ("etcd-client.key", _key_pem(cli_key)), ("etcd-client.crt", _cert_pem(cli_cert))):
+        state.write_private(f"pki/{rel}", text)
+
+
 def ca_pem(state: State) -> str:
     return Path(state.path("pki", "ca.crt")).read_text()

@@ -6,6 +6,7 @@ take a lab *back* to the start of notebook N.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hvac import exceptions as hvexc
@@ -26,10 +27,8 @@ def _delete_namespace(lab: Any, ns: str) -> None:
 
 
 def _vault_quiet(fn: Any, *a: Any, **kw: Any) -> None:
-    try:
+    with contextlib.suppress(hvexc.InvalidPath):
         fn(*a, **kw)
-    except hvexc.InvalidPath:
-        pass
 
 
 def undo_instant(lab: Any) -> Done:

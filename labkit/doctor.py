@@ -31,7 +31,7 @@ def _try(name: str, fn, fix: str = "") -> Result:  # noqa: ANN001
     try:
         return Result(name, True, str(fn()))
     except LabkitError as exc:
-        return Result(name, False, "", (exc.fixes[0] if exc.fixes else str(exc)) if not fix else fix)
+        return Result(name, False, "", fix if fix else exc.fixes[0] if exc.fixes else str(exc))
 
 
 def local_checks() -> list[Result]:

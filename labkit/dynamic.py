@@ -36,7 +36,7 @@ def configure_connection(lab: Any) -> Done:
     n = lab.names
     host, port = lab.pg_address_for_vault
     return vault.configure_postgres_connection(
-        lab, name=n.db_connection, host=host, port=port, username="root", password=lab.pg_admin_password,
+        lab, name=n.db_connection, host=host, port=port, username=getattr(lab, "pg_admin_user", "root"), password=lab.pg_admin_password,
         allowed_roles=[n.db_role], mount=n.db_mount,
     )
 

@@ -51,14 +51,16 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
             vault_auth_ref=names.dynamic_auth, destination=names.dynamic_secret, renewal_percent=50,
             rollout_restart_targets=[{"kind": "Deployment", "name": names.app}], destination_labels=labels or None))
         vso.wait_synced(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns)
-        return "kubectl patch vaultdynamicsecret vault-dynamic-secret -n dynamic-exampleapp --type merge -p '{\"spec\":{\"renewalPercent\":50}}'"
+        return ("kubectl patch vaultdynamicsecret vault-dynamic-secret -n dynamic-exampleapp --type merge "
+                "-p '{\"spec\":{\"renewalPercent\":50}}'")
     if n == 5:
         vault.client(lab).secrets.transit.rotate_key(names.transit_key, mount_point=names.transit_mount)
         return "vault write -f demo-transit/keys/vso-client-cache/rotate"
     if n == 6:
         refresh = "2s"
         vso.apply(lab, static.static_secret(lab, refresh_after=refresh, instant_updates=True))
-        return "kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp --type merge -p '{\"spec\":{\"refreshAfter\":\"2s\"}}'"
+        return ("kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp --type merge "
+                "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'")
     if n == 7:
         if namespace is not None:
             namespace["leftover_roles"] = [r["role"] for r in pg.dynamic_roles(lab)]

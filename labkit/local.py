@@ -25,9 +25,9 @@ import requests
 import urllib3
 
 from . import _procs, install
-from ._pki import ca_pem, ensure_pki
+from ._pki import ca_pem, ensure_etcd_pki, ensure_pki
 from ._state import State
-from .errors import ComponentError, MissingTool, NotRunning, StateError, SyncError
+from .errors import ComponentError, MissingTool, NotRunning, ParameterError, StateError, SyncError
 from .names import Names
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -193,20 +193,31 @@ class Etcd(Component):
 
     def command(self) -> list[str]:
         p, pp = self.port, self.lab.ports["etcd_peer"]
+        pki = self.state.path("pki")
         return [
             str(self.lab.bin["etcd"]), "--name", "vsolab", "--data-dir", str(self.state.path("data", "etcd")),
-            "--listen-client-urls", f"http://127.0.0.1:{p}", "--advertise-client-urls", f"http://127.0.0.1:{p}",
+            "--listen-client-urls", f"https://127.0.0.1:{p}", "--advertise-client-urls", f"https://127.0.0.1:{p}",
+            "--client-cert-auth", f"--trusted-ca-file={pki}/ca.crt", f"--cert-file={pki}/etcd.crt",
+            f"--key-file={pki}/etcd.key",
             "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
             "--initial-cluster", f"vsolab=http://127.0.0.1:{pp}", "--unsafe-no-fsync", "--log-level", "warn",
             "--quota-backend-bytes", str(512 * 1024 * 1024),
         ]
 
+    def address(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _get(self, path: str) -> requests.Response:
+        pki = self.state.path("pki")
+        return requests.get(f"https://127.0.0.1:{self.port}{path}", timeout=2, verify=str(pki / "ca.crt"),
+                            cert=(str(pki / "etcd-client.crt"), str(pki / "etcd-client.key")))
+
     def healthy(self) -> bool:
-        r = requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2)
+        r = self._get("/health")
         return r.ok and r.json().get("health") == "true"
 
     def version(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.port}/version", timeout=2).json()["etcdserver"]
+        return self._get("/version").json()["etcdserver"]
 
 
 class APIServer(Component):
@@ -220,7 +231,8 @@ class APIServer(Component):
         pki = self.state.path("pki")
         return [
             str(self.lab.bin["kube-apiserver"]),
-            f"--etcd-servers=http://127.0.0.1:{self.lab.ports['etcd']}", "--bind-address=127.0.0.1",
+            f"--etcd-servers=https://127.0.0.1:{self.lab.ports['etcd']}", f"--etcd-cafile={pki}/ca.crt",
+            f"--etcd-certfile={pki}/etcd-client.crt", f"--etcd-keyfile={pki}/etcd-client.key", "--bind-address=127.0.0.1",
             f"--secure-port={self.port}", "--advertise-address=127.0.0.1",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
             f"--client-ca-file={pki}/ca.crt", "--authorization-mode=Node,RBAC",
@@ -576,6 +588,7 @@ class LocalLab:
             install.install()
         self.state.ensure()
         ensure_pki(self.state)
+        ensure_etcd_pki(self.state)
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         for name, comp in self.components.items():
@@ -615,7 +628,10 @@ class LocalLab:
         """Restart the VSO manager, optionally with another client-cache model."""
         if client_cache_persistence_model is not None:
             if client_cache_persistence_model not in CACHE_MODELS:
-                raise ValueError(f"client_cache_persistence_model must be one of {CACHE_MODELS}")
+                raise ParameterError(
+                    f"Checked the client-cache persistence model {client_cache_persistence_model!r}: VSO knows {CACHE_MODELS}.",
+                    ["Use 'direct-encrypted' for the encrypted cache (needs the transit VaultAuth).",
+                     "Use 'none' for VSO's default (no persistence).", "Use 'direct-unencrypted' only to experiment."])
             vso = dict(self.state.read().get("vso", {}))
             vso["client_cache_persistence_model"] = client_cache_persistence_model
             self.state.update(vso=vso)
@@ -668,6 +684,8 @@ class LocalLab:
     @property
     def pg_address_for_vault(self) -> tuple[str, int]:
         return self.pg_address
+
+    pg_admin_user = "root"
 
     @property
     def pg_admin_password(self) -> str:

@@ -43,6 +43,7 @@ class Observation:
     pods_seen: list[str] = field(default_factory=list)
     app_users: list[str] = field(default_factory=list)
     renewals: int = 0
+    initial_user: str = ""  # the PostgreSQL role the app used when watching began
 
     @property
     def rotations(self) -> int:
@@ -69,7 +70,7 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
     the app runs the new credentials and the first role was dropped.
     """
     n = lab.names
-    obs = Observation()
+    obs = Observation(initial_user=dynamic.read_secret(lab).get("username", ""))
     start = time.monotonic()
     last_renewal = None
     roles_prev: set[str] = set()
@@ -107,7 +108,8 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
                     note("app /status", f"{body.get('status')} as {dynamic.short_user(user)}")
                 except Exception as exc:  # noqa: BLE001 - a rolling pod; note it and go on
                     note("app /status", f"no answer yet ({type(exc).__name__})")
-        if until_rotation_and_revocation and obs.rotations >= 1 and obs.roles_dropped and len(obs.app_users) >= 2:
+        if (until_rotation_and_revocation and obs.rotations >= 1 and obs.initial_user in obs.roles_dropped
+                and len(obs.app_users) >= 2):
             break
         time.sleep(interval)
     return obs
@@ -122,7 +124,7 @@ def check(lab: Any, obs: Observation) -> Check:
         app_ok = code == 200 and body.get("connected_as") == current
     except Exception:  # noqa: BLE001
         app_ok = False
-    first_role = obs.roles_seen[0] if obs.roles_seen else ""
+    first_role = obs.initial_user
     still = {r["role"] for r in pg.dynamic_roles(lab)}
     return Check("rotation: renew, rotate, restart, revoke", [
         ("VSO renewed the lease at least once", obs.renewals >= 1,
@@ -131,6 +133,6 @@ def check(lab: Any, obs: Observation) -> Check:
          "rotation happens when a renewal would pass max_ttl: watch for longer than max_ttl"),
         ("the app was restarted and now connects with the current credentials", app_ok and len(obs.pods_seen) >= 2,
          "rolloutRestartTargets must name the Deployment; check the VaultDynamicSecret's RolloutRestart events"),
-        ("the first PostgreSQL role was revoked (dropped)", bool(first_role) and first_role not in still,
+        ("the role the app used at first was revoked (dropped)", bool(first_role) and first_role not in still,
          "Vault drops the role when its lease expires at max_ttl; wait until then"),
     ])

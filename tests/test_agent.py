@@ -33,7 +33,8 @@ def test_resolves_literal_secret_configmap_and_envfrom():
     core = FakeCore({"creds": {"username": "u1", "password": "p1"}}, {"db": {"DB_HOST": "h", "DB_PORT": "5432"}})
     c = container(
         env=[k.V1EnvVar(name="A", value="lit"),
-             k.V1EnvVar(name="DB_USERNAME", value_from=k.V1EnvVarSource(secret_key_ref=k.V1SecretKeySelector(name="creds", key="username"))),
+             k.V1EnvVar(name="DB_USERNAME",
+                        value_from=k.V1EnvVarSource(secret_key_ref=k.V1SecretKeySelector(name="creds", key="username"))),
              k.V1EnvVar(name="HOST", value_from=k.V1EnvVarSource(config_map_key_ref=k.V1ConfigMapKeySelector(name="db", key="DB_HOST"))),
              k.V1EnvVar(name="B", value="$(A)-x")],
         env_from=[k.V1EnvFromSource(config_map_ref=k.V1ConfigMapEnvSource(name="db")),

@@ -1,6 +1,7 @@
+import pytest
+
 from labkit.display import MASK, Check, Done, mask, mask_mapping
 from labkit.errors import CheckFailed
-import pytest
 
 
 def test_mask_hides_value_but_keeps_length():

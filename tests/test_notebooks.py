@@ -1,0 +1,57 @@
+"""The committed notebooks: clean, parameterised, each with a check and (from 02 on) an exercise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labkit.notebook import SPEC
+from labkit.runner import notebooks
+from labkit.stages import NOTEBOOKS
+
+NBS = notebooks()
+
+
+def cells(nb):
+    return json.loads(nb.read_text())["cells"]
+
+
+def test_one_notebook_per_stage_in_order():
+    assert [p.stem for p in NBS] == NOTEBOOKS
+
+
+@pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
+def test_committed_without_outputs(nb):
+    for c in cells(nb):
+        if c["cell_type"] == "code":
+            assert c["outputs"] == [] and c["execution_count"] is None, f"{nb.name} carries outputs"
+    assert "widgets" not in json.loads(nb.read_text()).get("metadata", {})
+
+
+@pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
+def test_parameters_cell_declares_every_parameter(nb):
+    tagged = [c for c in cells(nb) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    src = "".join(tagged[0]["source"])
+    ns: dict = {}
+    exec(src, ns)  # noqa: S102 - our own notebook's literal assignments
+    assert set(SPEC) <= set(ns)
+
+
+@pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
+def test_opens_with_a_story_and_ends_with_checks(nb):
+    cs = cells(nb)
+    assert cs[0]["cell_type"] == "markdown" and "you will" in "".join(cs[0]["source"]).lower()
+    checks = [c for c in cs if c["cell_type"] == "code" and ".require()" in "".join(c["source"])]
+    assert checks, f"{nb.name} has no check-your-work cell"
+    assert all("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in checks)
+    if int(nb.name[:2]) >= 2:
+        src = "\n".join("".join(c["source"]) for c in cs)
+        assert "Try it yourself" in src and "exercises.check(lab" in src and "exercises.solve(lab" in src
+
+
+@pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
+def test_every_action_cell_mentions_no_hardcoded_secret(nb):
+    src = "\n".join("".join(c["source"]) for c in cells(nb))
+    assert "hvs." not in src and "reveal=True" not in src

@@ -1,0 +1,113 @@
+"""`labkit stage N`, the check cells and the exercises, against a real local lab.
+
+For each notebook N: from an empty lab, `stage N` (twice: idempotent) then notebook N alone with papermill.
+Every stage's check fails, with its hint, when its state is broken; every exercise checker fails on an
+unsolved exercise (the notebook runs above prove the solutions pass).
+"""
+
+from __future__ import annotations
+
+import papermill as pm
+import pytest
+
+from labkit import cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
+from labkit.errors import CheckFailed, NotRunning, ParameterError
+from labkit.local import LocalLab
+from labkit.notebook import CI, SPEC
+from labkit.runner import notebooks
+from labkit.stages import NOTEBOOKS, prepare_stage
+
+pytestmark = pytest.mark.lab
+PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = LocalLab(tmp_path_factory.mktemp("stages") / "state")
+    lab.up()
+    yield lab
+    lab.down(purge=True)
+
+
+def test_stage_before_up_is_refused(tmp_path):
+    with pytest.raises(NotRunning, match="labkit up"):
+        prepare_stage(LocalLab(tmp_path / "never-started"), 3)
+
+
+def test_unknown_stage_number(lab):
+    with pytest.raises(ParameterError, match="0 to 7"):
+        prepare_stage(lab, 12)
+
+
+@pytest.mark.parametrize("n", range(len(NOTEBOOKS)))
+def test_stage_then_notebook_alone(lab, n, tmp_path):
+    prepare_stage(lab, 0, PARAMS)  # an empty lab: whatever a previous case created is removed
+    prepare_stage(lab, n, PARAMS)
+    prepare_stage(lab, n, PARAMS)  # twice in a row is fine
+    nb = notebooks()[n]
+    assert nb.name.startswith(f"{n:02d}-")
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+                        parameters=PARAMS | {"STATE_DIR": str(lab.state.root), "STOP_LAB": False})
+
+
+def _fails_with_hint(check, hint_part: str) -> None:
+    assert not check.passed
+    with pytest.raises(CheckFailed) as info:
+        check.require()
+    assert "hint:" in str(info.value)
+    assert hint_part.lower() in str(info.value).lower(), str(info.value)
+
+
+def test_checks_fail_with_hints_when_state_is_broken(lab):
+    n = lab.names
+    prepare_stage(lab, 7, PARAMS)  # everything up to the clean-up exists
+    # every exercise is still unsolved: its checker fails with its hint
+    for k in range(2, 8):
+        _fails_with_hint(exercises.check(lab, k, namespace={}), "")
+    # clean-up's check fails while things exist
+    _fails_with_hint(cleanup.check(lab), "revoke")
+    # instant updates: turned off again
+    vso.apply(lab, static.static_secret(lab, PARAMS["REFRESH_AFTER"]))
+    _fails_with_hint(instant.check(lab, [0.5], 3.0), "enable_instant_updates")
+    # client cache: operator without persistence
+    lab.restart_operator(client_cache_persistence_model="none")
+    _fails_with_hint(cache.check(lab), "enable_persistence")
+    # rotation: nothing observed
+    _fails_with_hint(rotation.check(lab, rotation.Observation()), "renewalPercent")
+    # dynamic: the VaultDynamicSecret is gone
+    vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    _fails_with_hint(dynamic.check(lab), "does not exist")
+    # static: the VaultStaticSecret is gone
+    vso.delete(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
+    _fails_with_hint(static.check(lab), "does not exist")
+    # connect: the VaultConnection is gone
+    vso.delete(lab, "VaultConnection", n.vault_connection, n.vault_ns)
+    _fails_with_hint(connect.check(lab), "spec.address")
+
+
+def test_static_check_names_a_wrong_vault_path(lab):
+    prepare_stage(lab, 3, PARAMS)
+    n = lab.names
+    vso.apply(lab, static.static_secret(lab, PARAMS["REFRESH_AFTER"], path="exampleapp/typo"))
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(e[0] == "Warning" for e in vso.events(lab, "VaultStaticSecret", n.static_vss, n.static_ns)):
+            break
+        time.sleep(0.5)
+    hint = vso.hint_from_events(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
+    assert "path does not exist" in hint, hint
+
+
+def test_vault_auth_with_missing_role_is_explained(lab):
+    prepare_stage(lab, 3, PARAMS)
+    n = lab.names
+    vso.apply(lab, static.vault_auth(lab, role="no-such-role"))
+    vso.apply(lab, static.static_secret(lab, "2s", path="exampleapp/creds") | {})
+    import time
+
+    time.sleep(8)
+    hint = vso.hint_from_events(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
+    assert "role" in hint.lower() or "refused" in hint.lower(), hint
+    vso.apply(lab, static.vault_auth(lab))
