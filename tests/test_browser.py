@@ -7,7 +7,7 @@ One local lab in its own state directory is brought to the dynamic-secret stage 
   and the executed notebook, widget state included, is scanned for every credential the lab made;
 * the same notebook is opened in JupyterLab in chromium (Python playwright), its cells are run, and
   the SecretView (masked, reveals on click), LeaseView (TTL goes down), PipelineView (all green) and
-  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS`` and ``docs/img``.
+  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS`` (and to ``docs/img`` with VSOLAB_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _shot(locator: Any, name: str, docs: bool = True) -> None:
     locator.scroll_into_view_if_needed()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     locator.screenshot(path=str(ARTIFACTS / name))
-    if docs:
+    if docs and os.environ.get("VSOLAB_UPDATE_SCREENSHOTS") == "1":  # refresh the committed README pictures on purpose only
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copy(ARTIFACTS / name, DOCS_IMG / name)
 
