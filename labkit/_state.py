@@ -195,10 +195,11 @@ class State:
     def pg_data_dir(self) -> Path:
         """PostgreSQL's data directory.
 
-        PostgreSQL refuses to run as root, so when the lab runs as root the server
-        runs as an unprivileged user, which cannot enter the 0700 state directory.
-        Its data then lives beside it, in ``<state>-pg`` owned by that user.
+        PostgreSQL refuses to run as root, so when the lab runs as root the server runs as an
+        unprivileged user, which cannot enter the 0700 state directory (nor, often, its parents).
+        Its data then lives in ``/var/tmp/vsolab-pg/<lab id>`` (override: ``VSOLAB_PG_ROOT``), a
+        directory owned by that user with mode 0700; ``down --purge`` removes it with the rest.
         """
         if os.getuid() == 0:
-            return self.root.with_name(self.root.name + "-pg")
+            return Path(os.environ.get("VSOLAB_PG_ROOT", "/var/tmp/vsolab-pg")) / self.lab_id
         return self.root / "data" / "postgres"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -309,17 +311,21 @@ class Postgres(Component):
         if (data / "PG_VERSION").exists():
             return
         user = self._user()
-        data.mkdir(parents=True, exist_ok=True)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        if user:
+            os.chmod(data.parent, 0o755)  # traversable, so the PostgreSQL user reaches its own 0700 directory
+        data.mkdir(exist_ok=True)
         os.chmod(data, 0o700)
-        pwfile = data.parent / f".{data.name}.pw"
         password = self.state.secrets().get("postgres_password") or uuid.uuid4().hex
         self.state.update_secrets(postgres_password=password)
+        pwdir = Path(tempfile.mkdtemp(prefix="vsolab-initdb-"))
+        pwfile = pwdir / "pw"
         pwfile.write_text(password)
         os.chmod(pwfile, 0o600)
         if user:
             pw = pwd.getpwnam(user)
-            os.chown(data, pw.pw_uid, pw.pw_gid)
-            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            for p in (data, pwdir, pwfile):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
         try:
             subprocess.run(
                 [str(self.lab.bin["initdb"]), "-D", str(data), "-U", "root", f"--pwfile={pwfile}",
@@ -334,7 +340,7 @@ class Postgres(Component):
                 detail=(exc.stderr or exc.stdout)[-1500:],
             ) from None
         finally:
-            pwfile.unlink(missing_ok=True)
+            shutil.rmtree(pwdir, ignore_errors=True)
 
     def command(self) -> list[str]:
         return [
