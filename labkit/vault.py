@@ -24,7 +24,14 @@ def client(lab: Any) -> hvac.Client:
     addr, token = lab.vault_addr, lab.vault_token
     c = hvac.Client(url=addr, token=token, timeout=10)
     try:
-        ok = c.is_authenticated()
+        ok = isinstance(c.lookup_token(), dict)  # auth/token/lookup-self; an answer that is not JSON: not Vault
+    except requests.exceptions.SSLError as exc:
+        raise VaultError(
+            f"Checked that Vault answers at {addr}: something listens there, but the TLS handshake failed ({exc}).",
+            ["Check the scheme in VAULT_ADDR: the local lab's OpenBao speaks plain http://, not https://.",
+             "For your own Vault over https, give it the CA that signed its certificate (VAULT_CACERT).",
+             "Run `labkit env` for the lab's address."],
+        ) from None
     except requests.exceptions.ConnectionError:
         raise VaultError(
             f"Checked that Vault answers at {addr}: nothing is listening there.",
@@ -35,14 +42,46 @@ def client(lab: Any) -> hvac.Client:
         raise VaultError(f"Checked that Vault answers at {addr}: the request failed ({exc}).",
                          ["Check VAULT_ADDR: scheme (http/https), host and port.", "Run `labkit status`.",
                           "Check a proxy is not intercepting loopback traffic (NO_PROXY=127.0.0.1)."]) from None
+    except hvexc.VaultError:
+        ok = False  # a refused token, or sealed, not initialised, not Vault at all: _not_usable says which
     if not ok:
-        raise VaultError(
+        raise _not_usable(addr) or VaultError(
             f"Checked the Vault token against {addr} (auth/token/lookup-self): Vault refused it.",
             ["Use the lab's token: `eval \"$(labkit env)\"` sets VAULT_TOKEN.",
              "If Vault was reset (`labkit down --purge`), restart the notebook kernel to pick up the new token.",
              "For your own Vault, log in again and export a fresh VAULT_TOKEN."],
         )
     return c
+
+
+def _not_usable(addr: str) -> VaultError | None:
+    """Why ``addr`` refuses a token other than the token itself: it is not Vault, or it is sealed; else None."""
+    try:
+        r = requests.get(f"{addr}/v1/sys/health", timeout=5)
+        health = r.json()
+    except (requests.RequestException, ValueError):
+        r, health = None, None
+    if not isinstance(health, dict) or "sealed" not in health:
+        answer = f"HTTP {r.status_code}, {r.headers.get('Content-Type') or 'no content type'}" if r is not None else "no answer"
+        return VaultError(
+            f"Checked that {addr} is a Vault server (GET /v1/sys/health): something answers there, but it is not Vault "
+            f"({answer}).",
+            ["Check VAULT_ADDR (host and port): it points at another program.", "Run `labkit env` for the lab's address.",
+             "Run `labkit status` to see the port OpenBao listens on."],
+        )
+    if health.get("sealed"):
+        return VaultError(
+            f"Checked Vault at {addr} (sys/health): it is sealed, so it refuses every request.",
+            ["On the local lab run `labkit up`: it unseals OpenBao with the key in the state directory.",
+             "For your own Vault, unseal it: `vault operator unseal`.", "Run `labkit status` to check it is healthy again."],
+        )
+    if not health.get("initialized", True):
+        return VaultError(
+            f"Checked Vault at {addr} (sys/health): it is not initialised yet.",
+            ["On the local lab run `labkit up`: it initialises OpenBao.", "For your own Vault, run `vault operator init`.",
+             "Check VAULT_ADDR points at the Vault you meant."],
+        )
+    return None
 
 
 def _vault_error(exc: Exception, what: str, fixes: list[str]) -> VaultError:
