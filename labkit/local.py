@@ -62,6 +62,8 @@ class Component:
 
     name = ""
     timeout = 60.0
+    #: other ports (names in ``state.json``) the process binds besides its own
+    extra_ports: tuple[str, ...] = ()
 
     def __init__(self, lab: LocalLab) -> None:
         self.lab = lab
@@ -151,9 +153,12 @@ class Component:
         self._kill_orphans()
         self.pidfile.unlink(missing_ok=True)
         self.state.check_port_free(self.name, self.port, f"See {self.log}.")
+        for extra in self.extra_ports:
+            self.state.check_port_free(extra, self.lab.ports[extra], f"See {self.log}.")
         self.prepare()
+        command = self.command()
         daemon = _procs.Daemon(
-            self.command(), check=self.check, tag=self.tag, log=self.log, env=self.env(), timeout=self.timeout,
+            command, check=self.check, tag=self.tag, log=self.log, env=self.env(), timeout=self.timeout,
             user=self.user(), cwd=str(self.state.root) if not self.user() else "/",
         )
         try:
@@ -172,12 +177,23 @@ class Component:
                  "Run `labkit up` again; healthy parts are reused."],
                 detail=_procs.log_tail(self.log),
             ) from None
+        except OSError as exc:  # the binary is missing, not executable, or built for another machine
+            raise ComponentError(
+                f"Started {self.name} from {command[0]}: the program could not be run ({exc.strerror or exc}).",
+                ["Reinstall the lab's binaries: `labkit install --force`.",
+                 "Check that VSOLAB_CACHE points at a complete cache built for this machine (`labkit doctor`).",
+                 f"Check the file is a program for this machine: `file {command[0]}`."],
+            ) from None
         self.after_start()
         return action
 
     def _kill_orphans(self) -> None:
         for proc in _procs.tagged(self.tag):
-            if proc.environ().get(_procs.TAG_ENV) == self.tag:
+            try:
+                mine = proc.environ().get(_procs.TAG_ENV) == self.tag
+            except psutil.Error:  # it exited meanwhile
+                continue
+            if mine:
                 _procs.stop_pid(proc.pid, grace=3)
 
     def stop(self) -> bool:
@@ -192,6 +208,7 @@ class Component:
 # -- the components --------------------------------------------------------------------------------
 class Etcd(Component):
     name = "etcd"
+    extra_ports = ("etcd_peer",)
 
     def command(self) -> list[str]:
         p, pp = self.port, self.lab.ports["etcd_peer"]
@@ -366,6 +383,7 @@ class OpenBao(Component):
     """OpenBao with file storage: initialised once, unsealed at every start."""
 
     name = "openbao"
+    extra_ports = ("openbao_cluster",)
 
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -471,6 +489,7 @@ class VSO(Component):
     """The real VSO manager, outside the cluster, as the Helm chart's service account."""
 
     name = "vso"
+    extra_ports = ("vso_metrics",)
 
     def address(self) -> str:
         return f"http://127.0.0.1:{self.lab.ports['vso_probe']}"
@@ -581,7 +600,8 @@ class LocalLab:
         return {
             "VAULT_ADDR": self.vault_addr, "BAO_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token,
             "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
-            "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root",
+            "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
+            "PGPASSWORD": self.pg_admin_password,
             "VSOLAB_STATE": str(self.state.root),
         }
 

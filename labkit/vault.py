@@ -123,7 +123,7 @@ def configure_kubernetes_auth(lab: Any, kubernetes_host: str, kubernetes_ca_cert
                       token_reviewer_jwt=token_reviewer_jwt, disable_local_ca_jwt=True)
     return Done(
         f"configured auth/{mount} to review tokens at {kubernetes_host} with the token-reviewer JWT {mask(token_reviewer_jwt)}",
-        f'vault write auth/{mount}/config token_reviewer_jwt="$TOKEN_REVIEW_JWT" kubernetes_host="$KUBE_API_URL" '
+        f'vault write auth/{mount}/config token_reviewer_jwt="$TOKEN_REVIEW_JWT" kubernetes_host={kubernetes_host} '
         f'kubernetes_ca_cert="$KUBE_CA_CERT" disable_local_ca_jwt=true',
     )
 
@@ -213,8 +213,8 @@ def configure_postgres_connection(lab: Any, *, name: str, host: str, port: int, 
             "Check the PostgreSQL admin user and password."]) from None
     return Done(f"configured {mount}/config/{name}: postgresql-database-plugin at {host}:{port} as {username}",
                 f"vault write {mount}/config/{name} plugin_name=postgresql-database-plugin "
-                f"connection_url='postgresql://{{{{username}}}}:{{{{password}}}}@$POSTGRES_ADDR:{port}/postgres?sslmode=disable' "
-                f"username={username} password=<password> allowed_roles={','.join(allowed_roles)}")
+                f"connection_url='postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/postgres?sslmode=disable' "
+                f"username={username} password=\"$PGPASSWORD\" allowed_roles={','.join(allowed_roles)}")
 
 
 def create_database_role(lab: Any, name: str, *, db_name: str, creation_statements: list[str],

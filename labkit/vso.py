@@ -98,8 +98,21 @@ def conditions(obj: dict | None) -> dict[str, dict[str, Any]]:
 
 
 def is_synced(obj: dict | None) -> bool:
+    """SecretSynced and Ready are True *for the current spec*.
+
+    Right after an apply, the conditions still describe the previous generation until VSO
+    reconciles the new one; a condition whose ``observedGeneration`` is older does not count.
+    """
     c = conditions(obj)
-    return all(c.get(t, {}).get("status") == "True" for t in ("SecretSynced", "Ready")) if c else False
+    if not c or obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return False  # nothing reported yet, or being deleted
+    generation = (obj.get("metadata") or {}).get("generation")
+
+    def current(cond: dict[str, Any]) -> bool:
+        seen = cond.get("observedGeneration")
+        return generation is None or seen is None or seen == generation
+
+    return all(c.get(t, {}).get("status") == "True" and current(c[t]) for t in ("SecretSynced", "Ready"))
 
 
 def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, str, str]]:
@@ -109,18 +122,27 @@ def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, st
 
 def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     """Turn VSO's latest warning into a hint a learner can act on."""
+    obj = get(lab, kind, name, namespace)
+    synced = conditions(obj).get("SecretSynced", {})
     evs = events(lab, kind, name, namespace)
+    if synced.get("status") == "False" and synced.get("message"):
+        # The resource's own condition is current; events may arrive late or out of order.
+        evs = [*evs, ("Warning", str(synced.get("reason") or "SecretSynced"), str(synced["message"]))]
     last_ok = max((i for i, e in enumerate(evs) if e[1] in ("SecretSynced", "SecretRotated", "Accepted")), default=-1)
     warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning"]
     if not warns:
-        obj = get(lab, kind, name, namespace)
         if obj is None:
             return f"the {kind} {namespace}/{name} does not exist: apply it first"
         return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
     _, reason, msg = warns[-1]
+    msg = " ".join(msg.split())  # one paragraph: VSO's messages carry Vault's multi-line errors
     low = msg.lower()
     if reason.startswith("RolloutRestart"):
         cause = "a rolloutRestartTargets entry names a Deployment that does not exist (yet): deploy the app"
+    elif ("permission denied" in low or "403" in low) and "/login" not in low:
+        cause = ("Vault refused to read the path: the path does not exist or the policy does not cover it (Vault answers "
+                 "403, not 404, for a path outside the policy, so a typo looks like this): check spec.mount and "
+                 "spec.path, then the policy's paths")
     elif "permission denied" in low or "403" in low:
         cause = "Vault refused the request: check the role's bound service account/namespace and the policy's paths"
     elif "404" in low or "no secret exists" in low or "not found" in low:

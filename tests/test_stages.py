@@ -50,6 +50,13 @@ def test_stage_then_notebook_alone(lab, n, tmp_path):
                         parameters=PARAMS | {"STATE_DIR": str(lab.state.root), "STOP_LAB": False})
 
 
+def _delete(lab, kind: str, name: str, ns: str) -> None:
+    from labkit import k8s
+
+    vso.delete(lab, kind, name, ns)
+    k8s.wait_for(f"{kind} {name} to be gone (VSO runs its finalizer)", lambda: vso.get(lab, kind, name, ns) is None, 60)
+
+
 def _fails_with_hint(check, hint_part: str) -> None:
     assert not check.passed
     with pytest.raises(CheckFailed) as info:
@@ -75,13 +82,13 @@ def test_checks_fail_with_hints_when_state_is_broken(lab):
     # rotation: nothing observed
     _fails_with_hint(rotation.check(lab, rotation.Observation()), "renewalPercent")
     # dynamic: the VaultDynamicSecret is gone
-    vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    _delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
     _fails_with_hint(dynamic.check(lab), "does not exist")
     # static: the VaultStaticSecret is gone
-    vso.delete(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
+    _delete(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
     _fails_with_hint(static.check(lab), "does not exist")
     # connect: the VaultConnection is gone
-    vso.delete(lab, "VaultConnection", n.vault_connection, n.vault_ns)
+    _delete(lab, "VaultConnection", n.vault_connection, n.vault_ns)
     _fails_with_hint(connect.check(lab), "spec.address")
 
 
