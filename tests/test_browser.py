@@ -7,7 +7,8 @@ One local lab in its own state directory is brought to the dynamic-secret stage 
   and the executed notebook, widget state included, is scanned for every credential the lab made;
 * the same notebook is opened in JupyterLab in chromium (Python playwright), its cells are run, and
   the SecretView (masked, reveals on click), LeaseView (TTL goes down), PipelineView (all green) and
-  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS`` (and to ``docs/img`` with VSOLAB_UPDATE_SCREENSHOTS=1).
+  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS``
+  (and to ``docs/img`` with VSOLAB_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
