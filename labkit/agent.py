@@ -28,6 +28,7 @@ import http.server
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,6 +226,7 @@ class Agent:
         if kind == "DELETED":
             self.pods.pop(uid, None)
             self.stop_run(uid)
+            self.remove_pod_dir(pod)
             return
         if not pod.spec.node_name:
             if pod.metadata.deletion_timestamp is None:
@@ -242,6 +244,7 @@ class Agent:
                 if exc.status != 404:
                     raise
             self.pods.pop(uid, None)
+            self.remove_pod_dir(pod)
             return
         if uid not in self.runs and pod.status.phase not in ("Succeeded", "Failed"):
             self.runs[uid] = Run(uid, pod.metadata.namespace, pod.metadata.name)
@@ -260,6 +263,12 @@ class Agent:
 
     def pod_dir(self, pod: Any) -> Path:
         return self.state.path("pods", f"{pod.metadata.namespace}_{pod.metadata.name}")
+
+    def remove_pod_dir(self, pod: Any) -> None:
+        """Forget a deleted pod's working directory: its HOME and the Secret/ConfigMap volumes written there."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        if not any(r.namespace == ns and r.name == name for r in self.runs.values()):
+            shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
 
     def materialize_volumes(self, pod: Any, container: Any) -> dict[str, str]:
         """Write configMap/secret volumes to disk; return mountPath → local dir."""
