@@ -21,7 +21,38 @@ from .errors import (
     VaultError,
 )
 
+
+def connect(backend: str = "local", state: str | None = None):  # noqa: ANN201 - a backend's lab object
+    """The lab object for ``backend`` (not started): ``connect().up()``.
+
+    Ready clients: ``lab.kube`` (kubernetes ApiClient), ``labkit.vault.client(lab)`` (hvac),
+    ``lab.pg_dsn()`` (a psycopg connection string); addresses in ``lab.env()``.
+    """
+    from .backends import get_backend
+
+    return get_backend(backend, state=state)
+
+
+def up(backend: str = "local", state: str | None = None) -> dict[str, str]:
+    """Start or repair the lab (``labkit up``); returns what each component did."""
+    return connect(backend, state).up()
+
+
+def down(backend: str = "local", state: str | None = None, purge: bool = False) -> list[str]:
+    """Stop the lab (``labkit down``); ``purge`` also wipes its state."""
+    return connect(backend, state).down(purge=purge)
+
+
+def status(backend: str = "local", state: str | None = None) -> list:
+    """One health row per component (``labkit status``)."""
+    return connect(backend, state).status()
+
+
 __all__ = [
+    "connect",
+    "down",
+    "status",
+    "up",
     "CheckFailed",
     "ComponentError",
     "LabkitError",
