@@ -57,8 +57,8 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to a file only the owner can read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` atomically to a file only the owner can read (a directory it creates is private too)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)
