@@ -100,6 +100,9 @@ def read_pid(pidfile: Path, tag: str) -> int | None:
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
+            # It died (a crash, a kill -9). If this process started it, collect it, or it stays a zombie.
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
             return None
         if proc.environ().get(TAG_ENV) != tag:
             return None
