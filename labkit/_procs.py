@@ -123,23 +123,36 @@ def tagged(prefix: str) -> list[psutil.Process]:
     return found
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it only waits for its parent to collect it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def stop_pid(pid: int, grace: float = 10.0) -> None:
     """Stop a process group led by ``pid``: SIGTERM, then SIGKILL after ``grace`` seconds."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            break
-        time.sleep(0.05)
-    else:
+    if not _wait_gone(pid, grace):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    # Reap if it was our child (e.g. in tests); otherwise init reaps it.
+        _wait_gone(pid, 5)  # SIGKILL is delivered asynchronously: reap below only once it is dead
+    # Reap if it was our child (e.g. in tests, or a notebook kernel that started the lab); otherwise init reaps it.
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
