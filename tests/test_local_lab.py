@@ -30,9 +30,11 @@ def _listening_ports(pids: set[int]) -> set[int]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     lab = LocalLab(tmp_path_factory.mktemp("lab") / "state")
-    lab.up()
-    yield lab
-    lab.down(purge=True)
+    try:
+        lab.up()
+        yield lab
+    finally:  # also when `up` itself failed half-way: leave no process behind
+        lab.down(purge=True)
 
 
 def test_up_twice_changes_nothing_and_everything_is_healthy(lab):

@@ -24,9 +24,11 @@ PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     lab = LocalLab(tmp_path_factory.mktemp("stages") / "state")
-    lab.up()
-    yield lab
-    lab.down(purge=True)
+    try:
+        lab.up()
+        yield lab
+    finally:  # also when `up` itself failed half-way: leave no process behind
+        lab.down(purge=True)
 
 
 def test_stage_before_up_is_refused(tmp_path):
