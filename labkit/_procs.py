@@ -152,9 +152,24 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)  # SIGKILL is delivered asynchronously: reap below only once it is dead
-    # Reap if it was our child (e.g. in tests, or a notebook kernel that started the lab); otherwise init reaps it.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    _reap(pid)
+
+
+def _reap(pid: int, seconds: float = 5.0) -> None:
+    """Collect ``pid`` if it is our child (in tests, or a notebook kernel that started the lab); else init does.
+
+    A multi-threaded program (kube-apiserver) shows as a zombie as soon as its main thread exits, while
+    its other threads still run; waitpid then has nothing to collect yet, so try again for a moment.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except OSError:  # ChildProcessError: not our child, or already collected
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def rss(pid: int) -> int:
