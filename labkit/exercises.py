@@ -7,6 +7,7 @@ which is how CI proves every exercise solvable and every checker passing).
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from . import k8s, pg, static, vault, vso
@@ -33,9 +34,9 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
     names = lab.names
     if n == 2:
         data = vault.kv_get(lab, names.kv_mount, names.kv_path).get("data") or {}
-        vault.kv_put(lab, names.kv_mount, names.kv_path, {**data, "api_key": "hashicups-demo-key"})
+        vault.kv_put(lab, names.kv_mount, names.kv_path, {**data, "api_key": secrets.token_urlsafe(16)})
         k8s.wait_for("api_key to reach the Kubernetes Secret", lambda: "api_key" in static.read_secret(lab), 60)
-        return "vault kv patch static/exampleapp/creds api_key=hashicups-demo-key"
+        return "vault kv patch static/exampleapp/creds api_key=<a new key>"
     if n == 3:
         role = vault.read_database_role(lab, names.db_role, mount=names.db_mount)
         vault.create_database_role(lab, names.db_role, db_name=names.db_connection,
@@ -59,6 +60,7 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
     if n == 6:
         refresh = "2s"
         vso.apply(lab, static.static_secret(lab, refresh_after=refresh, instant_updates=True))
+        vso.wait_synced(lab, "VaultStaticSecret", names.static_vss, names.static_ns)
         return ("kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp --type merge "
                 "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'")
     if n == 7:

@@ -21,8 +21,8 @@ from labkit._state import State
 from labkit.k8s import api_client
 from labkit.names import Names
 
-NAMESPACES = {Names().static_ns, Names().dynamic_ns}
-KEYS = {"username", "password", "api_key"}
+#: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
+GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"}}
 
 
 def main(out: str) -> None:
@@ -48,9 +48,9 @@ def main(out: str) -> None:
         try:
             core = kclient.CoreV1Api(api_client(state.path("kube", "admin.kubeconfig")))
             for s in core.list_secret_for_all_namespaces(_request_timeout=5).items:
-                if s.metadata.namespace in NAMESPACES:
+                if s.metadata.namespace in GENERATED:
                     for k, v in (s.data or {}).items():
-                        if k in KEYS:
+                        if k in GENERATED[s.metadata.namespace]:
                             values.add(base64.b64decode(v).decode(errors="replace"))
         except Exception:  # noqa: BLE001 - the lab restarts between notebooks; keep polling
             pass
