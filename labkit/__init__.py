@@ -22,8 +22,8 @@ from .errors import (
 )
 
 
-def connect(backend: str = "local", state: str | None = None):  # noqa: ANN201 - a backend's lab object
-    """The lab object for ``backend`` (not started): ``connect().up()``.
+def get_lab(backend: str = "local", state: str | None = None):  # noqa: ANN201 - a backend's lab object
+    """The lab object for ``backend`` (not started): ``get_lab().up()``.
 
     Ready clients: ``lab.kube`` (kubernetes ApiClient), ``labkit.vault.client(lab)`` (hvac),
     ``lab.pg_dsn()`` (a psycopg connection string); addresses in ``lab.env()``.
@@ -35,22 +35,22 @@ def connect(backend: str = "local", state: str | None = None):  # noqa: ANN201 -
 
 def up(backend: str = "local", state: str | None = None) -> dict[str, str]:
     """Start or repair the lab (``labkit up``); returns what each component did."""
-    return connect(backend, state).up()
+    return get_lab(backend, state).up()
 
 
 def down(backend: str = "local", state: str | None = None, purge: bool = False) -> list[str]:
     """Stop the lab (``labkit down``); ``purge`` also wipes its state."""
-    return connect(backend, state).down(purge=purge)
+    return get_lab(backend, state).down(purge=purge)
 
 
 def status(backend: str = "local", state: str | None = None) -> list:
     """One health row per component (``labkit status``)."""
-    return connect(backend, state).status()
+    return get_lab(backend, state).status()
 
 
 __all__ = [
-    "connect",
     "down",
+    "get_lab",
     "status",
     "up",
     "CheckFailed",
