@@ -1,6 +1,6 @@
 """labkit: the helper package of VSO Lab.
 
-Start a lab (``labkit up`` or :func:`connect`), then drive Vault, Kubernetes and
+Start a lab (``labkit up`` or :func:`get_lab`), then drive Vault, Kubernetes and
 the Vault Secrets Operator through small functions named after the lab's steps.
 """
 

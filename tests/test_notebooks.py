@@ -55,3 +55,16 @@ def test_opens_with_a_story_and_ends_with_checks(nb):
 def test_every_action_cell_mentions_no_hardcoded_secret(nb):
     src = "\n".join("".join(c["source"]) for c in cells(nb))
     assert "hvs." not in src and "reveal=True" not in src
+
+
+@pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
+def test_names_imported_from_labkit_are_modules(nb):
+    import importlib
+    import re
+    import types
+
+    src = "\n".join("".join(c["source"]) for c in cells(nb) if c["cell_type"] == "code")
+    for names in re.findall(r"^from labkit import (.+)$", src, flags=re.M):
+        for name in (n.strip() for n in names.split(",")):
+            obj = getattr(importlib.import_module("labkit"), name, None) or importlib.import_module(f"labkit.{name}")
+            assert isinstance(obj, types.ModuleType), f"labkit.{name} is not the module {nb.name} expects"
