@@ -12,12 +12,11 @@ from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
 from . import k8s
-from .local import OPERATOR_NAMESPACE, OPERATOR_SA, _kubeconfig
+from .local import OPERATOR_NAMESPACE, OPERATOR_SA, TOKEN_SECRET, _kubeconfig
 
 if TYPE_CHECKING:
     from .local import LocalLab
 
-TOKEN_SECRET = f"{OPERATOR_SA}-token"
 ROLE_NAME = "vault-secrets-operator-manager-role"
 
 

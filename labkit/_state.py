@@ -22,6 +22,7 @@ import pwd
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ import port_for
 from .errors import PortTaken, StateError
 
 DEFAULT_STATE = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "vsolab" / "default"
+
+
+_LOCK = threading.RLock()  # `up` starts components in parallel; read-modify-write of the JSON files is serialised
 
 
 def state_dir_from_env() -> Path:
@@ -137,6 +141,10 @@ class State:
         return self._read("state.json")
 
     def update(self, **values: Any) -> dict[str, Any]:
+        with _LOCK:
+            return self._update(**values)
+
+    def _update(self, **values: Any) -> dict[str, Any]:
         data = self.read()
         data.update(values)
         _write_private(self.root / "state.json", json.dumps(data, indent=2, sort_keys=True))
@@ -146,6 +154,10 @@ class State:
         return self._read("secrets.json")
 
     def update_secrets(self, **values: Any) -> dict[str, Any]:
+        with _LOCK:
+            return self._update_secrets(**values)
+
+    def _update_secrets(self, **values: Any) -> dict[str, Any]:
         data = self.secrets()
         data.update(values)
         _write_private(self.root / "secrets.json", json.dumps(data, indent=2, sort_keys=True))

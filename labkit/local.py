@@ -8,12 +8,14 @@ roles survive ``down`` followed by ``up``. ``down(purge=True)`` wipes the state.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +38,10 @@ urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 OPERATOR_NAMESPACE = "vault-secrets-operator"
 OPERATOR_SA = "vault-secrets-operator-controller-manager"
+TOKEN_SECRET = f"{OPERATOR_SA}-token"
+#: API paths whose presence means "bootstrapped" (checked without importing the kubernetes client, which is slow)
+CRD_CHECK = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/vaultstaticsecrets.secrets.hashicorp.com"
+TOKEN_CHECK = f"/api/v1/namespaces/vault-secrets-operator/secrets/{TOKEN_SECRET}"
 NODE_NAME = "vsolab-node"
 KCM_CONTROLLERS = ",".join([
     "serviceaccount-token-controller", "serviceaccount-controller", "namespace-controller",
@@ -395,7 +401,7 @@ class OpenBao(Component):
         data.mkdir(parents=True, exist_ok=True)
         cluster = self.lab.ports["openbao_cluster"]
         cfg = (
-            f'storage "raft" {{\n  path = "{data}"\n  node_id = "vsolab"\n}}\n'
+            f'storage "raft" {{\n  path = "{data}"\n  node_id = "vsolab"\n  performance_multiplier = 1\n}}\n'
             f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
             f'  cluster_address = "127.0.0.1:{cluster}"\n  tls_disable = true\n}}\n'
             f'api_addr = "http://127.0.0.1:{self.port}"\n'
@@ -619,17 +625,42 @@ class LocalLab:
         ensure_etcd_pki(self.state)
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
-        for name, comp in self.components.items():
-            if name == "vso":
-                from . import _bootstrap
+        # Importing the kubernetes client takes about a second: do it while the processes start.
+        warm = threading.Thread(target=importlib.import_module, args=("labkit._bootstrap",), daemon=True)
+        warm.start()
 
-                _bootstrap.cluster(self)
+        def ensure(name: str) -> None:
             t0 = time.monotonic()
-            actions[name] = comp.ensure()
+            actions[name] = self.components[name].ensure()
             if actions[name] != "reused":
                 say(f"  {name:<10} {actions[name]} in {time.monotonic() - t0:.1f}s")
+
+        def chain(*names: str) -> Callable[[], None]:
+            return lambda: [ensure(n) for n in names] and None
+
+        # PostgreSQL and OpenBao do not depend on Kubernetes; the node agent imports its client while the API
+        # server starts and registers its node once it answers. So three chains run side by side.
+        _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"))
+        if not self._bootstrapped():
+            warm.join()
+            from . import _bootstrap
+
+            _bootstrap.cluster(self)
+        ensure("vso")
+        actions = {name: actions[name] for name in self.components}
         self.state.update(last_up=time.time())
         return actions
+
+    def _bootstrapped(self) -> bool:
+        """VSO's CRDs and identity are in place (checked over plain HTTPS, without the kubernetes client)."""
+        if self.state.read().get("bootstrapped") != self.state.lab_id or not self.state.path("kube", "vso.kubeconfig").exists():
+            return False
+        api = self.components["apiserver"]
+        assert isinstance(api, APIServer)
+        try:
+            return all(api._get(p).ok for p in (CRD_CHECK, TOKEN_CHECK))
+        except requests.RequestException:
+            return False
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop every component (pods first, Vault data kept unless ``purge``)."""
@@ -740,6 +771,25 @@ class LocalLab:
         from .vault import events_supported
 
         return events_supported(self)
+
+
+def _parallel(*steps: Callable[[], None]) -> None:
+    """Run ``steps`` in threads; re-raise the first error (a LabkitError reaches the user as is)."""
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in steps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _kubeconfig(server: str, cluster: str, user_name: str, *, user: dict[str, str], ca_file: str) -> str:
