@@ -17,6 +17,31 @@ from .display import Check, Done, Steps
 
 
 def _delete_namespace(lab: Any, ns: str) -> None:
+    """Empty the namespace first, then delete it.
+
+    The namespace controller retries a namespace that still has content with a growing delay
+    (about 10 s here); deleting the VSO resources, the Deployment and the pods first lets it finish
+    on its first pass.
+    """
+    from kubernetes import client as kclient
+
+    if k8s.namespace_gone(lab.kube, ns):
+        return
+    res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)  # noqa: E731
+    # Secrets first: VSO revokes a VaultDynamicSecret's lease with the client its VaultAuth gives it,
+    # so the VaultAuth and VaultConnection must outlive them.
+    for kinds in (("VaultDynamicSecret", "VaultStaticSecret"), ("VaultAuth", "VaultConnection")):
+        for kind in kinds:
+            for obj in res(kind).get(namespace=ns).items:
+                vso.delete(lab, kind, obj.metadata.name, ns)
+        k8s.wait_for(f"VSO to finalise the {' and '.join(kinds)} resources in {ns}",
+                     lambda kinds=kinds: not any(res(kind).get(namespace=ns).items for kind in kinds), 60,
+                     hint="VSO removes its finalizers; check that VSO runs (`labkit status`)")
+    apps, core = kclient.AppsV1Api(lab.kube), kclient.CoreV1Api(lab.kube)
+    apps.delete_collection_namespaced_deployment(ns)
+    apps.delete_collection_namespaced_replica_set(ns)
+    k8s.wait_for(f"the pods in {ns} to stop", lambda: not core.list_namespaced_pod(ns).items, 60,
+                 hint="the node agent stops pods; check `labkit status`")
     try:
         k8s.delete(lab.kube, "v1", "Namespace", ns)
     except ApiException as exc:
