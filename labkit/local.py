@@ -30,7 +30,7 @@ import urllib3
 
 from . import _procs, install
 from ._pki import ca_pem, ensure_etcd_pki, ensure_pki
-from ._state import State
+from ._state import State, port_free
 from .errors import ComponentError, MissingTool, NotRunning, ParameterError, StateError, SyncError
 from .names import Names
 
@@ -625,6 +625,7 @@ class LocalLab:
         ensure_etcd_pki(self.state)
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
+        found_running = {name for name, comp in self.components.items() if comp.pid()}
         # Importing the kubernetes client takes about a second: do it while the processes start.
         warm = threading.Thread(target=importlib.import_module, args=("labkit._bootstrap",), daemon=True)
         warm.start()
@@ -640,13 +641,21 @@ class LocalLab:
 
         # PostgreSQL and OpenBao do not depend on Kubernetes; the node agent imports its client while the API
         # server starts and registers its node once it answers. So three chains run side by side.
-        _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"))
-        if not self._bootstrapped():
-            warm.join()
-            from . import _bootstrap
+        self._preflight()
+        try:
+            _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"))
+            if not self._bootstrapped():
+                warm.join()
+                from . import _bootstrap
 
-            _bootstrap.cluster(self)
-        ensure("vso")
+                _bootstrap.cluster(self)
+            ensure("vso")
+        except BaseException:
+            # Leave the lab as this call found it: stop what it started (state and data are kept).
+            for name in reversed(list(self.components)):
+                if name not in found_running:
+                    self.components[name].stop()
+            raise
         actions = {name: actions[name] for name in self.components}
         self.state.update(last_up=time.time())
         return actions
@@ -662,8 +671,25 @@ class LocalLab:
         except requests.RequestException:
             return False
 
+    def _preflight(self) -> None:
+        """Before starting anything: every binary can run and every port of a stopped component is free."""
+        for comp in self.components.values():
+            if comp.pid():
+                continue
+            program = Path(comp.command()[0]) if comp.name != "agent" else Path(sys.executable)
+            if not (program.is_file() and os.access(program, os.X_OK)):
+                why = "it does not exist" if not program.exists() else "it is not executable (Permission denied)"
+                raise ComponentError(
+                    f"Checked that {comp.name}'s program {program} can be run: {why}.",
+                    ["Reinstall the lab's binaries: `labkit install --force`.",
+                     "Check that VSOLAB_CACHE points at a complete cache built for this machine (`labkit doctor`).",
+                     f"Check the file: `ls -l {program}` and `file {program}`."],
+                )
+            for name in (comp.name if comp.name != "vso" else "vso_probe", *comp.extra_ports):
+                self.state.check_port_free(name, self.ports[name], f"See {comp.log}.")
+
     def down(self, purge: bool = False) -> list[str]:
-        """Stop every component (pods first, Vault data kept unless ``purge``)."""
+        """Stop every component (pods first, Vault data kept unless ``purge``); no process or port is left."""
         stopped = []
         for name in reversed(list(self.components)):
             if self.components[name].stop():
@@ -671,6 +697,11 @@ class LocalLab:
         # Anything else carrying this lab's tag: pod processes, orphans of a crash.
         for proc in _procs.tagged(self.state.lab_id + ":"):
             _procs.stop_pid(proc.pid, grace=3)
+        # A killed multi-threaded server can hold its listening socket a moment longer: wait for the lab's ports.
+        if self.state.root.exists():
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(port_free(p) for p in self.ports.values()):
+                time.sleep(0.1)
         if purge:
             self.state.purge()
         return stopped
