@@ -8,6 +8,7 @@ roles survive ``down`` followed by ``up``. ``down(purge=True)`` wipes the state.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pwd
@@ -691,12 +692,27 @@ class LocalLab:
     def down(self, purge: bool = False) -> list[str]:
         """Stop every component (pods first, Vault data kept unless ``purge``); no process or port is left."""
         stopped = []
+        known = set()  # every pid this lab recorded, alive or not: reaped below if this process started them
+        for f in self.state.path("run").glob("*.pid") if self.state.root.exists() else []:
+            with contextlib.suppress(OSError, ValueError):
+                known.add(int(f.read_text().strip()))
+        known |= {p.pid for p in _procs.tagged(self.state.lab_id + ":")}
         for name in reversed(list(self.components)):
             if self.components[name].stop():
                 stopped.append(name)
         # Anything else carrying this lab's tag: pod processes, orphans of a crash.
         for proc in _procs.tagged(self.state.lab_id + ":"):
             _procs.stop_pid(proc.pid, grace=3)
+        # Collect our own dead children (a lab started in-process, e.g. by a notebook kernel or a test).
+        deadline = time.monotonic() + 5
+        for pid in known:
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        break
+                except ChildProcessError:  # not our child, or already collected
+                    break
+                time.sleep(0.05)
         # A killed multi-threaded server can hold its listening socket a moment longer: wait for the lab's ports.
         if self.state.root.exists():
             deadline = time.monotonic() + 10
