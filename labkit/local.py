@@ -197,7 +197,7 @@ class Component:
     def _kill_orphans(self) -> None:
         for proc in _procs.tagged(self.tag):
             try:
-                mine = proc.environ().get(_procs.TAG_ENV) == self.tag
+                mine = _procs.tag_of(proc) == self.tag
             except psutil.Error:  # it exited meanwhile
                 continue
             if mine:
