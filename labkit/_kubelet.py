@@ -203,8 +203,10 @@ class EventRecorder:
             item = self.queue.get()
             try:
                 self._record(*item)
-            except Exception as exc:  # noqa: BLE001 - an event is best effort, as in the kubelet
-                print(f"{now_iso()} agent: event not recorded: {type(exc).__name__}: {exc}", flush=True)
+            except ApiException as exc:  # an event is best effort, as in the kubelet
+                print(f"{now_iso()} agent: event {item[4]} not recorded: HTTP {exc.status} {exc.reason}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - the API server restarting, ...
+                print(f"{now_iso()} agent: event {item[4]} not recorded: {type(exc).__name__}", flush=True)
 
     def _record(self, ns: str, pod: str, uid: str, container: str | None, reason: str, message: str, kind: str,
                 component: str) -> None:
@@ -236,7 +238,7 @@ class EventRecorder:
         try:
             self.core.create_namespaced_event(ns, body)
         except ApiException as exc:
-            if exc.status == 404:  # the namespace is being deleted
+            if exc.status in (403, 404):  # the namespace is gone, or being deleted
                 return
             raise
         self.seen[key] = (name, 1)

@@ -248,7 +248,7 @@ class Agent:
     def start(self, run: Run, c: Container) -> None:
         """Start (or restart) one container's process, or say why it waits."""
         pod, spec = self.pods[run.uid], c.spec
-        c.waiting, c.waiting_message, c.ready, c.kill_at = "", "", False, None
+        c.waiting, c.waiting_message, c.ready, c.kill_at, c.proc = "", "", False, None, None
         mapper = IMAGES.get(image_repo(spec.image))
         if mapper is None:
             c.waiting, c.waiting_message, c.next_start = "ErrImagePull", unmapped_message(spec.image), float("inf")
@@ -354,6 +354,8 @@ class Agent:
                 self.run_probes(run, c, now)
             return
         if not c.last or c.last.get("containerID") != f"local://{c.proc.pid}":  # it has just exited
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c.proc.pid, signal.SIGKILL)  # what it left behind, as a container's end ends them all
             code = exit_code(rc)
             c.last = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": c.started_at,
                       "finishedAt": _now(), "containerID": f"local://{c.proc.pid}"}
@@ -373,7 +375,7 @@ class Agent:
                 c.backoff = min(max(c.backoff * 2, BACKOFF_FIRST), BACKOFF_CAP)
             else:
                 c.next_start = float("inf")
-        if now >= c.next_start and c.pump is not None and c.pump.done.wait(1):
+        if now >= c.next_start:
             c.restarts += 1
             self.start(run, c)
 
@@ -381,7 +383,10 @@ class Agent:
         pod = self.pods[run.uid]
         for pr in c.probes:
             if pr.pending is not None and pr.pending.done():
-                ok, why = pr.pending.result()
+                try:
+                    ok, why = pr.pending.result()
+                except Exception as exc:  # noqa: BLE001 - a probe that cannot run has failed
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
                 pr.pending = None
                 p = pr.spec
                 pr.successes, pr.failures = (pr.successes + 1, 0) if ok else (0, pr.failures + 1)
