@@ -357,7 +357,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
             names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
             if names == [CLIENT_CN]:
                 return True
-            self.reply(403, _status(403, "Forbidden", "only the lab's API server may use the node agent's API"))
+            self.reply(403, b"Forbidden: only the lab's API server may use the node agent's API\n", "text/plain")
             return False
 
         def route(self) -> None:
@@ -377,19 +377,19 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
             try:
                 opts = LogOptions.from_query(query)
             except ValueError:
-                self.reply(422, _status(422, "Invalid", "Invalid request."))
+                self.reply(422, b'{"message": "Invalid request."}', "text/plain")
                 return
             source = api.log_source(ns, pod, container, opts.previous)
             if source is None:
                 self.reply(404, f'container "{container}" in pod "{pod}" not found\n'.encode(), "text/plain")
                 return
             if isinstance(source, str):
-                self.reply(400, _status(400, "BadRequest", source))
+                self.reply(400, source.encode(), "text/plain")
                 return
             path, done = source
             if opts.previous and not path.exists():
-                self.reply(400, _status(400, "BadRequest", f'previous terminated container "{container}" in pod '
-                                                           f'"{pod}" not found'))
+                self.reply(400, f'previous terminated container "{container}" in pod "{pod}" not found'.encode(),
+                           "text/plain")
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

@@ -1,22 +1,13 @@
-"""The node agent: a small kubelet that runs containers as local processes.
+"""The node agent: a small kubelet that runs every container of a pod as a local process.
 
-It registers one Node (with its kubelet endpoint), binds the lab's Pending pods to it, and runs every
-container of a pod as a local process:
-
-* env values are resolved from literal ``value``, ``secretKeyRef``, ``configMapKeyRef`` and ``envFrom``,
-  exactly once per process start, so a rollout restart really gives new processes with new env;
-* an image is mapped to a local command (see :data:`IMAGES`, the one table to extend); a container whose
-  image is not mapped waits with reason ``ErrImagePull`` and a message naming the mapped images;
-  ``configMap`` and ``secret`` volumes are written to a per-pod directory and their mount paths rewritten;
-* each ``containerPort`` (and each probe port) gets a free local port; a container's first one is passed
-  as ``PORT``; the pod's first one is published in the annotation ``vsolab.dev/port``, all of them in
-  ``vsolab.dev/ports`` (podIP is 127.0.0.1);
-* pod status (phase, conditions, one containerStatus per container with state, lastState, ready,
-  restartCount) is kept up to date; readiness and liveness probes follow their periods and thresholds;
-  containers are restarted per ``restartPolicy`` with a short back-off (0 s, then 10 s doubling to 40 s);
-* events as a kubelet records them, and container logs (also ``--previous``) served to the API server
-  over TLS (:mod:`labkit._kubelet`), so ``kubectl logs`` and ``kubectl describe pod`` work;
-* a pod with a ``deletionTimestamp`` is stopped and deleted.
+It registers one Node (with its kubelet endpoint), binds the lab's Pending pods to it and, per container:
+resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``); maps the image
+to a local command (:data:`labkit._containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
+writes ``configMap``/``secret`` volumes to the pod's directory; gives every containerPort a local port
+(``PORT``; annotations ``vsolab.dev/port`` and ``vsolab.dev/ports``; podIP 127.0.0.1); runs readiness and
+liveness probes by their periods and thresholds; restarts per ``restartPolicy`` with a short back-off; keeps
+one containerStatus per container; records the kubelet's events; and serves container logs to the API
+server over TLS (:mod:`labkit._kubelet`). A pod with a ``deletionTimestamp`` is stopped and deleted.
 
 Run it with ``python -m labkit.agent --state DIR``; ``labkit up`` does that.
 """
@@ -48,12 +39,12 @@ from kubernetes.client.exceptions import ApiException
 
 from . import _kubelet, _procs, k8s
 from ._containers import IMAGES, ConfigMissing, Container, Probe, Run, _rewrite, image_repo, pod_status, resolve_env, unmapped_message
-from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path, now_iso
+from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path
+from ._kubelet import now_iso as _now
 from ._state import State
 
 PORTS_ANNOTATION = "vsolab.dev/ports"
 BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET = 10.0, 40.0, 120.0
-_now = now_iso
 
 
 class Agent:
@@ -157,9 +148,15 @@ class Agent:
             return
         if uid not in self.runs and pod.status.phase not in ("Succeeded", "Failed"):
             run = self.runs[uid] = Run(uid, pod.metadata.namespace, pod.metadata.name, start_time=_now())
-            restarts = {s.name: s.restart_count or 0 for s in pod.status.container_statuses or []}
             for spec in pod.spec.containers:
-                run.containers[spec.name] = Container(spec, restarts=restarts.get(spec.name, 0))
+                run.containers[spec.name] = Container(spec)
+            for st in pod.status.container_statuses or []:  # it ran under an agent that stopped: a node restart
+                if st.name in run.containers and st.container_id:
+                    started = st.state.running.started_at if st.state and st.state.running else None
+                    run.containers[st.name].restarts = (st.restart_count or 0) + 1
+                    run.containers[st.name].last = {
+                        "exitCode": 255, "reason": "Unknown", "finishedAt": _now(), "containerID": st.container_id,
+                        **({"startedAt": started.strftime("%Y-%m-%dT%H:%M:%SZ")} if started else {})}
             self.allocate_ports(run, pod)
             for c in run.containers.values():
                 self.start(run, c)

@@ -337,3 +337,20 @@ def test_exec_and_port_forward_fail_at_once_with_what_to_use_instead(lab: Any, c
         assert out.returncode != 0
         assert f"127.0.0.1:{port} (its port 8080)" in out.stderr, out.stderr
         assert "kubectl logs" in out.stderr and "vsolab.dev/port" in out.stderr
+
+
+@pytest.mark.lab
+def test_an_agent_restart_is_a_node_restart_for_its_pods(lab: Any, core: kclient.CoreV1Api, two: str) -> None:
+    """The agent's processes die with it; the restarted agent starts them again and counts that as a restart."""
+    wait("the ticker running", lambda: statuses(core, two)["ticker"].state.running)
+    before = statuses(core, two)
+    lab.kill("agent")
+    assert lab.up(progress=lambda m: None)["agent"].startswith("restarted")
+    after = wait("both containers running again", lambda: (s := statuses(core, two))
+                 and all(s[n].state.running and s[n].container_id != before[n].container_id for n in s) and s)
+    for name in ("web", "ticker"):
+        assert after[name].restart_count == before[name].restart_count + 1
+        assert after[name].last_state.terminated.reason == "Unknown"
+        assert after[name].last_state.terminated.container_id == before[name].container_id
+    prev = kubectl(lab, "logs", two, "-c", "web", "--previous")
+    assert prev.returncode == 0 and "web starting" in prev.stdout, prev.stderr
