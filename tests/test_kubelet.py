@@ -63,6 +63,21 @@ def test_log_options_tail_since_timestamps_and_limit(tmp_path: Path) -> None:
     assert _read(tmp_path / "missing.log") == ""
 
 
+def test_follow_streams_appended_lines_and_ends_when_the_writer_has_finished(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    _cri(log, [(time.time(), "first")])
+    finished = threading.Event()
+    stream = read_log(log, LogOptions(follow=True), finished.is_set, threading.Event())
+    assert next(stream) == b"first\n"
+    with open(log, "a") as fh:  # a line written in two parts reaches the reader whole
+        fh.write(log.read_text().replace("first", "second").rstrip("\n")[:-3])
+        fh.flush()
+        fh.write("ond\n")
+    assert next(stream) == b"second\n"
+    finished.set()
+    assert list(stream) == [], "the stream ends once the container's output is complete"
+
+
 def _spec(name: str, image: str = "python:3.12-slim") -> Any:
     return kclient.V1Container(name=name, image=image)
 
