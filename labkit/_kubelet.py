@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
 import json
 import queue
+import select
 import socket
 import ssl
 import subprocess
@@ -66,7 +68,7 @@ class LogPump:
 
     def _pump(self, stream: str, pipe: IO[bytes] | None) -> None:
         try:
-            for line in iter(pipe.readline, b"") if pipe else ():
+            for line in iter(lambda: pipe.readline(16384), b"") if pipe else ():  # a longer line: P records
                 ts = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 tag = b"F" if line.endswith(b"\n") else b"P"
                 with self.lock:
@@ -75,6 +77,8 @@ class LogPump:
         except (OSError, ValueError):
             pass
         finally:
+            if pipe:
+                pipe.close()
             with self.lock:
                 self._open -= 1
                 if self._open == 0:
@@ -129,8 +133,9 @@ def _parse(line: bytes) -> tuple[bytes, float, bytes]:
     return ts, epoch, content
 
 
-def read_log(path: Path, opts: LogOptions, done: Callable[[], bool], stopping: threading.Event) -> Iterator[bytes]:
-    """The container's log as the kubelet serves it; with ``follow``, until the container has exited."""
+def read_log(path: Path, opts: LogOptions, done: Callable[[], bool], cancelled: Callable[[], bool]) -> Iterator[bytes]:
+    """The container's log as the kubelet serves it; with ``follow``, until the container has exited (``done``)
+    or the reader has gone (``cancelled``)."""
     budget = opts.limit
 
     def emit(line: bytes) -> bytes | None:
@@ -162,7 +167,7 @@ def read_log(path: Path, opts: LogOptions, done: Callable[[], bool], stopping: t
                 return
         if not opts.follow:
             return
-        while not stopping.is_set():
+        while not cancelled():
             finished = done()  # read once more after the writer finished: nothing is lost
             chunk = fh.readline()
             if not chunk:
@@ -395,10 +400,26 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
             self.send_header("Content-Type", "text/plain")
             self.end_headers()  # HTTP/1.0: the body ends when the connection closes
             try:
-                for chunk in read_log(path, opts, done, stopping):
+                for chunk in read_log(path, opts, done, lambda: stopping.is_set() or self.gone()):
                     self.wfile.write(chunk)
             except OSError:
                 pass  # the client went away (kubectl logs -f interrupted)
+
+        def gone(self) -> bool:
+            """The client closed its side (it sends nothing after its request): stop following for it."""
+            sock = self.connection
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            try:
+                sock.setblocking(False)
+                return sock.recv(1) == b""
+            except ssl.SSLWantReadError:
+                return False
+            except OSError:
+                return True
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.setblocking(True)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route  # noqa: N815
 

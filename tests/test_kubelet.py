@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 import requests
 from kubernetes import client as kclient
@@ -43,7 +44,7 @@ def _cri(path: Path, lines: list[tuple[float, str]], partial: str = "") -> None:
 
 def _read(path: Path, **query: str) -> str:
     opts = LogOptions.from_query({k: [v] for k, v in query.items()})
-    return b"".join(read_log(path, opts, lambda: True, threading.Event())).decode()
+    return b"".join(read_log(path, opts, lambda: True, lambda: False)).decode()
 
 
 def test_log_options_tail_since_timestamps_and_limit(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_follow_streams_appended_lines_and_ends_when_the_writer_has_finished(tmp
     log = tmp_path / "c.log"
     _cri(log, [(time.time(), "first")])
     finished = threading.Event()
-    stream = read_log(log, LogOptions(follow=True), finished.is_set, threading.Event())
+    stream = read_log(log, LogOptions(follow=True), finished.is_set, lambda: False)
     assert next(stream) == b"first\n"
     with open(log, "a") as fh:  # a line written in two parts reaches the reader whole
         fh.write(log.read_text().replace("first", "second").rstrip("\n")[:-3])
@@ -196,10 +197,10 @@ def two(lab: Any, core: kclient.CoreV1Api) -> Iterator[str]:
     core.create_namespaced_pod(NS, _pod_body(name, [
         _python("web", WEB, ports=[{"containerPort": 8080}],
                 readinessProbe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}),
-        _python("ticker", TICKER)]))
-    wait("both containers Running and Ready",
+        _python("ticker", TICKER), _python("quiet", "import time\nprint('one line', flush=True)\ntime.sleep(3600)")]))
+    wait("every container Running and Ready",
          lambda: {n: (s.ready, bool(s.state.running)) for n, s in statuses(core, name).items()}
-         == {"web": (True, True), "ticker": (True, True)})
+         == {"web": (True, True), "ticker": (True, True), "quiet": (True, True)})
     yield name
     core.delete_namespaced_pod(name, NS)
 
@@ -244,6 +245,30 @@ def test_logs_follow_streams_new_lines(lab: Any, two: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.lab
+def test_a_follow_ends_when_its_client_goes_away(lab: Any, two: str) -> None:
+    """A container that says nothing more: the agent notices the closed connection without writing to it."""
+    wait("no follow left from earlier tests", lambda: follows(lab) == 0, timeout=30)
+    exe = install.kubectl_binary()
+    proc = subprocess.Popen([str(exe), f"--kubeconfig={lab.kubeconfig}", "-n", NS, "logs", "-f", two, "-c", "quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and proc.stdout.readline() == "one line\n"  # type: ignore[union-attr]
+        assert follows(lab) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    wait("the agent to stop following for a client that went away", lambda: follows(lab) == 0, timeout=30)
+
+
+def follows(lab: Any) -> int:
+    """Connections to the agent's log endpoint the agent has not closed (CLOSE_WAIT too: the peer has gone)."""
+    agent = psutil.Process(lab.components["agent"].pid())
+    return sum(1 for c in agent.net_connections(kind="tcp")
+               if c.status != psutil.CONN_LISTEN and c.laddr.port == lab.ports["kubelet"])
 
 
 @pytest.mark.lab
@@ -363,7 +388,7 @@ def test_an_agent_restart_is_a_node_restart_for_its_pods(lab: Any, core: kclient
     assert lab.up(progress=lambda m: None)["agent"].startswith("restarted")
     after = wait("both containers running again", lambda: (s := statuses(core, two))
                  and all(s[n].state.running and s[n].container_id != before[n].container_id for n in s) and s)
-    for name in ("web", "ticker"):
+    for name in ("web", "ticker", "quiet"):
         assert after[name].restart_count == before[name].restart_count + 1
         assert after[name].last_state.terminated.reason == "Unknown"
         assert after[name].last_state.terminated.container_id == before[name].container_id
