@@ -27,7 +27,7 @@ from kubernetes import client as kclient
 
 from labkit import install
 from labkit._containers import Container, Run, pod_status
-from labkit._kubelet import LogOptions, read_log
+from labkit._kubelet import LogOptions, read_log, run_probe
 from labkit.agent import PORT_ANNOTATION
 
 NS = "default"
@@ -77,6 +77,50 @@ def test_follow_streams_appended_lines_and_ends_when_the_writer_has_finished(tmp
     assert next(stream) == b"second\n"
     finished.set()
     assert list(stream) == [], "the stream ends once the container's output is complete"
+
+
+def test_probes_http_tcp_and_exec_against_local_ports(tmp_path: Path) -> None:
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    up, down = srv.server_address[1], _free_port()
+    ports = {8080: up, 9000: down}
+
+    def probe(**action: Any) -> tuple[bool, str]:
+        return run_probe(kclient.V1Probe(**action), lambda p: ports.get(int(p)), {"PATH": os.environ["PATH"]},
+                         str(tmp_path), lambda argv: argv)
+
+    try:
+        assert probe(http_get=kclient.V1HTTPGetAction(path="/ok", port=8080)) == (True, "")
+        assert probe(http_get=kclient.V1HTTPGetAction(path="/bad", port=8080)) == (
+            False, "HTTP probe failed with statuscode: 500")
+        ok, why = probe(http_get=kclient.V1HTTPGetAction(path="/", port=9000))
+        assert not ok and why == f'Get "http://127.0.0.1:{down}/": dial tcp 127.0.0.1:{down}: connect: connection refused'
+        assert probe(tcp_socket=kclient.V1TCPSocketAction(port=8080)) == (True, "")
+        assert probe(tcp_socket=kclient.V1TCPSocketAction(port=9000)) == (
+            False, f"dial tcp 127.0.0.1:{down}: connect: connection refused")
+        assert probe(tcp_socket=kclient.V1TCPSocketAction(port=7)) == (False, "the probe's port 7 is not a port of the pod")
+        assert probe(_exec=kclient.V1ExecAction(command=["sh", "-c", "true"])) == (True, "command exited with code 0")
+        assert probe(_exec=kclient.V1ExecAction(command=["sh", "-c", "echo sick; exit 3"])) == (False, "sick")
+    finally:
+        srv.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _spec(name: str, image: str = "python:3.12-slim") -> Any:
