@@ -50,8 +50,8 @@ class ConfigMissing(Exception):
     """A Secret or ConfigMap the container needs does not exist (yet)."""
 
 
-def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any) -> dict[str, str]:
-    """Resolve a container's env like the kubelet: envFrom first, then env in order."""
+def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any, pod: Any = None) -> dict[str, str]:
+    """Resolve a container's env like the kubelet: envFrom first, then env in order (``fieldRef`` from ``pod``)."""
     out: dict[str, str] = {}
     cache: dict[tuple[str, str], dict[str, str] | None] = {}
 
@@ -84,8 +84,12 @@ def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any) -> dict
         if e.value_from is None:
             out[e.name] = _expand(e.value or "", out)
             continue
+        if e.value_from.field_ref is not None:
+            if pod is not None:
+                out[e.name] = field_value(pod, e.value_from.field_ref.field_path)
+            continue
         ref = e.value_from.secret_key_ref or e.value_from.config_map_key_ref
-        if ref is None:  # fieldRef / resourceFieldRef are not needed by the lab
+        if ref is None:  # resourceFieldRef: the lab sets no limits
             continue
         kind = "secret" if e.value_from.secret_key_ref else "configmap"
         data = source(kind, ref.name)
@@ -96,6 +100,21 @@ def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any) -> dict
             raise ConfigMissing(f"{what} not found")
         out[e.name] = data[ref.key]
     return out
+
+
+def field_value(pod: Any, path: str) -> str:
+    """The downward API's ``fieldRef`` values (the paths the API server accepts for env)."""
+    meta = pod.metadata
+    for prefix, mapping in (("metadata.labels", meta.labels), ("metadata.annotations", meta.annotations)):
+        if path.startswith(prefix + "['") and path.endswith("']"):
+            return str((mapping or {}).get(path[len(prefix) + 2:-2], ""))
+    values = {
+        "metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid,
+        "spec.nodeName": pod.spec.node_name, "spec.serviceAccountName": pod.spec.service_account_name,
+        "status.podIP": "127.0.0.1", "status.podIPs": "127.0.0.1", "status.hostIP": "127.0.0.1",
+        "status.hostIPs": "127.0.0.1",
+    }
+    return str(values.get(path) or "")
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -1,7 +1,7 @@
 """The node agent: a small kubelet that runs every container of a pod as a local process.
 
 It registers one Node (with its kubelet endpoint), binds the lab's Pending pods to it and, per container:
-resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``); maps the image
+resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``, ``fieldRef``); maps the image
 to a local command (:data:`labkit._containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
 writes ``configMap``/``secret`` volumes to the pod's directory; gives every containerPort a local port
 (``PORT``; annotations ``vsolab.dev/port`` and ``vsolab.dev/ports``; podIP 127.0.0.1); runs readiness and
@@ -253,7 +253,7 @@ class Agent:
                                container=c.name, warning=True)
             return
         try:
-            env = resolve_env(self.core, pod.metadata.namespace, spec)
+            env = resolve_env(self.core, pod.metadata.namespace, spec, pod)
             c.mounts = self.materialize_volumes(pod, spec)
         except ConfigMissing as exc:
             c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1

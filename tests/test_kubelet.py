@@ -26,7 +26,7 @@ import requests
 from kubernetes import client as kclient
 
 from labkit import install
-from labkit._containers import Container, Run, pod_status
+from labkit._containers import Container, Run, pod_status, resolve_env
 from labkit._kubelet import LogOptions, read_log, run_probe
 from labkit.agent import PORT_ANNOTATION
 
@@ -121,6 +121,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_env_from_the_downward_api() -> None:
+    pod = kclient.V1Pod(metadata=kclient.V1ObjectMeta(name="vso-abc", namespace="vso", uid="u-1", labels={"app": "vso"}),
+                        spec=kclient.V1PodSpec(containers=[], node_name="vsolab-node", service_account_name="sa"))
+
+    def ref(path: str) -> kclient.V1EnvVar:
+        return kclient.V1EnvVar(name=path, value_from=kclient.V1EnvVarSource(field_ref=kclient.V1ObjectFieldSelector(
+            field_path=path)))
+
+    paths = ["metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
+             "status.podIP", "metadata.labels['app']", "metadata.annotations['none']"]
+    c = kclient.V1Container(name="c", env=[*map(ref, paths), kclient.V1EnvVar(name="X", value="$(metadata.uid)-x")])
+    assert resolve_env(None, "vso", c, pod) == {  # type: ignore[arg-type]  # no API call for these
+        "metadata.name": "vso-abc", "metadata.namespace": "vso", "metadata.uid": "u-1", "spec.nodeName": "vsolab-node",
+        "spec.serviceAccountName": "sa", "status.podIP": "127.0.0.1", "metadata.labels['app']": "vso",
+        "metadata.annotations['none']": "", "X": "u-1-x"}
 
 
 def _spec(name: str, image: str = "python:3.12-slim") -> Any:
