@@ -29,15 +29,29 @@ def _python_image(argv: list[str], ports: dict[int, int]) -> list[str]:
     return argv
 
 
-#: Image repository name → how to turn the container's argv (and the pod's containerPort → local port
-#: map) into a local command. The one place to add an image the local lab can run.
-IMAGES: dict[str, Callable[[list[str], dict[int, int]], list[str]]] = {"python": _python_image}
+@dataclass(frozen=True)
+class LocalImage:
+    """How an image runs here: its ENTRYPOINT and CMD, and how the container's argv becomes a local command
+    (``local(argv, ports)``, with the pod's containerPort → local port map)."""
+
+    local: Callable[[list[str], dict[int, int]], list[str]]
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+    def argv(self, spec: Any, ports: dict[int, int]) -> list[str]:
+        """Kubernetes' rule: ``command`` replaces ENTRYPOINT (and drops CMD); ``args`` replaces CMD."""
+        argv = [*spec.command, *(spec.args or [])] if spec.command else [*self.entrypoint, *(spec.args or self.cmd)]
+        return self.local(argv, ports)
+
+
+#: Image repository name → how it runs as a local process. The one place to add an image the local lab can run.
+IMAGES: dict[str, LocalImage] = {"python": LocalImage(_python_image, cmd=("python3",))}
 
 
 def unmapped_message(image: str) -> str:
     known = ", ".join(f"{name}:*" for name in sorted(IMAGES))
     return (f"The vsolab node runs containers as local processes and maps only the images {known}; {image!r} is "
-            f"not one of them (add it to labkit.agent.IMAGES, or use one of those images).")
+            f"not one of them (add it to IMAGES in labkit/_containers.py, or use one of those images).")
 
 
 def image_repo(image: str) -> str:

@@ -246,8 +246,8 @@ class Agent:
         """Start (or restart) one container's process, or say why it waits."""
         pod, spec = self.pods[run.uid], c.spec
         c.waiting, c.waiting_message, c.ready, c.kill_at, c.proc = "", "", False, None, None
-        mapper = IMAGES.get(image_repo(spec.image))
-        if mapper is None:
+        image = IMAGES.get(image_repo(spec.image))
+        if image is None:
             c.waiting, c.waiting_message, c.next_start = "ErrImagePull", unmapped_message(spec.image), float("inf")
             self.recorder.emit(pod, "Failed", f'Failed to pull image "{spec.image}": {c.waiting_message}',
                                container=c.name, warning=True)
@@ -259,8 +259,7 @@ class Agent:
             c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1
             self.recorder.emit(pod, "Failed", f"Error: {exc}", container=c.name, warning=True)
             return
-        argv = [*(spec.command or ["python"]), *(spec.args or [])]
-        argv = [_rewrite(a, c.mounts) for a in mapper(argv, run.ports)]
+        argv = [_rewrite(a, c.mounts) for a in image.argv(spec, run.ports)]
         self.shim.mkdir(parents=True, exist_ok=True)
         for name in ("python", "python3"):
             link = self.shim / name

@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import requests
 from kubernetes import client as kclient
 
 from labkit import install
-from labkit._containers import Container, Run, pod_status, resolve_env
+from labkit._containers import IMAGES, Container, Run, pod_status, resolve_env
 from labkit._kubelet import LogOptions, read_log, run_probe
 from labkit.agent import PORT_ANNOTATION
 
@@ -138,6 +139,17 @@ def test_env_from_the_downward_api() -> None:
         "metadata.name": "vso-abc", "metadata.namespace": "vso", "metadata.uid": "u-1", "spec.nodeName": "vsolab-node",
         "spec.serviceAccountName": "sa", "status.podIP": "127.0.0.1", "metadata.labels['app']": "vso",
         "metadata.annotations['none']": "", "X": "u-1-x"}
+
+
+@pytest.mark.parametrize("command,args,argv", [
+    (None, None, ["PY"]),  # CMD python3
+    (None, ["python", "-c", "pass"], ["PY", "-c", "pass"]),  # args replace CMD
+    (["python3", "app.py"], ["--x"], ["PY", "app.py", "--x"]),  # command replaces ENTRYPOINT and CMD
+    (None, ["-m", "http.server"], ["-m", "http.server"]),  # no program left, as in a real container
+])
+def test_command_and_args_follow_the_image_entrypoint_and_cmd(command: Any, args: Any, argv: list[str]) -> None:
+    spec = kclient.V1Container(name="c", image="python:3.12-slim", command=command, args=args)
+    assert IMAGES["python"].argv(spec, {}) == [sys.executable if a == "PY" else a for a in argv]
 
 
 def _spec(name: str, image: str = "python:3.12-slim") -> Any:
