@@ -30,7 +30,7 @@ import requests
 import urllib3
 
 from . import _procs, install
-from ._pki import ca_pem, ensure_etcd_pki, ensure_pki
+from ._pki import ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
 from .errors import ComponentError, MissingTool, NotRunning, ParameterError, StateError, SyncError
 from .names import Names
@@ -267,6 +267,10 @@ class APIServer(Component):
             f"--service-account-signing-key-file={pki}/sa.key", f"--service-account-key-file={pki}/sa.pub",
             "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
             "--profiling=false", "--v=0",
+            # The node agent's kubelet API (kubectl logs): TLS both ways, on the node's InternalIP 127.0.0.1.
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            f"--kubelet-certificate-authority={pki}/ca.crt", "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def _get(self, path: str) -> requests.Response:
@@ -472,6 +476,7 @@ class OpenBao(Component):
 
 class NodeAgent(Component):
     name = "agent"
+    extra_ports = ("kubelet",)  # its kubelet API (TLS), which the API server proxies `kubectl logs` to
 
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -624,6 +629,7 @@ class LocalLab:
         self.state.ensure()
         ensure_pki(self.state)
         ensure_etcd_pki(self.state)
+        ensure_kubelet_pki(self.state)
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         found_running = {name for name, comp in self.components.items() if comp.pid()}
