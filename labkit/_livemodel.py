@@ -44,6 +44,38 @@ def short_lease(lease_id: str) -> str:
     return f"{head}/{tail[:6]}…" if head else f"{tail[:6]}…"
 
 
+class RoleNumbers:
+    """``role #n`` for each PostgreSQL role, numbered in the order the roles were created.
+
+    One numbering per kernel (:data:`ROLE_NUMBERS`), shared by the Timeline widget and ``rotation.observe``'s text,
+    so "role #2" is the same role in both. Vault's default username template ends in the creation time
+    (``…-<unix_time>``), so roles first seen together are numbered in creation order. Only a digest of each name is
+    kept: a dynamic username is a credential.
+    """
+
+    def __init__(self) -> None:
+        self._no: dict[str, int] = {}
+
+    @staticmethod
+    def _created(role: str) -> int:
+        tail = role.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    def register(self, roles: list[str]) -> None:
+        for role in sorted(roles, key=lambda r: (self._created(r), r)):
+            self._no.setdefault(_digest(role), len(self._no) + 1)
+
+    def label(self, role: str) -> str:
+        self.register([role])
+        return f"role #{self._no[_digest(role)]}"
+
+    def number_of_digest(self, digest: str) -> int:
+        return self._no[digest]
+
+
+ROLE_NUMBERS = RoleNumbers()
+
+
 def ref(obj: dict | None) -> str:
     """``namespace/name`` of an object."""
     meta = (obj or {}).get("metadata") or {}
@@ -321,7 +353,7 @@ class TimelineModel:
     lease: LeaseModel = field(default_factory=LeaseModel)
     secret: SecretModel = field(default_factory=SecretModel)
     _roles: set[str] | None = None
-    _role_no: dict[str, int] = field(default_factory=dict)
+    numbers: RoleNumbers = field(default_factory=lambda: ROLE_NUMBERS)
     _pods: dict[str, int] | None = None
     _new: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -337,14 +369,13 @@ class TimelineModel:
         if self.start is None:
             self.start = now
         if roles is not None:
-            digests = [_digest(r) for r in roles]
-            for d in digests:
-                if d not in self._role_no:
-                    self._role_no[d] = len(self._role_no) + 1
-                    if self._roles is not None:
-                        self._add(now, "PG role created", f"role #{self._role_no[d]}")
-            for d in sorted((self._roles or set()) - set(digests), key=self._role_no.__getitem__):
-                self._add(now, "PG role dropped", f"role #{self._role_no[d]}")
+            self.numbers.register(roles)
+            digests = {_digest(r): r for r in roles}
+            if self._roles is not None:
+                for d in sorted(set(digests) - self._roles, key=self.numbers.number_of_digest):
+                    self._add(now, "PG role created", f"role #{self.numbers.number_of_digest(d)}")
+            for d in sorted((self._roles or set()) - set(digests), key=self.numbers.number_of_digest):
+                self._add(now, "PG role dropped", f"role #{self.numbers.number_of_digest(d)}")
             self._roles = set(digests)
         if vds is not None:
             for t, kind in self.lease.update(now, vds).events:

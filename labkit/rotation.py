@@ -1,15 +1,17 @@
-"""Stage 4: watch VSO renew a lease at ``renewalPercent``, rotate it at
-``max_ttl``, restart the app with the new credentials, and Vault revoke the old
-PostgreSQL role."""
+"""Stage 4: watch VSO renew a lease at ``renewalPercent``, rotate it at the first
+renewal Vault cuts short (before ``max_ttl``), restart the app with the new
+credentials, and Vault drop the old PostgreSQL role at ``max_ttl``."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import app, dynamic, k8s, pg, vso
+from ._livemodel import ROLE_NUMBERS
 from .display import Check, Done
 
 
@@ -30,6 +32,46 @@ def use_short_ttls(lab: Any, default_ttl: str, max_ttl: str, renewal_percent: in
     return Done(f"{first.what}; VaultDynamicSecret renewalPercent={renewal_percent}; VSO fetched a new lease",
                 f"{first.command}\nkubectl patch vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns} --type merge "
                 f"-p '{json.dumps(patch)}'")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """When things should happen, from VSO's and Vault's rules (seconds after the lease was issued)."""
+
+    renewals: list[tuple[float, float]]  # each renewal's window
+    rotation: tuple[float, float]  # the renewal Vault cuts short: VSO fetches new credentials then
+    drop: float  # the first lease reaches max_ttl: Vault runs the revocation statements, the role is dropped
+
+    @property
+    def window(self) -> float:
+        """How long to watch to see all of it."""
+        return self.drop + 15
+
+    def __str__(self) -> str:
+        ren = ", ".join(f"{lo:.0f}–{hi:.0f} s" for lo, hi in self.renewals) or "none"
+        return (f"renewals at about {ren}; rotation at the renewal near {self.rotation[0]:.0f}–{self.rotation[1]:.0f} s "
+                f"(Vault grants less than asked); the first role dropped at {self.drop:.0f} s")
+
+
+def expected(default_ttl: float, max_ttl: float, renewal_percent: int) -> Expected:
+    """Predict renewals and the rotation.
+
+    VSO renews between ``renewalPercent`` and about 10 % later of the lease's TTL (its horizon has up to 10 %
+    jitter: ``computeDynamicHorizonWithJitter``). Vault grants ``min(default_ttl, max_ttl - age)``; the first grant
+    shorter than asked makes VSO fetch new credentials (``LeaseTruncatedError``). The old lease then runs out
+    at ``max_ttl``.
+    """
+    p = renewal_percent / 100
+    lo = hi = 0.0
+    ttl = min(default_ttl, max_ttl)
+    renewals: list[tuple[float, float]] = []
+    while len(renewals) < 1000:
+        nlo, nhi = lo + p * ttl, hi + min(p + 0.1, 1.0) * ttl
+        if max_ttl - (nlo + nhi) / 2 < default_ttl:
+            return Expected(renewals, (nlo, nhi), max_ttl)
+        renewals.append((nlo, nhi))
+        lo, hi, ttl = nlo, nhi, default_ttl
+    return Expected(renewals, (hi, hi), max_ttl)
 
 
 @dataclass
@@ -63,11 +105,13 @@ def _pods(lab: Any) -> list[str]:
     return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
-def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5) -> Observation:
+def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
+            progress: Callable[[str], None] | None = None) -> Observation:
     """Poll the lease, the PostgreSQL roles, the app's pods and /status for ``seconds``.
 
     With ``until_rotation_and_revocation`` it stops early once a rotation happened,
-    the app runs the new credentials and the first role was dropped.
+    the app runs the new credentials and the first role was dropped. ``progress``
+    (e.g. ``print``) gets each event as it happens, and a line every 30 s.
     """
     n = lab.names
     obs = Observation(initial_user=dynamic.read_secret(lab).get("username", ""))
@@ -77,6 +121,10 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
 
     def note(kind: str, detail: str) -> None:
         obs.events.append((round(time.monotonic() - start, 1), kind, detail))
+        if progress:
+            progress(f"  t={obs.events[-1][0]:5.1f}s  {kind:<14} {detail}")
+
+    heartbeat = 30.0
 
     while time.monotonic() - start < seconds:
         lease = dynamic.lease(lab)
@@ -92,10 +140,10 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
         for r in sorted(roles - roles_prev):
             if r not in obs.roles_seen:
                 obs.roles_seen.append(r)
-                note("role created", dynamic.short_user(r))
+                note("role created", ROLE_NUMBERS.label(r))
         for r in sorted(roles_prev - roles):
             obs.roles_dropped.append(r)
-            note("role dropped", dynamic.short_user(r))
+            note("role dropped", ROLE_NUMBERS.label(r))
         roles_prev = roles
         for p in _pods(lab):
             if p not in obs.pods_seen:
@@ -105,9 +153,13 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
                     _, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=5)
                     user = body.get("connected_as", "")
                     obs.app_users.append(user)
-                    note("app /status", f"{body.get('status')} as {dynamic.short_user(user)}")
+                    note("app /status", f"{body.get('status')} as {ROLE_NUMBERS.label(user) if user else '(nobody)'}")
                 except Exception as exc:  # noqa: BLE001 - a rolling pod; note it and go on
                     note("app /status", f"no answer yet ({type(exc).__name__})")
+        if progress and time.monotonic() - start >= heartbeat:
+            progress(f"  t={heartbeat:5.0f}s  still watching: {obs.renewals} renewals, {obs.rotations} rotations, "
+                     f"{len(obs.roles_dropped)} roles dropped so far")
+            heartbeat += 30
         if (until_rotation_and_revocation and obs.rotations >= 1 and obs.initial_user in obs.roles_dropped
                 and len(obs.app_users) >= 2):
             break
@@ -130,7 +182,7 @@ def check(lab: Any, obs: Observation) -> Check:
         ("VSO renewed the lease at least once", obs.renewals >= 1,
          "watch longer than default_ttl × renewalPercent, or lower renewalPercent"),
         ("VSO rotated to a new lease", obs.rotations >= 1,
-         "rotation happens when a renewal would pass max_ttl: watch for longer than max_ttl"),
+         "rotation happens at the first renewal Vault cuts short (one that would pass max_ttl): watch longer"),
         ("the app was restarted and now connects with the current credentials", app_ok and len(obs.pods_seen) >= 2,
          "rolloutRestartTargets must name the Deployment; check the VaultDynamicSecret's RolloutRestart events"),
         ("the role the app used at first was revoked (dropped)", bool(first_role) and first_role not in still,

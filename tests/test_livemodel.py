@@ -15,6 +15,26 @@ PASSWORD = "A1b2-C3d4-E5f6-secret"
 USERNAME = "v-kubernetes-vault-role-dynamic-abc123-1800000000"
 
 
+@pytest.fixture(autouse=True)
+def fresh_role_numbers():
+    """Role numbers are one per kernel (shared by the widgets and rotation.observe): start each test at #1."""
+    lm.ROLE_NUMBERS._no.clear()
+    yield
+
+
+def test_role_numbers_follow_creation_time_and_are_shared():
+    nums = lm.RoleNumbers()
+    nums.register(["v-kubernet-vault-ro-Zzz-1700000300", "v-kubernet-vault-ro-Aaa-1700000100"])
+    assert nums.label("v-kubernet-vault-ro-Aaa-1700000100") == "role #1"
+    assert nums.label("v-kubernet-vault-ro-Zzz-1700000300") == "role #2"
+    assert nums.label("v-kubernet-vault-ro-Mmm-1700000200") == "role #3"  # seen later: numbered later
+    m = lm.TimelineModel(numbers=nums)
+    m.update(T0, roles=["v-kubernet-vault-ro-Aaa-1700000100"])
+    m.update(T0 + 1, roles=["v-kubernet-vault-ro-Aaa-1700000100", "v-kubernet-vault-ro-New-1700000400"])
+    m.update(T0 + 2, roles=["v-kubernet-vault-ro-New-1700000400"])
+    assert [(lane, label) for _, lane, label in m.events] == [("PG role created", "role #4"), ("PG role dropped", "role #1")]
+
+
 def vds(lease_id: str = "database/creds/r/AAAAAA111", renewed: float = T0, duration: int = 15, generation: int = 1,
         percent: int = 67, conds: str = "True") -> dict:
     return {
