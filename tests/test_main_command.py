@@ -67,6 +67,8 @@ def main_command() -> Iterator[tuple[str, str, subprocess.Popen[bytes], Path, Pa
     (settings / "apputils-extension").mkdir(parents=True)
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (settings / "docmanager-extension").mkdir(parents=True)  # never write outputs into the checkout's notebooks
+    (settings / "docmanager-extension" / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
     (settings / "notebook-extension").mkdir(parents=True)  # render every cell: no virtual scrolling
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = port_for.select_random(), uuid.uuid4().hex
@@ -74,6 +76,7 @@ def main_command() -> Iterator[tuple[str, str, subprocess.Popen[bytes], Path, Pa
            "JUPYTERLAB_SETTINGS_DIR": str(base / "jl-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(base / "jl-ws"),
            "JUPYTER_RUNTIME_DIR": str(base / "jl-rt")}
     log = base / "lab.sh.log"
+    notebooks = {p: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
     with log.open("w") as fh:
         proc = subprocess.Popen([str(ROOT / "scripts" / "lab.sh"), "--port", str(port)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -83,6 +86,10 @@ def main_command() -> Iterator[tuple[str, str, subprocess.Popen[bytes], Path, Pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        changed = [p.name for p, data in notebooks.items() if p.read_bytes() != data]
+        for p, data in notebooks.items():
+            p.write_bytes(data)  # committed notebooks carry no outputs, whatever happened in the browser
+        assert not changed, f"the browser session saved {changed} into the checkout"
         subprocess.run([sys.executable, "-m", "labkit", "--state", str(state), "down", "--purge"], capture_output=True, timeout=120)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(log, ARTIFACTS / "main-command.log")
