@@ -96,6 +96,20 @@ def conditions_light(obj: dict | None) -> str:
 
 
 # -- leases ------------------------------------------------------------------------------------------------------------
+#: VSO's horizon adds up to this share of the TTL after ``renewalPercent`` (``computeDynamicHorizonWithJitter``)
+RENEWAL_JITTER = 0.10
+
+
+def renewal_window(duration: float, renewal_percent: int) -> tuple[float, float]:
+    """Seconds after the last grant between which VSO renews a lease of ``duration`` seconds.
+
+    VSO's horizon is ``renewalPercent × TTL + 10 % − jitter(0–10 %)``, so the renewal lands between
+    ``renewalPercent`` and about ``renewalPercent + 10 %`` of the TTL (never past the TTL).
+    """
+    p = renewal_percent / 100
+    return duration * p, duration * min(p + RENEWAL_JITTER, 1.0)
+
+
 @dataclass(frozen=True)
 class LeaseState:
     lease_id: str
@@ -104,12 +118,13 @@ class LeaseState:
     ttl: float  # seconds left now
     fraction: float  # ttl / duration, 0..1
     renewal_percent: int
-    next_renewal_in: float | None  # seconds until VSO renews (negative: overdue)
+    next_renewal_in: float | None  # seconds until VSO's renewal window opens (negative: it is open or past)
     horizon_in: float | None  # seconds until max_ttl ends this lease for good
     renewals: int  # renewals of this lease
     total_renewals: int
     rotations: tuple[float, ...]  # times new credentials arrived (not the first ones)
     events: tuple[tuple[float, str], ...]  # what this update detected: (time, "renewal" | "rotation")
+    renewal_window_end_in: float | None = None  # seconds until the renewal window closes (negative: overdue)
 
 
 @dataclass
@@ -117,7 +132,8 @@ class LeaseModel:
     """The countdown of a VaultDynamicSecret's lease, from ``status.lastRenewalTime`` and ``status.secretLease``.
 
     * TTL left = ``lastRenewalTime + secretLease.duration - now``, never past the ``max_ttl`` horizon;
-    * VSO renews at ``lastRenewalTime + duration * renewalPercent / 100``;
+    * VSO renews between ``renewalPercent`` and about 10 % later of ``duration`` after ``lastRenewalTime``
+      (:func:`renewal_window`);
     * a new ``lastRenewalTime`` with the same lease id is a renewal; a new lease id, or a new
       ``lastGeneration`` (the resource was changed and resynced), is a rotation: new credentials.
     """
@@ -170,11 +186,11 @@ class LeaseModel:
         if horizon is not None:
             expires = min(expires, horizon)
         ttl = max(0.0, expires - now)
-        renew_at = self.last_renewal + self.duration * self.renewal_percent / 100
+        lo, hi = renewal_window(self.duration, self.renewal_percent)
         return LeaseState(
             self.lease_id, short_lease(self.lease_id), self.duration, ttl, ttl / self.duration if self.duration else 0.0,
-            self.renewal_percent, renew_at - now, None if horizon is None else horizon - now, self.renewals,
-            self.total_renewals, tuple(self.rotations), events,
+            self.renewal_percent, self.last_renewal + lo - now, None if horizon is None else horizon - now, self.renewals,
+            self.total_renewals, tuple(self.rotations), events, self.last_renewal + hi - now,
         )
 
 

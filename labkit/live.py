@@ -235,13 +235,18 @@ class LeaseView(_Live):
 
     def apply(self, now: float, observed: tuple[dict | None, float | None]) -> None:
         st = self.model.update(now, observed[0], issued_at=observed[1])
-        over = st.next_renewal_in is not None and st.next_renewal_in < 0
+        end = st.renewal_window_end_in
+        opened = st.next_renewal_in is not None and st.next_renewal_in <= 0
+        over = end is not None and end < 0
         self.bar.max = max(st.duration, 1.0)
         self.bar.value = min(st.ttl, self.bar.max)
         self.bar.bar_style = "danger" if st.fraction < 0.1 else "warning" if over else "success"
         self.bar.description = f"TTL {st.ttl:.0f}s"
-        nxt = ("no lease yet" if st.next_renewal_in is None else f"renewal due now (at {st.renewal_percent}%)" if over
-               else f"next renewal in {st.next_renewal_in:.1f}s (at {st.renewal_percent}% of {st.duration:.0f}s)")
+        span = f"{st.renewal_percent}–{min(st.renewal_percent + 10, 100)}% of {st.duration:.0f}s, VSO's jitter"
+        nxt = ("no lease yet" if st.next_renewal_in is None or end is None
+               else f"renewal overdue by {-end:.1f}s ({span})" if over
+               else f"renewal window open: VSO renews within {end:.1f}s ({span})" if opened
+               else f"next renewal in {st.next_renewal_in:.1f}–{end:.1f}s ({span})")
         hz = "max_ttl unknown" if st.horizon_in is None else f"max_ttl ends this lease in {max(0.0, st.horizon_in):.1f}s"
         marks = " ".join(f"<span class='vsolab-rotation'>↻ {time.strftime('%H:%M:%S', time.localtime(t))}</span>"
                          for t in st.rotations[-5:])

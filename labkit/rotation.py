@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import app, dynamic, k8s, pg, vso
-from ._livemodel import ROLE_NUMBERS
+from ._livemodel import ROLE_NUMBERS, renewal_window
 from .display import Check, Done
 
 
@@ -61,12 +61,12 @@ def expected(default_ttl: float, max_ttl: float, renewal_percent: int) -> Expect
     shorter than asked makes VSO fetch new credentials (``LeaseTruncatedError``). The old lease then runs out
     at ``max_ttl``.
     """
-    p = renewal_percent / 100
     lo = hi = 0.0
     ttl = min(default_ttl, max_ttl)
     renewals: list[tuple[float, float]] = []
     while len(renewals) < 1000:
-        nlo, nhi = lo + p * ttl, hi + min(p + 0.1, 1.0) * ttl
+        a, b = renewal_window(ttl, renewal_percent)
+        nlo, nhi = lo + a, hi + b
         if max_ttl - (nlo + nhi) / 2 < default_ttl:
             return Expected(renewals, (nlo, nhi), max_ttl)
         renewals.append((nlo, nhi))

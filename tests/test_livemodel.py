@@ -86,7 +86,17 @@ def test_next_renewal_is_at_renewal_percent_of_the_duration():
     assert s.next_renewal_in == pytest.approx(60 * 0.67 - 2)
     s = m.update(T0 + 2, vds(duration=60, percent=50))
     assert s.next_renewal_in == pytest.approx(28.0)
-    assert m.state(T0 + 45).next_renewal_in == pytest.approx(-15.0)  # overdue
+    assert m.state(T0 + 45).next_renewal_in == pytest.approx(-15.0)  # the window opened 15 s ago
+
+
+def test_renewal_is_a_window_with_vsos_jitter_not_an_instant():
+    m = lm.LeaseModel()
+    s = m.update(T0, vds(duration=60, percent=67))
+    assert (s.next_renewal_in, s.renewal_window_end_in) == (pytest.approx(40.2), pytest.approx(46.2))
+    inside = m.state(T0 + 43)
+    assert inside.next_renewal_in < 0 < inside.renewal_window_end_in  # open, not yet overdue
+    assert m.state(T0 + 50).renewal_window_end_in == pytest.approx(-3.8)  # overdue only past 77 %
+    assert lm.renewal_window(60, 90) == (pytest.approx(54.0), pytest.approx(60.0))  # never past the TTL
 
 
 def test_max_ttl_horizon_caps_the_ttl_and_counts_from_the_issue_time():
