@@ -238,3 +238,58 @@ def test_another_user_cannot_read_or_change_a_pods_files(lab: LocalLab) -> None:
         out = as_attacker(cmd, user=pod_user)
         assert out.returncode != 0, f"the pod's user {pod_user} could run {cmd} on its read-only volume"
     assert code.is_file()
+
+
+# -- a lab made before peer TLS ---------------------------------------------------------------------------------------
+def test_an_etcd_made_with_a_plain_http_peer_url_gains_tls_on_the_next_up(attacker: str) -> None:
+    """State from an older labkit: no peer certificate, a server-only etcd certificate, a member advertised with an
+    http peer URL, and that etcd still running. The next ``ensure`` replaces it and keeps its data."""
+    from labkit._pki import ensure_etcd_pki, ensure_pki
+
+    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-attacks-old-"))
+    etcd = lab.components["etcd"]
+    try:
+        lab.state.ensure()
+        ensure_pki(lab.state)
+        ensure_etcd_pki(lab.state)
+        pki = lab.state.path("pki")
+        for name in ("etcd-peer.crt", "etcd-peer.key"):
+            (pki / name).unlink()
+        old_ca = (pki / "ca.crt").read_bytes()
+        peer = lab.ports["etcd_peer"]
+        new = etcd.command()
+        cut = new.index("--listen-peer-urls")  # the old command: the same client flags, raft over plain HTTP
+        cmd = [*new[:cut], "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+               f"http://127.0.0.1:{peer}", "--initial-cluster", f"vsolab=http://127.0.0.1:{peer}", "--unsafe-no-fsync"]
+        old = _procs.Daemon(cmd, check=etcd.check, tag=etcd.tag, log=etcd.log, timeout=60)
+        _procs.start(old, etcd.pidfile)
+        assert attacker_http(peer, "/members").get("status") == 200, "the old-style etcd serves raft over plain HTTP"
+        etcd._post("/v3/kv/put", {"key": "a2VlcA==", "value": "b2xk"})  # "keep": "old"
+        _server_only_etcd_cert(lab)  # as an older labkit issued it
+
+        ensure_etcd_pki(lab.state)  # what `up` runs first
+        assert etcd.ensure() == "restarted (its settings were outdated)"
+        lab.components["etcd"].ensure()  # and again: reused, nothing to migrate
+        assert etcd.advertised_peer_urls() == [f"https://127.0.0.1:{peer}"]
+        assert (pki / "etcd-peer.crt").exists() and (pki / "ca.crt").read_bytes() == old_ca
+        assert etcd._post("/v3/kv/range", {"key": "a2VlcA=="})["kvs"][0]["value"] == "b2xk"
+        assert refused_by_tls(attacker_http(peer, "/members"))
+        assert "error" in attacker_http(peer, "/members", tls=True)
+    finally:
+        etcd.stop()
+        lab.state.purge()
+
+
+def _server_only_etcd_cert(lab: LocalLab) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from labkit._pki import _cert_pem, _issue, _key_pem, _name
+
+    pki = lab.state.path("pki")
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key, cert = _issue(ca_key, ca_cert, _name("etcd"), ExtendedKeyUsageOID.SERVER_AUTH)  # type: ignore[arg-type]
+    lab.state.write_private("pki/etcd.key", _key_pem(key))
+    lab.state.write_private("pki/etcd.crt", _cert_pem(cert))
