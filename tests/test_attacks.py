@@ -175,6 +175,9 @@ def test_openbao_gives_a_stranger_no_secret_and_no_control(lab: LocalLab) -> Non
     assert mounts.get("status") == 403, f"OpenBao listed its mounts without a token: {mounts}"
     seal = attacker_http(lab.ports["openbao"], "/v1/sys/seal", method="PUT")
     assert seal.get("status") == 403, f"OpenBao took a seal request without a token: {seal}"
+    for path in ("/v1/sys/generate-root/attempt", "/v1/sys/rekey/init"):
+        started = attacker_http(lab.ports["openbao"], path, method="PUT", body='{"secret_shares": 1, "secret_threshold": 1}')
+        assert started.get("status", 0) >= 400, f"OpenBao started {path} for a stranger: {started}"
     cluster = attacker_http(lab.ports["openbao_cluster"], "/", tls=True)
     assert "error" in cluster, f"OpenBao's cluster port answered over TLS without its cluster certificate: {cluster}"
     assert lab.components["openbao"].check()
