@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from ._state import State
 from .errors import MissingTool, StateError
@@ -124,10 +128,98 @@ def _untrusted(root: Path, where: Path, why: str) -> StateError:
     )
 
 
+class PodHost:
+    """The pods' user and directories, as the node agent uses them."""
+
+    def __init__(self, state: State) -> None:
+        self.user = pod_user()
+        self.ids = (pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid) if self.user else None
+        self.root = ensure_pod_root(state)
+        self._python: str | None = None
+
+    def pod_dir(self, namespace: str, name: str) -> Path:
+        return self.root / f"{namespace}_{name}"
+
+    def _dir(self, path: Path, *, pod_owned: bool = False, pod_readable: bool = False) -> Path:
+        """Create ``path`` in a directory only the agent can write to; owned by the agent and private, except:
+        ``pod_owned`` hands it to the pod user (0700), ``pod_readable`` lets the pod's group read it (0750),
+        and under root anything else is 0711 (the pod user passes through)."""
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        mine = st.st_uid == os.getuid() or (pod_owned and self.ids is not None and st.st_uid == self.ids[0])
+        if not stat.S_ISDIR(st.st_mode) or not mine:
+            raise StateError(f"Checked the pod directory {path}: it is not a directory the node agent made.",
+                             ["Run `labkit down --purge` and `labkit up`.", f"Remove {path} by hand.",
+                              "Report it: something else writes to the lab's pod directories."])
+        if self.ids is None:
+            os.chmod(path, 0o700)
+        elif pod_owned:
+            os.chown(path, *self.ids, follow_symlinks=False)
+            os.chmod(path, 0o700)
+        elif pod_readable:
+            os.chown(path, 0, self.ids[1], follow_symlinks=False)
+            os.chmod(path, 0o750)
+        else:
+            os.chmod(path, 0o711)
+        return path
+
+    def home(self, namespace: str, name: str) -> Path:
+        """The pod's HOME and working directory, writable by the pod's user only."""
+        return self._dir(self._dir(self.pod_dir(namespace, name)) / "home", pod_owned=True)
+
+    def volume_dir(self, namespace: str, name: str, volume: str) -> Path:
+        """Where a Secret or ConfigMap volume is written: readable by the pod, writable by the agent only."""
+        volumes = self._dir(self._dir(self.pod_dir(namespace, name)) / "volumes", pod_readable=True)
+        return self._dir(volumes / volume, pod_readable=True)
+
+    def write_volume_file(self, path: Path, text: str) -> None:
+        path.write_text(text)  # in a directory no one but the agent can change, so no planted symlink
+        os.chmod(path, 0o640 if self.ids else 0o600)
+        if self.ids:
+            os.chown(path, 0, self.ids[1], follow_symlinks=False)
+
+    def shim(self, python: str) -> Path:
+        """A directory for the pods' PATH with ``python`` and ``python3`` pointing at ``python``."""
+        shim = self.root / ".bin"
+        shim.mkdir(mode=0o755, exist_ok=True)
+        for name in ("python", "python3"):
+            link = shim / name
+            if not link.is_symlink() or os.readlink(link) != python:
+                link.unlink(missing_ok=True)
+                link.symlink_to(python)
+        return shim
+
+    def python(self) -> str | None:
+        """A Python the pod's user can run, preferring one that has psycopg (the example app uses it).
+
+        Under root, the lab's own Python may sit in root's 0700 home; then a system Python is used.
+        """
+        if self._python is None and not self.user:
+            self._python = sys.executable
+        elif self._python is None:
+            found = [p for p in dict.fromkeys((sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"))
+                     if os.access(p, os.X_OK)]
+            for code in ("import psycopg", "pass"):
+                ok = [p for p in found if self._runs(p, code)]
+                if ok:
+                    self._python = ok[0]
+                    break
+        return self._python
+
+    def as_pod_user(self) -> dict[str, Any]:
+        """Popen arguments that drop to the pod user (its uid, primary gid, no supplementary groups)."""
+        return {"user": self.ids[0], "group": self.ids[1], "extra_groups": []} if self.ids else {}
+
+    def _runs(self, python: str, code: str) -> bool:
+        try:
+            return subprocess.run([python, "-c", code], **self.as_pod_user(), cwd="/", capture_output=True, timeout=30,
+                                  env={"PATH": "/usr/bin:/bin", "HOME": "/"}).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
 def purge_pod_root(state: State) -> None:
     """Remove the lab's pod directories (``down --purge``); symlinks inside are removed, not followed."""
-    import shutil
-
     root = pod_root(state)
     if root.is_dir() and not root.is_symlink():
         shutil.rmtree(root, ignore_errors=True)

@@ -27,14 +27,11 @@ import datetime as dt
 import http.server
 import json
 import os
-import pwd
 import queue
 import shutil
 import signal
 import socket
-import stat
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -164,11 +161,7 @@ class Agent:
         self.pods: dict[str, Any] = {}
         self.stopping = threading.Event()
         # Under root, pods run as an unprivileged user, in directories outside the 0700 state directory.
-        self.user = _runas.pod_user()
-        self.ids = (pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid) if self.user else None
-        self.root = _runas.ensure_pod_root(state)
-        self.shim = self.root / ".bin"
-        self._python: str | None = None
+        self.host = _runas.PodHost(state)
         self.last_heartbeat = 0.0
 
     # -- node -------------------------------------------------------------------------------------
@@ -269,58 +262,7 @@ class Agent:
                 raise
 
     def pod_dir(self, pod: Any) -> Path:
-        return self.root / f"{pod.metadata.namespace}_{pod.metadata.name}"
-
-    def _private_dir(self, path: Path, *, pod_owned: bool = False, pod_readable: bool = False) -> Path:
-        """Create ``path`` (its parent exists and only root, or the lab's user, can write to it).
-
-        Owned by the lab's user and private, except: ``pod_owned`` hands it to the pod user (0700);
-        ``pod_readable`` lets the pod user's group read it (0750); a pod directory itself is 0711.
-        """
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() and not (pod_owned and self.ids and st.st_uid == self.ids[0]):
-            raise RuntimeError(f"{path} is not a directory the agent created")
-        if self.ids is None:
-            os.chmod(path, 0o700)
-        elif pod_owned:
-            os.chown(path, *self.ids, follow_symlinks=False)
-            os.chmod(path, 0o700)
-        elif pod_readable:
-            os.chown(path, 0, self.ids[1], follow_symlinks=False)
-            os.chmod(path, 0o750)
-        else:
-            os.chmod(path, 0o711)
-        return path
-
-    def pod_home(self, pod: Any) -> Path:
-        """The pod's HOME and working directory, writable by the pod's user only."""
-        return self._private_dir(self._private_dir(self.pod_dir(pod)) / "home", pod_owned=True)
-
-    def python(self) -> str | None:
-        """A Python the pod's user can run, preferring one that has psycopg (the example app uses it)."""
-        if self._python is None:
-            found = [p for p in dict.fromkeys((sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"))
-                     if os.access(p, os.X_OK)]
-            if not self.user:
-                self._python = sys.executable
-            for code in ("import psycopg", "pass") if self.user else ():
-                ok = [p for p in found if self._runs(p, code)]
-                if ok:
-                    self._python = ok[0]
-                    break
-        return self._python
-
-    def _as_pod_user(self) -> dict[str, Any]:
-        """Popen arguments that drop to the pod user (its uid, primary gid, no supplementary groups)."""
-        return {"user": self.ids[0], "group": self.ids[1], "extra_groups": []} if self.ids else {}
-
-    def _runs(self, python: str, code: str) -> bool:
-        try:
-            return subprocess.run([python, "-c", code], **self._as_pod_user(), cwd="/",
-                                  env={"PATH": "/usr/bin:/bin", "HOME": "/"}, capture_output=True, timeout=30).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            return False
+        return self.host.pod_dir(pod.metadata.namespace, pod.metadata.name)
 
     def remove_pod_dir(self, pod: Any) -> None:
         """Forget a deleted pod's working directory: its HOME and the Secret/ConfigMap volumes written there."""
@@ -336,8 +278,7 @@ class Agent:
             vol = vols.get(vm.name)
             if vol is None or vm.mount_path.startswith("/var/run/secrets/kubernetes.io"):
                 continue
-            volumes = self._private_dir(self._private_dir(self.pod_dir(pod)) / "volumes", pod_readable=True)
-            local = self._private_dir(volumes / vm.name, pod_readable=True)
+            local = self.host.volume_dir(pod.metadata.namespace, pod.metadata.name, vm.name)
             data: dict[str, str] = {}
             if vol.config_map is not None:
                 try:
@@ -353,11 +294,7 @@ class Agent:
                     if exc.status == 404 and not vol.secret.optional:
                         raise ConfigMissing(f'secret "{vol.secret.secret_name}" not found') from None
             for k, v in data.items():
-                f = local / k
-                f.write_text(v)  # root writes only into directories that no one else can change
-                os.chmod(f, 0o640 if self.ids else 0o600)
-                if self.ids:
-                    os.chown(f, 0, self.ids[1], follow_symlinks=False)
+                self.host.write_volume_file(local / k, v)
             mounts[vm.mount_path.rstrip("/")] = str(local)
         return mounts
 
@@ -380,10 +317,10 @@ class Agent:
             run.next_start = time.monotonic() + 1
             self.push_status(uid)
             return
-        python = self.python()
+        python = self.host.python()
         if python is None:
             run.waiting, run.waiting_message = "RunContainerError", (
-                f"the node agent found no Python that the pod user {self.user!r} can run "
+                f"the node agent found no Python that the pod user {self.host.user!r} can run "
                 "(install python3 system-wide, e.g. apt-get install python3 python3-psycopg)")
             run.next_start = float("inf")
             self.push_status(uid)
@@ -396,14 +333,9 @@ class Agent:
             run.port = port_for.select_random()
             self.core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
                                            {"metadata": {"annotations": {PORT_ANNOTATION: str(run.port)}}})
-        self.shim.mkdir(mode=0o755, exist_ok=True)
-        for name in ("python", "python3"):
-            link = self.shim / name
-            if not link.is_symlink() or os.readlink(link) != python:
-                link.unlink(missing_ok=True)
-                link.symlink_to(python)
-        home = self.pod_home(pod)
-        penv = {"PATH": f"{self.shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
+        shim = self.host.shim(python)
+        home = self.host.home(pod.metadata.namespace, pod.metadata.name)
+        penv = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
                 "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
                 _procs.TAG_ENV: f"{self.state.lab_id}:pod:{uid}"}
         if run.port:
@@ -419,7 +351,7 @@ class Agent:
             wd = container.working_dir
             cwd = _rewrite(wd, mounts) if wd and _rewrite(wd, mounts) != wd else str(home)
             run.proc = subprocess.Popen(argv, env=penv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                        cwd=cwd, start_new_session=True, **self._as_pod_user())
+                                        cwd=cwd, start_new_session=True, **self.host.as_pod_user())
         run.started_at, run.terminated = _now(), {}
         self.push_status(uid)
 
