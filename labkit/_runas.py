@@ -190,32 +190,40 @@ class PodHost:
         return shim
 
     def python(self) -> str | None:
-        """A Python the pod's user can run, preferring one that has psycopg (the example app uses it).
-
-        Under root, the lab's own Python may sit in root's 0700 home; then a system Python is used.
-        """
-        if self._python is None and not self.user:
-            self._python = sys.executable
-        elif self._python is None:
-            found = [p for p in dict.fromkeys((sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"))
-                     if os.access(p, os.X_OK)]
-            for code in ("import psycopg", "pass"):
-                ok = [p for p in found if self._runs(p, code)]
-                if ok:
-                    self._python = ok[0]
-                    break
+        """A Python the pod's user can run (cached once found)."""
+        if self._python is None:
+            self._python = pod_python(self.user)
         return self._python
 
     def as_pod_user(self) -> dict[str, Any]:
         """Popen arguments that drop to the pod user (its uid, primary gid, no supplementary groups)."""
-        return {"user": self.ids[0], "group": self.ids[1], "extra_groups": []} if self.ids else {}
+        return _as_user(self.user)
 
-    def _runs(self, python: str, code: str) -> bool:
-        try:
-            return subprocess.run([python, "-c", code], **self.as_pod_user(), cwd="/", capture_output=True, timeout=30,
-                                  env={"PATH": "/usr/bin:/bin", "HOME": "/"}).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            return False
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    if not user:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def pod_python(user: str | None) -> str | None:
+    """A Python ``user`` can run, preferring one that has psycopg (the example app uses it); None if there is none.
+
+    Under root, the lab's own Python may sit in root's 0700 home; then a system Python is used.
+    """
+    if not user:
+        return sys.executable
+    found = [p for p in dict.fromkeys((sys.executable, "/usr/local/bin/python3", "/usr/bin/python3")) if os.access(p, os.X_OK)]
+    for code in ("import psycopg", "pass"):
+        for python in found:
+            try:
+                if subprocess.run([python, "-c", code], **_as_user(user), cwd="/", capture_output=True, timeout=30,
+                                  env={"PATH": "/usr/bin:/bin", "HOME": "/"}).returncode == 0:
+                    return python
+            except (OSError, subprocess.SubprocessError):
+                continue
+    return None
 
 
 def purge_pod_root(state: State) -> None:
