@@ -515,6 +515,8 @@ class OpenBao(Component):
 
 class NodeAgent(Component):
     name = "agent"
+    #: how the agent runs pods; an agent started with another revision is replaced on ``up`` (2: never as root)
+    REVISION = "2"
 
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -531,7 +533,14 @@ class NodeAgent(Component):
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        env["VSOLAB_AGENT_REVISION"] = self.REVISION
         return env
+
+    def outdated(self, pid: int) -> bool:
+        try:
+            return psutil.Process(pid).environ().get("VSOLAB_AGENT_REVISION") != self.REVISION
+        except psutil.Error:
+            return False
 
     def healthy(self) -> bool:
         return requests.get(f"{self.address()}/healthz", timeout=2).ok

@@ -157,6 +157,24 @@ def test_etcd_peer_port_refuses_a_stranger(lab: LocalLab) -> None:
     assert lab.components["etcd"].advertised_peer_urls() == [f"https://127.0.0.1:{peer}"]
 
 
+def test_etcd_peer_port_takes_only_the_peer_certificate(lab: LocalLab) -> None:
+    """Even a certificate from the lab's own CA is refused on the peer port unless it is the peer's."""
+    import requests
+
+    pki = lab.state.path("pki")
+
+    def members(name: str) -> str:
+        try:
+            r = requests.get(f"https://127.0.0.1:{lab.ports['etcd_peer']}/members", timeout=5, verify=str(pki / "ca.crt"),
+                             cert=(str(pki / f"{name}.crt"), str(pki / f"{name}.key")))
+            return f"{r.status_code} {r.text}"
+        except requests.exceptions.SSLError:
+            return "refused"
+
+    assert members("etcd-peer").startswith("200 ") and "peerURLs" in members("etcd-peer")
+    assert members("etcd-client") == "refused" and members("admin") == "refused"
+
+
 def test_etcd_client_port_refuses_a_stranger(lab: LocalLab) -> None:
     answer = attacker_http(lab.ports["etcd"], "/v3/kv/range", tls=True, method="POST", body='{"key": "AA==", "range_end": "AA=="}')
     assert "error" in answer, f"etcd's client port answered without a client certificate: {answer}"
