@@ -156,3 +156,25 @@ def _has_pair(pki: Path, name: str, usage: list[ExtendedKeyUsageOID]) -> bool:
 
 def ca_pem(state: State) -> str:
     return Path(state.path("pki", "ca.crt")).read_text()
+
+
+def ensure_kubelet_pki(state: State) -> None:
+    """The node agent's serving certificate (for 127.0.0.1) and the API server's client certificate for it.
+
+    The agent's kubelet API (container logs) then answers only the lab's API server: other local users
+    have no certificate of the lab's CA, so their TLS handshake fails.
+    """
+    pki = state.path("pki")
+    if (pki / "apiserver-kubelet-client.crt").exists():
+        return
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    srv_key, srv_cert = _issue(ca_key, ca_cert, _name("system:node:vsolab-node", "system:nodes"),
+                               ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    cli_key, cli_cert = _issue(ca_key, ca_cert, _name("kube-apiserver-kubelet-client"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    for rel, text in (("kubelet.key", _key_pem(srv_key)), ("kubelet.crt", _cert_pem(srv_cert)),
+                      ("apiserver-kubelet-client.key", _key_pem(cli_key)),
+                      ("apiserver-kubelet-client.crt", _cert_pem(cli_cert))):  # written last: "done"
+        state.write_private(f"pki/{rel}", text)

@@ -2,9 +2,16 @@
 
 Lab processes must outlive the shell or notebook kernel that started them, so a
 :class:`Daemon` is a mirakuru :class:`~mirakuru.base.Executor` whose process is
-tagged with the lab id (not the starter's pid, which mirakuru's ``atexit`` clean-up
-would kill) and recorded in a pid file. Another process finds it again by pid
-file and tag, which is how ``status`` and ``down`` work from a fresh CLI.
+tagged with labkit's own variable ``VSOLAB_TAG`` (the lab id and the component)
+and recorded in a pid file. Another process finds it again by pid file and tag,
+which is how ``status`` and ``down`` work from a fresh CLI.
+
+Why not mirakuru's own ``mirakuru_uuid``: mirakuru registers an ``atexit`` handler
+in every process that imports it (each kernel, CLI run and pytest process), which
+SIGKILLs every process whose ``mirakuru_uuid`` *contains* the exiting process's pid
+as a substring. A tag with digits in it (a lab id, a pod UID, a prefix) would match
+some pid sooner or later. So a lab process's ``mirakuru_uuid`` is digit-free
+(:func:`mirakuru_mark`): no pid is a substring of it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,21 @@ import psutil
 from mirakuru import Executor
 from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
-TAG_ENV = "mirakuru_uuid"
+TAG_ENV = "VSOLAB_TAG"
+MIRAKURU_ENV = "mirakuru_uuid"  # mirakuru's mark; kept digit-free for lab processes
+_NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def mirakuru_mark(tag: str) -> str:
+    """A digit-free, unique value for ``mirakuru_uuid``: no pid can be a substring of it."""
+    mark = f"vsolab-{tag}-{uuid.uuid4().hex}".translate(_NO_DIGITS)
+    assert not any(ch.isdigit() for ch in mark)
+    return mark
+
+
+def tag_of(proc: psutil.Process) -> str:
+    """The lab tag a process carries ('' for none)."""
+    return proc.environ().get(TAG_ENV, "")
 
 
 class Daemon(Executor):
@@ -57,12 +79,15 @@ class Daemon(Executor):
             popen_kwargs=popen,
             cwd=cwd,
         )
-        self._uuid = tag
+        self.tag = tag
+        # mirakuru also uses _uuid to find and kill this executor's leftovers: keep it unique, and digit-free.
+        self._uuid = mirakuru_mark(tag)
 
     @property
     def envvars(self) -> dict[str, str]:  # mirakuru builds the child env from this
         env = dict(self._envvars) if self._envvars else dict(os.environ)
-        env[TAG_ENV] = self._uuid
+        env[TAG_ENV] = self.tag
+        env[MIRAKURU_ENV] = self._uuid
         return env
 
     def pre_start_check(self) -> bool:
@@ -104,7 +129,7 @@ def read_pid(pidfile: Path, tag: str) -> int | None:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
             return None
-        if proc.environ().get(TAG_ENV) != tag:
+        if tag_of(proc) != tag:
             return None
     except (psutil.Error, OSError):
         return None
@@ -116,7 +141,7 @@ def tagged(prefix: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get(TAG_ENV, "").startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
+            if tag_of(proc).startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
@@ -188,4 +213,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log yet)"
 
 
-__all__ = ["Daemon", "ProcessExitedWithError", "TimeoutExpired", "log_tail", "read_pid", "rss", "start", "stop_pid", "tagged"]
+__all__ = [
+    "MIRAKURU_ENV", "TAG_ENV", "Daemon", "ProcessExitedWithError", "TimeoutExpired", "log_tail", "mirakuru_mark",
+    "read_pid", "rss", "start", "stop_pid", "tag_of", "tagged",
+]

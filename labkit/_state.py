@@ -80,6 +80,7 @@ class State:
 
     PORT_NAMES = (
         "etcd", "etcd_peer", "apiserver", "kcm", "openbao", "openbao_cluster", "postgres", "vso_metrics", "vso_probe", "agent",
+        "kubelet",
     )
 
     def __init__(self, root: Path | str | None = None) -> None:

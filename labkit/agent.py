@@ -1,20 +1,13 @@
-"""The node agent: a small stand-in for a kubelet.
+"""The node agent: a small kubelet that runs every container of a pod as a local process.
 
-It registers one Node, binds the lab's Pending pods to it, and runs each
-container as a local process:
-
-* env values are resolved from literal ``value``, ``secretKeyRef``,
-  ``configMapKeyRef`` and ``envFrom``, exactly once per process start, so a
-  rollout restart really gives new processes with new env;
-* an image is mapped to a local command (see :data:`IMAGES`); ``configMap`` and
-  ``secret`` volumes are written to a per-pod directory and their mount paths
-  rewritten in the command;
-* each pod with a ``containerPort`` gets a free local port, passed as ``PORT``
-  and published in the pod annotation ``vsolab.dev/port`` (podIP is 127.0.0.1);
-* pod status (phase, conditions with Ready, containerStatuses, podIP) is kept
-  up to date, readiness probes (httpGet, tcpSocket) are honoured, containers are
-  restarted per ``restartPolicy``, and each pod has one log file;
-* a pod with a ``deletionTimestamp`` is stopped and deleted.
+It registers one Node (with its kubelet endpoint), binds the lab's Pending pods to it and, per container:
+resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``, ``fieldRef``); maps the image
+to a local command (:data:`labkit._containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
+writes ``configMap``/``secret`` volumes to the pod's directory; gives every containerPort a local port
+(``PORT``; annotations ``vsolab.dev/port`` and ``vsolab.dev/ports``; podIP 127.0.0.1); runs readiness and
+liveness probes by their periods and thresholds; restarts per ``restartPolicy`` with a short back-off; keeps
+one containerStatus per container; records the kubelet's events; and serves container logs to the API
+server over TLS (:mod:`labkit._kubelet`). A pod with a ``deletionTimestamp`` is stopped and deleted.
 
 Run it with ``python -m labkit.agent --state DIR``; ``labkit up`` does that.
 """
@@ -23,132 +16,35 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
+import concurrent.futures
+import contextlib
 import http.server
 import json
 import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import port_for
-import requests
 from kubernetes import client as kclient
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from . import _procs, _runas, k8s
+from . import _kubelet, _procs, _runas, k8s
+from ._containers import IMAGES, ConfigMissing, Container, Probe, Run, _rewrite, image_repo, pod_status, resolve_env, unmapped_message
+from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path
+from ._kubelet import now_iso as _now
 from ._state import State
 
-NODE_NAME = "vsolab-node"
-PORT_ANNOTATION = "vsolab.dev/port"
-RESTART_BACKOFF = 1.0
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _python_image(argv: list[str], python: str) -> list[str]:
-    """Images whose repository is ``python``: run with this machine's Python (one the pod's user can run)."""
-    if argv and Path(argv[0]).name.startswith("python"):
-        return [python, *argv[1:]]
-    return argv
-
-
-#: Image repository name → how to turn the container's argv into a local command.
-IMAGES = {"python": _python_image}
-
-
-def image_repo(image: str) -> str:
-    """``docker.io/library/python:3.12-slim`` → ``python``."""
-    name = image.split("@")[0].rsplit("/", 1)[-1]
-    return name.split(":")[0]
-
-
-class ConfigMissing(Exception):
-    """A Secret or ConfigMap the container needs does not exist (yet)."""
-
-
-def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any) -> dict[str, str]:
-    """Resolve a container's env like the kubelet: envFrom first, then env in order."""
-    out: dict[str, str] = {}
-    cache: dict[tuple[str, str], dict[str, str] | None] = {}
-
-    def source(kind: str, name: str) -> dict[str, str] | None:
-        key = (kind, name)
-        if key not in cache:
-            try:
-                if kind == "secret":
-                    obj = core.read_namespaced_secret(name, namespace)
-                    cache[key] = {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.data or {}).items()}
-                else:
-                    obj = core.read_namespaced_config_map(name, namespace)
-                    cache[key] = dict(obj.data or {})
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                cache[key] = None
-        return cache[key]
-
-    for ef in container.env_from or []:
-        ref, kind = (ef.secret_ref, "secret") if ef.secret_ref else (ef.config_map_ref, "configmap")
-        data = source(kind, ref.name)
-        if data is None:
-            if ref.optional:
-                continue
-            raise ConfigMissing(f'{kind} "{ref.name}" not found')
-        for k, v in data.items():
-            out[(ef.prefix or "") + k] = v
-    for e in container.env or []:
-        if e.value_from is None:
-            out[e.name] = _expand(e.value or "", out)
-            continue
-        ref = e.value_from.secret_key_ref or e.value_from.config_map_key_ref
-        if ref is None:  # fieldRef / resourceFieldRef are not needed by the lab
-            continue
-        kind = "secret" if e.value_from.secret_key_ref else "configmap"
-        data = source(kind, ref.name)
-        if data is None or ref.key not in data:
-            if ref.optional:
-                continue
-            what = f'{kind} "{ref.name}"' if data is None else f'key "{ref.key}" in {kind} "{ref.name}"'
-            raise ConfigMissing(f"{what} not found")
-        out[e.name] = data[ref.key]
-    return out
-
-
-def _expand(value: str, env: dict[str, str]) -> str:
-    for k, v in env.items():
-        value = value.replace(f"$({k})", v)
-    return value
-
-
-@dataclass
-class Run:
-    """The local process of one pod's (single) container."""
-
-    uid: str
-    namespace: str
-    name: str
-    proc: subprocess.Popen | None = None
-    port: int | None = None
-    container_port: int | None = None
-    restarts: int = 0
-    started_at: str = ""
-    ready: bool = False
-    waiting: str = ""
-    waiting_message: str = ""
-    terminated: dict[str, Any] = field(default_factory=dict)
-    next_start: float = 0.0
-    last_status: str = ""
+PORTS_ANNOTATION = "vsolab.dev/ports"
+BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET = 10.0, 40.0, 120.0
 
 
 class Agent:
@@ -162,7 +58,11 @@ class Agent:
         self.stopping = threading.Event()
         # Under root, pods run as an unprivileged user, in directories outside the 0700 state directory.
         self.host = _runas.PodHost(state)
+        self.logs = state.path("logs")
         self.last_heartbeat = 0.0
+        self.recorder = EventRecorder(self.core)
+        self.probers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="probe")
+        self.kubelet_port = state.ports()["kubelet"]
 
     # -- node -------------------------------------------------------------------------------------
     def register_node(self) -> None:
@@ -180,6 +80,7 @@ class Agent:
             "conditions": [{"type": "Ready", "status": "True", "reason": "AgentReady", "message": "vsolab node agent is running",
                             "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE_NAME}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
             "nodeInfo": {"kubeletVersion": "vsolab-agent", "operatingSystem": "linux", "architecture": "amd64",
@@ -236,7 +137,7 @@ class Agent:
             return
         self.pods[uid] = pod
         if pod.metadata.deletion_timestamp is not None:
-            self.stop_run(uid, grace=min(pod.spec.termination_grace_period_seconds or 5, 5))
+            self.stop_run(uid, grace=min(pod.spec.termination_grace_period_seconds or 5, 5), pod=pod)
             try:
                 self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
                                                 body=kclient.V1DeleteOptions(grace_period_seconds=0))
@@ -247,8 +148,20 @@ class Agent:
             self.remove_pod_dir(pod)
             return
         if uid not in self.runs and pod.status.phase not in ("Succeeded", "Failed"):
-            self.runs[uid] = Run(uid, pod.metadata.namespace, pod.metadata.name)
-            self.start(uid)
+            run = self.runs[uid] = Run(uid, pod.metadata.namespace, pod.metadata.name, start_time=_now())
+            for spec in pod.spec.containers:
+                run.containers[spec.name] = Container(spec)
+            for st in pod.status.container_statuses or []:  # it ran under an agent that stopped: a node restart
+                if st.name in run.containers and st.container_id:
+                    started = st.state.running.started_at if st.state and st.state.running else None
+                    run.containers[st.name].restarts = (st.restart_count or 0) + 1
+                    run.containers[st.name].last = {
+                        "exitCode": 255, "reason": "Unknown", "finishedAt": _now(), "containerID": st.container_id,
+                        **({"startedAt": started.strftime("%Y-%m-%dT%H:%M:%SZ")} if started else {})}
+            self.allocate_ports(run, pod)
+            for c in run.containers.values():
+                self.start(run, c)
+            self.push_status(uid)
 
     def bind(self, pod: Any) -> None:
         body = kclient.V1Binding(
@@ -260,15 +173,44 @@ class Agent:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
+            return
+        self.recorder.emit(pod, "Scheduled", f"Successfully assigned {pod.metadata.namespace}/{pod.metadata.name} "
+                                             f"to {NODE_NAME}", component="default-scheduler")
 
     def pod_dir(self, pod: Any) -> Path:
         return self.host.pod_dir(pod.metadata.namespace, pod.metadata.name)
 
     def remove_pod_dir(self, pod: Any) -> None:
-        """Forget a deleted pod's working directory: its HOME and the Secret/ConfigMap volumes written there."""
+        """Forget a deleted pod: its HOME, the Secret/ConfigMap volumes written there, its container logs."""
         ns, name = pod.metadata.namespace, pod.metadata.name
+        self.recorder.forget(pod.metadata.uid)
         if not any(r.namespace == ns and r.name == name for r in self.runs.values()):
             shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
+            _kubelet.remove_logs(self.logs, ns, name)
+
+    def allocate_ports(self, run: Run, pod: Any) -> None:
+        """A local port for every containerPort and probe port of the pod, published in its annotations."""
+        wanted = [p.container_port for c in pod.spec.containers for p in (c.ports or [])]
+        for c in pod.spec.containers:
+            for pr in (c.readiness_probe, c.liveness_probe):
+                action = pr and (pr.http_get or pr.tcp_socket)
+                if action and isinstance(action.port, int):
+                    wanted.append(action.port)
+        known = json.loads((pod.metadata.annotations or {}).get(PORTS_ANNOTATION, "{}"))
+        for cp in wanted:
+            if cp not in run.ports:
+                run.ports[cp] = int(known.get(str(cp), 0)) or port_for.select_random()
+        if run.ports and not known:
+            first = [p.container_port for c in pod.spec.containers for p in (c.ports or [])] or list(run.ports)
+            self.core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace, {"metadata": {"annotations": {
+                PORT_ANNOTATION: str(run.ports[first[0]]),
+                PORTS_ANNOTATION: json.dumps({str(k): v for k, v in run.ports.items()})}}})
+
+    def port_of(self, run: Run, c: Container, port: Any) -> int | None:
+        if isinstance(port, str) and not port.isdigit():
+            named = [p.container_port for p in c.spec.ports or [] if p.name == port]
+            return run.ports.get(named[0]) if named else None
+        return run.ports.get(int(port))
 
     def materialize_volumes(self, pod: Any, container: Any) -> dict[str, str]:
         """Write configMap/secret volumes to disk; return mountPath → local dir."""
@@ -298,157 +240,182 @@ class Agent:
             mounts[vm.mount_path.rstrip("/")] = str(local)
         return mounts
 
-    def start(self, uid: str) -> None:
-        run, pod = self.runs[uid], self.pods[uid]
-        container = pod.spec.containers[0]
-        run.waiting, run.waiting_message, run.ready = "", "", False
-        mapper = IMAGES.get(image_repo(container.image))
-        if mapper is None:
-            run.waiting, run.waiting_message = "ImageNotMapped", (
-                f"the node agent runs containers as local processes and knows the images {sorted(IMAGES)}; "
-                f"{container.image!r} is not one of them")
-            self.push_status(uid)
+    def start(self, run: Run, c: Container) -> None:
+        """Start (or restart) one container's process, or say why it waits."""
+        pod, spec = self.pods[run.uid], c.spec
+        c.waiting, c.waiting_message, c.ready, c.kill_at, c.proc = "", "", False, None, None
+        image = IMAGES.get(image_repo(spec.image))
+        if image is None:
+            c.waiting, c.waiting_message, c.next_start = "ErrImagePull", unmapped_message(spec.image), float("inf")
+            self.recorder.emit(pod, "Failed", f'Failed to pull image "{spec.image}": {c.waiting_message}',
+                               container=c.name, warning=True)
             return
         try:
-            env = resolve_env(self.core, pod.metadata.namespace, container)
-            mounts = self.materialize_volumes(pod, container)
+            env = resolve_env(self.core, pod.metadata.namespace, spec, pod)
+            c.mounts = self.materialize_volumes(pod, spec)
         except ConfigMissing as exc:
-            run.waiting, run.waiting_message = "CreateContainerConfigError", str(exc)
-            run.next_start = time.monotonic() + 1
-            self.push_status(uid)
+            c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1
+            self.recorder.emit(pod, "Failed", f"Error: {exc}", container=c.name, warning=True)
             return
         python = self.host.python()
         if python is None:
-            run.waiting, run.waiting_message = "RunContainerError", (
-                f"the node agent found no Python that the pod user {self.host.user!r} can run "
-                "(install python3 system-wide, e.g. apt-get install python3 python3-psycopg)")
-            run.next_start = float("inf")
-            self.push_status(uid)
+            c.waiting, c.next_start = "RunContainerError", float("inf")
+            c.waiting_message = (f"the node agent found no Python that the pod user {self.host.user!r} can run "
+                                 "(install one system-wide: apt-get install python3 python3-psycopg)")
+            self.recorder.emit(pod, "Failed", f"Error: {c.waiting_message}", container=c.name, warning=True)
             return
-        argv = [*(container.command or ["python"]), *(container.args or [])]
-        argv = [_rewrite(a, mounts) for a in mapper(argv, python)]
-        ports = [p.container_port for c in pod.spec.containers for p in (c.ports or [])]
-        if ports and run.port is None:
-            run.container_port = ports[0]
-            run.port = port_for.select_random()
-            self.core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
-                                           {"metadata": {"annotations": {PORT_ANNOTATION: str(run.port)}}})
+        argv = [_rewrite(a, c.mounts) for a in image.argv(spec, run.ports)]
+        if argv and argv[0] == sys.executable:  # python:* images: the Python the pod's user can run
+            argv[0] = python
         shim = self.host.shim(python)
         home = self.host.home(pod.metadata.namespace, pod.metadata.name)
-        penv = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
-                "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
-                _procs.TAG_ENV: f"{self.state.lab_id}:pod:{uid}"}
-        if run.port:
+        c.env = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
+                 "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
+                 _procs.TAG_ENV: f"{self.state.lab_id}:pod:{run.uid}"}
+        own = [run.ports[p.container_port] for p in spec.ports or [] if p.container_port in run.ports]
+        if own:
             # The local stand-ins for the pod's own network namespace.
-            penv["PORT"] = str(run.port)
-            penv["BIND_ADDR"] = "127.0.0.1"
-        log = self.state.path("logs", "pods", f"{pod.metadata.namespace}_{pod.metadata.name}.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as fh:
-            fh.write(f"--- {_now()} start #{run.restarts} of {container.name} ---\n")
-            fh.flush()
-            # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
-            wd = container.working_dir
-            cwd = _rewrite(wd, mounts) if wd and _rewrite(wd, mounts) != wd else str(home)
-            run.proc = subprocess.Popen(argv, env=penv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                        cwd=cwd, start_new_session=True, **self.host.as_pod_user())
-        run.started_at, run.terminated = _now(), {}
-        self.push_status(uid)
-
-    def stop_run(self, uid: str, grace: float = 3) -> None:
-        run = self.runs.pop(uid, None)
-        if run and run.proc and run.proc.poll() is None:
-            _procs.stop_pid(run.proc.pid, grace=grace)
-            run.proc.wait()
-
-    def probe(self, uid: str) -> bool:
-        run, pod = self.runs[uid], self.pods[uid]
-        if run.proc is None or run.proc.poll() is not None:
-            return False
-        rp = pod.spec.containers[0].readiness_probe
-        port = run.port
+            c.env["PORT"], c.env["BIND_ADDR"] = str(own[0]), "127.0.0.1"
+        # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
+        wd = spec.working_dir
+        c.cwd = _rewrite(wd, c.mounts) if wd and _rewrite(wd, c.mounts) != wd else str(home)
+        log = log_path(self.logs, run.namespace, run.name, c.name)
+        if log.exists():  # the previous instance's log, for `kubectl logs --previous`
+            os.replace(log, log_path(self.logs, run.namespace, run.name, c.name, previous=True))
+        self.recorder.emit(pod, "Pulled", f'Container image "{spec.image}" already present on machine',
+                           container=c.name)
         try:
-            if rp and rp.http_get and port:
-                r = requests.get(f"http://127.0.0.1:{port}{rp.http_get.path or '/'}", timeout=1)
-                return 200 <= r.status_code < 400
-            if port:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return True
-            return True
-        except OSError:
-            return False
-        except requests.RequestException:
-            return False
-
-    def tick(self) -> None:
-        """Restart exited containers, refresh readiness, retry config errors."""
+            c.proc = subprocess.Popen(argv, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, cwd=c.cwd, start_new_session=True,
+                                      **self.host.as_pod_user())
+        except OSError as exc:
+            c.waiting, c.waiting_message, c.next_start = "RunContainerError", f"{argv[0]}: {exc.strerror or exc}", \
+                float("inf")
+            self.recorder.emit(pod, "Failed", f"Error: {c.waiting_message}", container=c.name, warning=True)
+            return
+        c.pump = LogPump(c.proc, log)
+        self.recorder.emit(pod, "Created", "Container created", container=c.name)
+        self.recorder.emit(pod, "Started", "Container started", container=c.name)
+        c.started_at, c.started_mono = _now(), time.monotonic()
         now = time.monotonic()
+        c.probes = [Probe(kind, p, next_at=now + (p.initial_delay_seconds or 0))
+                    for kind, p in (("Readiness", spec.readiness_probe), ("Liveness", spec.liveness_probe)) if p]
+        c.ready = spec.readiness_probe is None
+
+    def kill(self, run: Run, c: Container, message: str, grace: float) -> None:
+        """Ask a container to stop (SIGTERM to its process group); SIGKILL follows after ``grace`` in :meth:`tick`."""
+        if not c.running or c.kill_at is not None:
+            return
+        self.recorder.emit(self.pods[run.uid], "Killing", message, container=c.name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(c.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        c.kill_at = time.monotonic() + grace
+
+    def stop_run(self, uid: str, grace: float = 3, pod: Any = None) -> None:
+        run = self.runs.pop(uid, None)
+        if run is None:
+            return
+        procs = [c.proc for c in run.containers.values() if c.running]
+        for c in run.containers.values():
+            if pod is not None and c.running:
+                self.recorder.emit(pod, "Killing", f"Stopping container {c.name}", container=c.name)
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                p.wait()  # type: ignore[union-attr]
+
+    # -- the sync loop ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Notice exits, restart with back-off, run due probes, retry config errors; push changed statuses."""
         for uid, run in list(self.runs.items()):
-            pod = self.pods.get(uid)
-            if pod is None:
+            if uid not in self.pods:
                 continue
-            if run.proc is None:
-                if run.waiting == "CreateContainerConfigError" and now >= run.next_start:
-                    self.start(uid)
-                continue
-            rc = run.proc.poll()
-            if rc is not None and not run.terminated:
-                run.terminated = {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error", "finishedAt": _now(),
-                                  "startedAt": run.started_at}
-                run.ready = False
-                policy = pod.spec.restart_policy or "Always"
-                if policy == "Always" or (policy == "OnFailure" and rc != 0):
-                    run.next_start = now + min(RESTART_BACKOFF * (2 ** min(run.restarts, 5)), 30)
-                    run.waiting = "CrashLoopBackOff"
-                else:
-                    run.next_start = float("inf")
-                self.push_status(uid)
-            elif rc is not None and now >= run.next_start:
-                run.restarts += 1
-                self.start(uid)
-            elif rc is None:
-                ready = self.probe(uid)
-                if ready != run.ready:
-                    run.ready = ready
-                    self.push_status(uid)
+            for c in run.containers.values():
+                self.sync_container(run, c)
+            self.push_status(uid)
+
+    def sync_container(self, run: Run, c: Container) -> None:
+        pod, now = self.pods[run.uid], time.monotonic()
+        if c.proc is None:
+            if c.waiting and now >= c.next_start:
+                self.start(run, c)
+            return
+        rc = c.proc.poll()
+        if rc is None:
+            if c.kill_at is not None and now >= c.kill_at:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+            elif c.kill_at is None:
+                self.run_probes(run, c, now)
+            return
+        if not c.last or c.last.get("containerID") != f"local://{c.proc.pid}":  # it has just exited
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c.proc.pid, signal.SIGKILL)  # what it left behind, as a container's end ends them all
+            code = exit_code(rc)
+            c.last = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": c.started_at,
+                      "finishedAt": _now(), "containerID": f"local://{c.proc.pid}"}
+            c.ready, c.probes, c.kill_at = False, [], None
+            policy = pod.spec.restart_policy or "Always"
+            if policy == "Always" or (policy == "OnFailure" and code != 0):
+                if now - c.started_mono > BACKOFF_RESET:
+                    c.backoff = 0.0
+                c.next_start = now + c.backoff
+                if c.backoff:
+                    c.waiting = "CrashLoopBackOff"
+                    c.waiting_message = (f"back-off {c.backoff:.0f}s restarting failed container={c.name} "
+                                         f"pod={run.name}_{run.namespace}({run.uid})")
+                    self.recorder.emit(pod, "BackOff", f"Back-off restarting failed container {c.name} in pod "
+                                                       f"{run.name}_{run.namespace}({run.uid})", container=c.name,
+                                       warning=True)
+                c.backoff = min(max(c.backoff * 2, BACKOFF_FIRST), BACKOFF_CAP)
+            else:
+                c.next_start = float("inf")
+        if now >= c.next_start:
+            c.restarts += 1
+            self.start(run, c)
+
+    def run_probes(self, run: Run, c: Container, now: float) -> None:
+        pod = self.pods[run.uid]
+        for pr in c.probes:
+            if pr.pending is not None and pr.pending.done():
+                try:
+                    ok, why = pr.pending.result()
+                except Exception as exc:  # noqa: BLE001 - a probe that cannot run has failed
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                pr.pending = None
+                p = pr.spec
+                pr.successes, pr.failures = (pr.successes + 1, 0) if ok else (0, pr.failures + 1)
+                if not ok:
+                    self.recorder.emit(pod, "Unhealthy", f"{pr.kind} probe failed: {why}", container=c.name,
+                                       warning=True)
+                if pr.kind == "Readiness":
+                    if ok and pr.successes >= (p.success_threshold or 1):
+                        c.ready = True
+                    elif not ok and pr.failures >= (p.failure_threshold or 3):
+                        c.ready = False
+                elif not ok and pr.failures >= (p.failure_threshold or 3):
+                    grace = min(pod.spec.termination_grace_period_seconds or 5, 5)
+                    self.kill(run, c, f"Container {c.name} failed liveness probe, will be restarted", grace)
+                    return
+            if pr.pending is None and now >= pr.next_at:
+                pr.next_at = now + (pr.spec.period_seconds or 10)
+                pr.pending = self.probers.submit(
+                    _kubelet.run_probe, pr.spec, lambda port: self.port_of(run, c, port), c.env, c.cwd,
+                    lambda argv: [_rewrite(a, c.mounts) for a in argv], self.host.as_pod_user())
 
     def push_status(self, uid: str) -> None:
         run, pod = self.runs.get(uid), self.pods.get(uid)
         if run is None or pod is None:
             return
-        c = pod.spec.containers[0]
-        running = run.proc is not None and run.proc.poll() is None
-        if running:
-            cstate: dict[str, Any] = {"running": {"startedAt": run.started_at}}
-        elif run.terminated and not run.waiting:
-            cstate = {"terminated": run.terminated}
-        else:
-            cstate = {"waiting": {"reason": run.waiting or "ContainerCreating", "message": run.waiting_message}}
-        policy = pod.spec.restart_policy or "Always"
-        if running or (run.terminated and policy == "Always") or run.waiting:
-            phase = "Running" if running or run.terminated else "Pending"
-        else:
-            phase = "Succeeded" if run.terminated.get("exitCode") == 0 else "Failed"
-        ready = "True" if run.ready and running else "False"
-        now = _now()
-        status = {
-            "phase": phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-            "hostIPs": [{"ip": "127.0.0.1"}], "startTime": pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if pod.status.start_time else now,
-            "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
-                {"type": "Ready", "status": ready, "lastTransitionTime": now},
-            ],
-            "containerStatuses": [{
-                "name": c.name, "image": c.image, "imageID": f"local://{image_repo(c.image)}", "ready": ready == "True",
-                "restartCount": run.restarts, "started": running, "state": cstate,
-                "containerID": f"local://{run.proc.pid}" if run.proc else "",
-                **({"lastState": {"terminated": run.terminated}} if run.terminated and running else {}),
-            }],
-        }
-        key = json.dumps([phase, ready, cstate, run.restarts], sort_keys=True)
+        status = pod_status(pod, run)
+        key = json.dumps(status, sort_keys=True)
         if key == run.last_status:
             return
         try:
@@ -458,11 +425,36 @@ class Agent:
             if exc.status != 404:
                 raise
 
+    # -- what the kubelet API asks (called from its threads) --------------------------------------
+    def find(self, namespace: str, name: str) -> tuple[Run | None, Any]:
+        for uid, pod in list(self.pods.items()):
+            if pod.metadata.namespace == namespace and pod.metadata.name == name:
+                return self.runs.get(uid), pod
+        return None, None
+
+    def log_source(self, namespace: str, pod: str, container: str, previous: bool
+                   ) -> tuple[Path, Callable[[], bool]] | str | None:
+        run, obj = self.find(namespace, pod)
+        if obj is None or container not in {c.name for c in obj.spec.containers}:
+            return None
+        path = log_path(self.logs, namespace, pod, container, previous=previous)
+        c = run.containers.get(container) if run else None
+        if previous or c is None or c.pump is None:
+            if not previous and c is not None and c.waiting:
+                return f'container "{container}" in pod "{pod}" is waiting to start: {c.waiting}'
+            return path, lambda: True
+        return path, c.pump.done.is_set
+
+    def pod_ports(self, namespace: str, pod: str) -> dict[str, int]:
+        run, _ = self.find(namespace, pod)
+        return {str(k): v for k, v in run.ports.items()} if run else {}
+
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, port: int) -> None:
         for proc in _procs.tagged(f"{self.state.lab_id}:pod:"):
             _procs.stop_pid(proc.pid, grace=2)  # orphans of a crashed agent: restart them cleanly
         serve_health(port, self)
+        _kubelet.serve(self.kubelet_port, self.state.path("pki"), self, self.stopping)
         while True:
             try:
                 self.register_node()
@@ -489,15 +481,8 @@ class Agent:
             self.stop_run(uid)
 
 
-def _rewrite(arg: str, mounts: dict[str, str]) -> str:
-    for mount, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
-        if arg == mount or arg.startswith(mount + "/"):
-            return local + arg[len(mount):]
-        arg = arg.replace(f" {mount}/", f" {local}/")
-    return arg
-
-
 def serve_health(port: int, agent: Agent) -> None:
+    """Plain-HTTP ``/healthz`` for ``labkit status`` (no pod data)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             body = json.dumps({"pods": len(agent.runs), "node": NODE_NAME}).encode()

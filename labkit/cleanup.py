@@ -7,6 +7,7 @@ take a lab *back* to the start of notebook N.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from hvac import exceptions as hvexc
@@ -89,20 +90,55 @@ def undo_cache(lab: Any) -> Done:
                 f"vault secrets disable {n.transit_mount}\nvault policy delete {n.transit_policy}")
 
 
-def undo_dynamic(lab: Any) -> Done:
-    """Delete the VaultDynamicSecret (VSO revokes its lease), the app and the namespace; then the Vault side."""
+def _leases(c: Any, prefix: str) -> list[str]:
+    """Lease ids under ``prefix`` (``LIST sys/leases/lookup/<prefix>``); [] when there are none."""
+    try:
+        keys = c.sys.list_leases(prefix)["data"]["keys"]
+    except hvexc.InvalidPath:  # 404: no lease under the prefix
+        return []
+    return [prefix.rstrip("/") + "/" + k for k in keys]
+
+
+def undo_dynamic(lab: Any, wait: float = 15.0) -> Done:
+    """Delete the VaultDynamicSecret and watch VSO revoke its lease; then the app, the namespace and the Vault side.
+
+    VSO revokes only the lease it holds, with the VaultAuth's token (``sys/leases/revoke`` in the policy). Leases
+    from earlier rotations or spec changes stay valid until they expire: the sweep that follows revokes them with
+    the admin token, and says how many there were.
+    """
     n = lab.names
-    vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
-    _delete_namespace(lab, n.dynamic_ns)
     c = vault.client(lab)
-    if f"{n.db_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
-        c.sys.revoke_prefix(f"{n.db_mount}/creds/{n.db_role}")
+    prefix = f"{n.db_mount}/creds/{n.db_role}/"
+    engine = f"{n.db_mount}/" in c.sys.list_mounted_secrets_engines()["data"]
+    vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    held = ((vds or {}).get("status", {}).get("secretLease") or {}).get("id", "")
+    vso_said = "no VaultDynamicSecret to delete"
+    if vds is not None:
+        vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+        if held and engine:
+            deadline = time.monotonic() + wait
+            while held in _leases(c, prefix) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            refused = [m for kind, reason, m in vso.events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+                       if kind == "Warning" and reason == "SecretLeaseRevoke"]
+            if held not in _leases(c, prefix):
+                vso_said = "VSO revoked its lease"
+            elif refused:
+                vso_said = "VSO could not revoke its lease (" + " ".join(refused[-1].split())[:200] + ")"
+            else:
+                vso_said = f"VSO did not revoke its lease within {wait:.0f}s"
+    _delete_namespace(lab, n.dynamic_ns)
+    left = _leases(c, prefix) if engine else []
+    if engine:
+        c.sys.revoke_prefix(prefix.rstrip("/"))
         c.sys.disable_secrets_engine(n.db_mount)  # revokes every remaining lease of the engine
     _vault_quiet(c.auth.kubernetes.delete_role, n.dynamic_role, mount_point=n.k8s_auth_mount)
     _vault_quiet(c.sys.delete_policy, n.db_policy)
-    return Done(f"deleted {n.dynamic_ns}, revoked leases under {n.db_mount}/creds/{n.db_role}, disabled {n.db_mount}/",
+    swept = (f"the sweep revoked {len(left)} older lease{'s' if len(left) != 1 else ''} (earlier rotations or spec "
+             "changes: VSO revokes only the one it holds)") if left else "the sweep found no lease left"
+    return Done(f"deleted {n.dynamic_ns}; {vso_said}; {swept}; disabled {n.db_mount}/",
                 f"kubectl delete vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns}\nkubectl delete namespace {n.dynamic_ns}\n"
-                f"vault lease revoke -prefix {n.db_mount}/creds/{n.db_role}\nvault secrets disable {n.db_mount}")
+                f"vault list sys/leases/lookup/{prefix}\nvault lease revoke -prefix {prefix}\nvault secrets disable {n.db_mount}")
 
 
 def undo_static(lab: Any) -> Done:

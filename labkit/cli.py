@@ -106,12 +106,22 @@ def cmd_run_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    """Start the lab, then JupyterLab on the notebooks."""
+    """Start the lab, then JupyterLab on the notebooks (on 127.0.0.1 only)."""
     cmd_up(args)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     nb = os.path.join(here, "notebooks")
-    os.execvp(sys.executable, [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--notebook-dir={nb}",
-                               *(["--no-browser"] if args.no_browser else [])])
+    argv = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={nb}",
+            *(["--no-browser"] if args.no_browser else []),
+            *([f"--ServerApp.port={args.port}", "--ServerApp.port_retries=0"] if args.port else [])]
+    if os.geteuid() == 0:
+        # JupyterLab refuses root without --allow-root; containers, cloud VMs and CI run as root.
+        print("labkit lab: running as root, so JupyterLab gets --allow-root. On a shared machine, run the lab as an "
+              "ordinary user instead: every lab is private to the user who starts it.", file=sys.stderr)
+        argv.append("--allow-root")
+    print("labkit lab: when you stop JupyterLab (Ctrl-C twice), the lab keeps running; `labkit down` stops it.",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execvp(sys.executable, argv)
     return 0
 
 
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run_notebooks)
     s = sub.add_parser("lab", help="start the lab and open JupyterLab on the notebooks")
     s.add_argument("--no-browser", action="store_true")
+    s.add_argument("--port", type=int, default=None, help="JupyterLab's port on 127.0.0.1 (default: 8888, or the next free one)")
     s.set_defaults(func=cmd_lab)
     # Also accept --backend/--state after the command (`labkit doctor --backend minikube`).
     for s in sub.choices.values():

@@ -20,6 +20,12 @@ REVOCATION = [
 DB_POLICY = """path "{mount}/creds/{role}" {{
   capabilities = ["read"]
 }}
+
+# VSO revokes the lease with this policy's own token when the VaultDynamicSecret is deleted (revoke: true).
+# Without it Vault answers 403 and the credentials stay valid until max_ttl.
+path "sys/leases/revoke" {{
+  capabilities = ["update"]
+}}
 """
 
 

@@ -30,7 +30,7 @@ import requests
 import urllib3
 
 from . import _procs, _runas, install
-from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_pki
+from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
 from .errors import ComponentError, NotRunning, ParameterError, StateError, SyncError
 from .names import Names
@@ -204,7 +204,7 @@ class Component:
     def _kill_orphans(self) -> None:
         for proc in _procs.tagged(self.tag):
             try:
-                mine = proc.environ().get(_procs.TAG_ENV) == self.tag
+                mine = _procs.tag_of(proc) == self.tag
             except psutil.Error:  # it exited meanwhile
                 continue
             if mine:
@@ -323,6 +323,10 @@ class APIServer(Component):
             f"--service-account-signing-key-file={pki}/sa.key", f"--service-account-key-file={pki}/sa.pub",
             "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
             "--profiling=false", "--v=0",
+            # The node agent's kubelet API (kubectl logs): TLS both ways, on the node's InternalIP 127.0.0.1.
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            f"--kubelet-certificate-authority={pki}/ca.crt", "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def _get(self, path: str) -> requests.Response:
@@ -515,6 +519,7 @@ class OpenBao(Component):
 
 class NodeAgent(Component):
     name = "agent"
+    extra_ports = ("kubelet",)  # its kubelet API (TLS), which the API server proxies `kubectl logs` to
     #: how the agent runs pods; an agent started with another revision is replaced on ``up`` (2: never as root)
     REVISION = "2"
 
@@ -681,6 +686,7 @@ class LocalLab:
         self.state.ensure()
         ensure_pki(self.state)
         ensure_etcd_pki(self.state)
+        ensure_kubelet_pki(self.state)
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         found_running = {name for name, comp in self.components.items() if comp.pid()}

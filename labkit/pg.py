@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import psycopg
@@ -9,15 +10,33 @@ import psycopg
 from .errors import NotRunning
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _connect(lab: Any, **kw: Any) -> psycopg.Connection:
     try:
         return psycopg.connect(lab.pg_dsn(**kw), connect_timeout=5, autocommit=True)
     except psycopg.OperationalError as exc:
-        if "password authentication failed" in str(exc) or kw:
+        if kw:  # a learner's or Vault's credentials: the caller reports PostgreSQL's answer
             raise
+        host, port = lab.pg_address
+        first = str(exc).strip().splitlines()[0]
+        # libpq gives no SQLSTATE for a failed connection, so tell "nothing answers" from "refused" by the socket.
+        if _listening(host, port):
+            raise NotRunning(
+                f"Checked that PostgreSQL at {host}:{port} accepts the lab's admin login: it answers but refuses it ({first}).",
+                ["On the local lab, the admin password lives in the state directory's secrets.json: if that file was "
+                 "replaced or lost, `labkit down --purge` then `labkit up` starts a fresh database.",
+                 "Run `labkit status` to check that this is the lab's own PostgreSQL.",
+                 "For your own PostgreSQL, check the admin user and password you gave the lab."],
+            ) from None
         raise NotRunning(
-            f"Checked that PostgreSQL accepts the lab's admin login at {lab.pg_address[0]}:{lab.pg_address[1]}: "
-            f"it does not ({str(exc).strip().splitlines()[0]}).",
+            f"Checked that PostgreSQL accepts the lab's admin login at {host}:{port}: nothing answers there ({first}).",
             ["Start or repair the lab: `labkit up`.", "Run `labkit status` to see whether postgres is up.",
              "For your own PostgreSQL, check the address and admin password you gave the lab."],
         ) from None

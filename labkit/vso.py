@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from . import k8s
+from . import _vsoerrors, k8s
 from .display import Done
 
 GROUP = "secrets.hashicorp.com"
@@ -134,25 +134,9 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
         if obj is None:
             return f"the {kind} {namespace}/{name} does not exist: apply it first"
         return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
-    _, reason, msg = warns[-1]
-    msg = " ".join(msg.split())  # one paragraph: VSO's messages carry Vault's multi-line errors
-    low = msg.lower()
-    if reason.startswith("RolloutRestart"):
-        cause = "a rolloutRestartTargets entry names a Deployment that does not exist (yet): deploy the app"
-    elif ("permission denied" in low or "403" in low) and "/login" not in low:
-        cause = ("Vault refused to read the path: the path does not exist or the policy does not cover it (Vault answers "
-                 "403, not 404, for a path outside the policy, so a typo looks like this): check spec.mount and "
-                 "spec.path, then the policy's paths")
-    elif "permission denied" in low or "403" in low:
-        cause = "Vault refused the request: check the role's bound service account/namespace and the policy's paths"
-    elif "404" in low or "no secret exists" in low or "not found" in low:
-        cause = "the Vault path does not exist: check the mount and path (kv-v2 reads <mount>/data/<path>)"
-    elif "invalid role name" in low or "role" in low and "not" in low:
-        cause = "the VaultAuth's role does not exist in Vault: check spec.kubernetes.role"
-    elif "vaultauth" in low or "vaultconnection" in low:
-        cause = "the VaultAuth or VaultConnection it references is missing or invalid"
-    else:
-        cause = "see the message"
+    _, reason, raw = warns[-1]
+    msg = " ".join(raw.split())  # one paragraph: VSO's messages carry Vault's multi-line errors
+    cause = _vsoerrors.classify(reason, raw) or "see the message"
     return f"VSO reported {reason}: {msg[:300]} — likely cause: {cause}"
 
 

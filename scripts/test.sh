@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Set everything up and run every test: lint, unit, the local lab with real processes, the backend contract,
-# the browser, then the whole notebook series twice (papermill, then nbval) with a leak scan.
+# the browser, the README's main command (scripts/lab.sh) in a browser, then the whole notebook series twice
+# (papermill, then nbval) with a leak scan. Whatever happens, the lab this script started is stopped on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
 ART="${VSOLAB_ARTIFACTS:-$PWD/artifacts}"; mkdir -p "$ART"; export VSOLAB_ARTIFACTS="$ART"
 export VSOLAB_STATE="${VSOLAB_STATE:-$(mktemp -d /tmp/vsolab-ci.XXXXXX)/state}"
 status=0
+recorder=""
+cleanup() {  # on any exit, Ctrl-C included: no lab and no recorder left behind
+  [ -n "$recorder" ] && kill "$recorder" 2>/dev/null
+  python3 -m labkit down --purge >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
   python3 -m pytest "$@"; local rc=$?
   [ $rc -eq 5 ] && rc=0
@@ -16,18 +24,23 @@ pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
 step() { printf '\n== %s\n' "$*"; }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
-step "unit and integration tests"; pytest_step -q -p no:cacheprovider tests --ignore=tests/test_executed.py --junitxml="$ART/junit.xml"
+step "unit and integration tests"
+pytest_step -q -p no:cacheprovider tests --ignore=tests/test_executed.py --ignore=tests/test_main_command.py --junitxml="$ART/junit.xml"
+step "the README's main command: scripts/lab.sh in the background, notebook 00 in headless Chromium, a clean stop"
+pytest_step -q -p no:cacheprovider tests/test_main_command.py --junitxml="$ART/junit-main-command.xml"
 
 step "notebooks, first run (papermill, CI parameters) with a secret recorder"
-python3 -m labkit up || status=1
+if ! python3 -m labkit up; then
+  echo "labkit up failed: the notebooks are not run (see the paragraph above)" >&2
+  exit 1
+fi
 python3 tests/record_secrets.py "$ART/recorded-secrets.json" & recorder=$!
 python3 -m labkit run-notebooks --ci --output "$ART/executed" || status=1
 step "notebooks, second run on the same lab (nbval --nbval-lax over the executed notebooks)"
 VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
   --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
-kill "$recorder" 2>/dev/null; wait "$recorder" 2>/dev/null
+kill "$recorder" 2>/dev/null; wait "$recorder" 2>/dev/null; recorder=""
 step "leak scan of executed notebooks, widget state, status output and logs"
 python3 -m labkit status > "$ART/status.txt" 2>&1
 VSOLAB_EXECUTED="$ART/executed" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider tests/test_executed.py
-python3 -m labkit down --purge >/dev/null 2>&1
 exit $status

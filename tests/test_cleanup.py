@@ -1,0 +1,60 @@
+"""Clean-up: VSO revokes its own lease when the VaultDynamicSecret is deleted, and the sweep reports leftovers.
+
+VSO revokes with the VaultAuth's token (``PUT sys/leases/revoke``), so the policy must allow it; before that line
+was in the policy, VSO's revoke was refused (403, a ``SecretLeaseRevoke`` warning) and a root-token sweep hid it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from labkit import cleanup, dynamic, vault, vso
+from labkit.notebook import CI, SPEC
+from labkit.stages import prepare_stage
+
+pytestmark = pytest.mark.lab
+PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+
+
+def test_the_dynamic_policy_allows_vso_to_revoke() -> None:
+    policy = dynamic.DB_POLICY.format(mount="db", role="r")
+    assert 'path "sys/leases/revoke"' in policy and '"update"' in policy.split('path "sys/leases/revoke"')[1]
+
+
+def test_vso_revokes_its_own_lease_when_the_dynamic_secret_is_deleted(local_lab) -> None:
+    lab = local_lab
+    n = lab.names
+    prepare_stage(lab, 4, PARAMS)
+    vso.wait_synced(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    lease = dynamic.lease(lab)["lease_id"]
+    c = vault.client(lab)
+    prefix = f"{n.db_mount}/creds/{n.db_role}/"
+    assert lease.startswith(prefix) and lease in cleanup._leases(c, prefix)
+    vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    deadline = time.monotonic() + 20
+    while lease in cleanup._leases(c, prefix) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    warnings = [(r, m) for k, r, m in vso.events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+                if k == "Warning" and r == "SecretLeaseRevoke"]
+    assert not warnings, warnings
+    assert lease not in cleanup._leases(c, prefix), "VSO did not revoke its lease (the admin token was not used)"
+    done = cleanup.undo_dynamic(lab)
+    assert "no VaultDynamicSecret to delete" in str(done) and "disabled" in str(done), done
+
+
+def test_undo_dynamic_says_vso_revoked_and_counts_what_the_sweep_found(local_lab) -> None:
+    lab = local_lab
+    n = lab.names
+    prepare_stage(lab, 4, PARAMS)
+    vso.wait_synced(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    c = vault.client(lab)
+    prefix = f"{n.db_mount}/creds/{n.db_role}/"
+    extra = c.secrets.database.generate_credentials(n.db_role, mount_point=n.db_mount)["lease_id"]
+    held = dynamic.lease(lab)["lease_id"]
+    others = [x for x in cleanup._leases(c, prefix) if x != held]
+    assert extra in others
+    done = str(cleanup.undo_dynamic(lab))
+    assert "VSO revoked its lease" in done, done
+    assert f"the sweep revoked {len(others)} older lease" in done, done
