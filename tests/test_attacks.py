@@ -270,6 +270,30 @@ def test_another_user_cannot_read_or_change_a_pods_files(lab: LocalLab) -> None:
     assert code.is_file()
 
 
+def test_exec_probes_run_as_the_pod_user_too(lab: LocalLab) -> None:
+    from kubernetes import client as kclient
+
+    ns, name = lab.names.dynamic_ns, "vsolab-uid-probe"
+    said = "import os, sys; print('uid', os.getuid(), 'gid', os.getgid()); sys.exit(1)"
+    k8s.apply(lab.kube, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": {
+        "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "python:3.12-slim", "command": ["python", "-c", "import time; time.sleep(600)"],
+            "readinessProbe": {"exec": {"command": ["python", "-c", said]}, "periodSeconds": 1}}]}})
+    core = kclient.CoreV1Api(lab.kube)
+
+    def failed_probe() -> str | None:
+        events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+        return next((e.message for e in events if e.reason == "Unhealthy" and "uid" in (e.message or "")), None)
+
+    try:
+        message = k8s.wait_for("the exec probe to report its uid", failed_probe, 60)
+        ids = message.split("uid", 1)[1].split()
+        assert ids[0] != "0" and ids[2] != "0", f"the exec probe ran as root: {message}"
+    finally:
+        k8s.delete(lab.kube, "v1", "Pod", name, ns)
+        k8s.wait_for("the probe pod to go", lambda: not [p for p in k8s.pods(lab.kube, ns, "") if p.metadata.name == name], 60)
+
+
 # -- a lab made before peer TLS ---------------------------------------------------------------------------------------
 def test_an_etcd_made_with_a_plain_http_peer_url_gains_tls_on_the_next_up(attacker: str) -> None:
     """State from an older labkit: no peer certificate, a server-only etcd certificate, a member advertised with an
