@@ -76,7 +76,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     lab = _lab(args)
     for k, v in lab.env().items():
-        print(f"export {k}={shlex.quote(v)}")
+        if k == "PATH":  # only the lab's own tools go in front; the shell keeps its PATH
+            print(f'export PATH={shlex.quote(v.split(os.pathsep, 1)[0])}:"$PATH"')
+        else:
+            print(f"export {k}={shlex.quote(v)}")
     return 0
 
 

@@ -674,7 +674,28 @@ class LocalLab:
             "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
             "PGPASSWORD": self.pg_admin_password,
             "VSOLAB_STATE": str(self.state.root),
+            # `vault` is OpenBao's CLI here (same arguments), so the tutorial's commands run as written
+            "PATH": f"{self.tools_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         }
+
+    @property
+    def tools_dir(self) -> Path:
+        """``<state>/bin``: ``vault`` and ``bao`` (OpenBao's CLI) and ``kubectl``, made by ``up``."""
+        return self.state.path("bin")
+
+    def _ensure_tools(self) -> None:
+        from .install import bao_binary, kubectl_binary
+
+        self.tools_dir.mkdir(mode=0o700, exist_ok=True)
+        targets = {"vault": bao_binary(), "bao": bao_binary(), "kubectl": kubectl_binary()}
+        for name, target in targets.items():
+            link = self.tools_dir / name
+            if target is None or (link.is_symlink() and os.readlink(link) == str(target)):
+                continue
+            tmp = self.tools_dir / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)
 
     # -- life cycle --------------------------------------------------------------------------------
     def up(self, progress: Callable[[str], None] | None = None) -> dict[str, str]:
@@ -687,6 +708,7 @@ class LocalLab:
         ensure_pki(self.state)
         ensure_etcd_pki(self.state)
         ensure_kubelet_pki(self.state)
+        self._ensure_tools()
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         found_running = {name for name, comp in self.components.items() if comp.pid()}

@@ -93,6 +93,20 @@ def _short_errors() -> None:
     ip.set_custom_exc((LabkitError,), handler)
 
 
+def use_lab_env(lab: Any) -> list[str]:
+    """Put the lab's environment into this kernel, so `!vault …`, `%%bash` and `!kubectl …` cells reach this lab.
+
+    The same variables `labkit env` prints. Returns their names; [] while the lab has none yet (before its first
+    `up`: notebook 00 calls this again after starting the lab).
+    """
+    try:
+        env = lab.env()
+    except LabkitError:
+        return []
+    os.environ.update(env)
+    return sorted(env)
+
+
 @dataclass
 class Session:
     lab: Any
@@ -111,6 +125,7 @@ def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) 
     p = validate(params)
     params.update(p)
     lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
+    use_lab_env(lab)
     if start:
         return Session(lab, p)
     if not lab.healthy():

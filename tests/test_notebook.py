@@ -40,3 +40,37 @@ def test_ci_environment_applies_ci_values(monkeypatch):
     monkeypatch.setenv("VSOLAB_CI", "1")
     out = validate(defaults())
     assert out["LIVE_SECONDS"] == CI["LIVE_SECONDS"] and out["SOLUTIONS"] is True and out["INTERACTIVE"] is False
+
+
+@pytest.mark.lab
+def test_setup_puts_the_lab_env_in_the_kernel_so_vault_and_kubectl_cells_run(local_lab, monkeypatch):
+    """A learner's `!vault …` cell: once a notebook's setup ran, `vault` (OpenBao's CLI) reaches this lab."""
+    import os
+    import subprocess
+
+    from labkit import notebook
+
+    for k in ("VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG", "PATH"):
+        monkeypatch.setenv(k, os.environ.get(k, "") if k == "PATH" else "")
+    params = defaults() | {"STATE_DIR": str(local_lab.state.root)}
+    notebook.setup(params, stage=1)
+    assert os.environ["VAULT_ADDR"] == local_lab.vault_addr
+    out = subprocess.run(["vault", "token", "lookup", "-format=json"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(["kubectl", "get", "namespace", "default", "-o", "name"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "namespace/default", out.stderr
+
+
+@pytest.mark.lab
+def test_labkit_env_puts_only_the_lab_tools_in_front_of_path(local_lab):
+    import subprocess
+    import sys
+
+    root = local_lab.state.root
+    out = subprocess.run([sys.executable, "-m", "labkit", "--state", str(root), "env"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("export PATH=")]
+    assert lines == [f'export PATH={root / "bin"}:"$PATH"'], out.stdout
+    shell = subprocess.run(["bash", "-c", f'eval "$({sys.executable} -m labkit --state {root} env)"; vault version'],
+                           capture_output=True, text=True, timeout=30)
+    assert shell.returncode == 0 and "OpenBao" in shell.stdout, shell.stdout + shell.stderr
