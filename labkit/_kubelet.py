@@ -251,7 +251,7 @@ class EventRecorder:
 
 # -- probes ----------------------------------------------------------------------------------------
 def run_probe(probe: Any, port_of: Callable[[Any], int | None], env: dict[str, str], cwd: str,
-              argv_of: Callable[[list[str]], list[str]]) -> tuple[bool, str]:
+              argv_of: Callable[[list[str]], list[str]], as_user: dict[str, Any] | None = None) -> tuple[bool, str]:
     """Run one probe now against the pod's local ports: (succeeded, the kubelet's words for a failure)."""
     timeout = probe.timeout_seconds or 1
     action = probe.http_get or probe.tcp_socket
@@ -285,7 +285,7 @@ def run_probe(probe: Any, port_of: Callable[[Any], int | None], env: dict[str, s
     if probe._exec is not None:
         try:
             done = subprocess.run(argv_of(list(probe._exec.command or [])), env=env, cwd=cwd, capture_output=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+                                  timeout=timeout, stdin=subprocess.DEVNULL, **(as_user or {}))  # as the pod's user
         except subprocess.TimeoutExpired:
             return False, f"command timed out after {timeout}s"
         except OSError as exc:

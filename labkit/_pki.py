@@ -15,6 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ._state import State
 
 _DAYS = 3650
+#: the common name etcd requires of a peer's client certificate (``--peer-cert-allowed-cn``)
+ETCD_PEER_CN = "vsolab-etcd-peer"
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
@@ -38,7 +40,7 @@ def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     subject: x509.Name,
-    usage: ExtendedKeyUsageOID,
+    usage: ExtendedKeyUsageOID | list[ExtendedKeyUsageOID],
     sans: list[x509.GeneralName] | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -52,7 +54,7 @@ def _issue(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -111,23 +113,45 @@ def ensure_pki(state: State) -> None:
 
 
 def ensure_etcd_pki(state: State) -> None:
-    """etcd's serving certificate and the API server's client certificate for etcd.
+    """etcd's serving and peer certificates, and the API server's client certificate for etcd.
 
-    etcd then accepts only clients with a certificate from the lab's CA, so on a shared
-    machine (one lab per JupyterHub user) no other local user can read the lab's etcd.
+    etcd then accepts only clients and peers with a certificate from the lab's CA, so on a shared
+    machine (one lab per JupyterHub user) no other local user can read the lab's etcd or send it raft
+    messages. A pair that is missing (a state directory made by an older labkit has no peer pair) is
+    issued from the existing CA; pairs already there are kept.
     """
     pki = state.path("pki")
-    if (pki / "etcd-client.crt").exists():
+    wanted = [
+        (name, subject, usage) for name, subject, usage in (
+            # etcd's gRPC gateway (the /v3 HTTP API) dials etcd's own client port with this certificate.
+            ("etcd", "etcd", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            ("etcd-client", "kube-apiserver-etcd-client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+            # A peer both serves and dials raft, so its certificate is for both ends.
+            ("etcd-peer", ETCD_PEER_CN, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ) if not _has_pair(pki, name, usage)
+    ]
+    if not wanted:
         return
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    srv_key, srv_cert = _issue(ca_key, ca_cert, _name("etcd"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    cli_key, cli_cert = _issue(ca_key, ca_cert, _name("kube-apiserver-etcd-client"), ExtendedKeyUsageOID.CLIENT_AUTH)
-    for rel, text in (("etcd.key", _key_pem(srv_key)), ("etcd.crt", _cert_pem(srv_cert)),
-                      ("etcd-client.key", _key_pem(cli_key)), ("etcd-client.crt", _cert_pem(cli_cert))):
-        state.write_private(f"pki/{rel}", text)
+    for name, subject, usage in wanted:
+        key, cert = _issue(ca_key, ca_cert, _name(subject), usage, sans)
+        state.write_private(f"pki/{name}.key", _key_pem(key))
+        state.write_private(f"pki/{name}.crt", _cert_pem(cert))  # written last: its presence means "done"
+
+
+def _has_pair(pki: Path, name: str, usage: list[ExtendedKeyUsageOID]) -> bool:
+    """The key and certificate ``name`` exist and the certificate is good for every ``usage``."""
+    crt, key = pki / f"{name}.crt", pki / f"{name}.key"
+    if not (crt.exists() and key.exists()):
+        return False
+    try:
+        ekus = x509.load_pem_x509_certificate(crt.read_bytes()).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return set(usage) <= set(ekus.value)
 
 
 def ca_pem(state: State) -> str:

@@ -37,7 +37,7 @@ from kubernetes import client as kclient
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from . import _kubelet, _procs, k8s
+from . import _kubelet, _procs, _runas, k8s
 from ._containers import IMAGES, ConfigMissing, Container, Probe, Run, _rewrite, image_repo, pod_status, resolve_env, unmapped_message
 from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path
 from ._kubelet import now_iso as _now
@@ -56,7 +56,8 @@ class Agent:
         self.runs: dict[str, Run] = {}
         self.pods: dict[str, Any] = {}
         self.stopping = threading.Event()
-        self.shim = state.path("pods", ".bin")
+        # Under root, pods run as an unprivileged user, in directories outside the 0700 state directory.
+        self.host = _runas.PodHost(state)
         self.logs = state.path("logs")
         self.last_heartbeat = 0.0
         self.recorder = EventRecorder(self.core)
@@ -177,7 +178,7 @@ class Agent:
                                              f"to {NODE_NAME}", component="default-scheduler")
 
     def pod_dir(self, pod: Any) -> Path:
-        return self.state.path("pods", f"{pod.metadata.namespace}_{pod.metadata.name}")
+        return self.host.pod_dir(pod.metadata.namespace, pod.metadata.name)
 
     def remove_pod_dir(self, pod: Any) -> None:
         """Forget a deleted pod: its HOME, the Secret/ConfigMap volumes written there, its container logs."""
@@ -219,8 +220,7 @@ class Agent:
             vol = vols.get(vm.name)
             if vol is None or vm.mount_path.startswith("/var/run/secrets/kubernetes.io"):
                 continue
-            local = self.pod_dir(pod) / "volumes" / vm.name
-            local.mkdir(parents=True, exist_ok=True)
+            local = self.host.volume_dir(pod.metadata.namespace, pod.metadata.name, vm.name)
             data: dict[str, str] = {}
             if vol.config_map is not None:
                 try:
@@ -236,9 +236,7 @@ class Agent:
                     if exc.status == 404 and not vol.secret.optional:
                         raise ConfigMissing(f'secret "{vol.secret.secret_name}" not found') from None
             for k, v in data.items():
-                f = local / k
-                f.write_text(v)
-                os.chmod(f, 0o600)
+                self.host.write_volume_file(local / k, v)
             mounts[vm.mount_path.rstrip("/")] = str(local)
         return mounts
 
@@ -259,21 +257,28 @@ class Agent:
             c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1
             self.recorder.emit(pod, "Failed", f"Error: {exc}", container=c.name, warning=True)
             return
+        python = self.host.python()
+        if python is None:
+            c.waiting, c.next_start = "RunContainerError", float("inf")
+            c.waiting_message = (f"the node agent found no Python that the pod user {self.host.user!r} can run "
+                                 "(install one system-wide: apt-get install python3 python3-psycopg)")
+            self.recorder.emit(pod, "Failed", f"Error: {c.waiting_message}", container=c.name, warning=True)
+            return
         argv = [_rewrite(a, c.mounts) for a in image.argv(spec, run.ports)]
-        self.shim.mkdir(parents=True, exist_ok=True)
-        for name in ("python", "python3"):
-            link = self.shim / name
-            if not link.exists():
-                link.symlink_to(sys.executable)
-        c.env = {"PATH": f"{self.shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(self.pod_dir(pod)),
+        if argv and argv[0] == sys.executable:  # python:* images: the Python the pod's user can run
+            argv[0] = python
+        shim = self.host.shim(python)
+        home = self.host.home(pod.metadata.namespace, pod.metadata.name)
+        c.env = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
                  "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
                  _procs.TAG_ENV: f"{self.state.lab_id}:pod:{run.uid}"}
         own = [run.ports[p.container_port] for p in spec.ports or [] if p.container_port in run.ports]
         if own:
             # The local stand-ins for the pod's own network namespace.
             c.env["PORT"], c.env["BIND_ADDR"] = str(own[0]), "127.0.0.1"
-        c.cwd = _rewrite(spec.working_dir, c.mounts) if spec.working_dir else str(self.pod_dir(pod))
-        Path(c.cwd).mkdir(parents=True, exist_ok=True)
+        # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
+        wd = spec.working_dir
+        c.cwd = _rewrite(wd, c.mounts) if wd and _rewrite(wd, c.mounts) != wd else str(home)
         log = log_path(self.logs, run.namespace, run.name, c.name)
         if log.exists():  # the previous instance's log, for `kubectl logs --previous`
             os.replace(log, log_path(self.logs, run.namespace, run.name, c.name, previous=True))
@@ -281,7 +286,8 @@ class Agent:
                            container=c.name)
         try:
             c.proc = subprocess.Popen(argv, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, cwd=c.cwd, start_new_session=True)
+                                      stderr=subprocess.PIPE, cwd=c.cwd, start_new_session=True,
+                                      **self.host.as_pod_user())
         except OSError as exc:
             c.waiting, c.waiting_message, c.next_start = "RunContainerError", f"{argv[0]}: {exc.strerror or exc}", \
                 float("inf")
@@ -402,7 +408,7 @@ class Agent:
                 pr.next_at = now + (pr.spec.period_seconds or 10)
                 pr.pending = self.probers.submit(
                     _kubelet.run_probe, pr.spec, lambda port: self.port_of(run, c, port), c.env, c.cwd,
-                    lambda argv: [_rewrite(a, c.mounts) for a in argv])
+                    lambda argv: [_rewrite(a, c.mounts) for a in argv], self.host.as_pod_user())
 
     def push_status(self, uid: str) -> None:
         run, pod = self.runs.get(uid), self.pods.get(uid)

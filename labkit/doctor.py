@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from . import install
+from . import _runas, install
 from .errors import LabkitError, ParameterError
 
 
@@ -49,8 +49,19 @@ def local_checks() -> list[Result]:
                           f"run `labkit install` (builds {p.name} from the Go module proxy once)"))
     if os.getuid() == 0:
         out.append(Result("running as root", True,
-                          "PostgreSQL refuses root, so the lab runs it as an unprivileged user (postgres or nobody)"))
+                          "PostgreSQL and pods never run as root: the lab runs them as unprivileged users"))
+        out.append(_try("pods' user (root runs the lab)", _runas.pod_user))
+        out.append(_pods_python())
     return out
+
+
+def _pods_python() -> Result:
+    try:
+        python = _runas.pod_python(_runas.pod_user())
+    except LabkitError:
+        python = None
+    return Result("a Python the pods' user can run", python is not None, str(python or ""),
+                  "apt-get install python3 python3-psycopg (the lab's Python is out of that user's reach)")
 
 
 def doctor(backend: str = "local") -> list[Result]:

@@ -29,10 +29,10 @@ import psutil
 import requests
 import urllib3
 
-from . import _procs, install
-from ._pki import ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
+from . import _procs, _runas, install
+from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
-from .errors import ComponentError, MissingTool, NotRunning, ParameterError, StateError, SyncError
+from .errors import ComponentError, NotRunning, ParameterError, StateError, SyncError
 from .names import Names
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -101,6 +101,10 @@ class Component:
     def after_start(self) -> None:
         """Work that needs the process up (e.g. unseal)."""
 
+    def outdated(self, pid: int) -> bool:
+        """The running process was started with settings this labkit no longer uses (so it is replaced)."""
+        return False
+
     # common -------------------------------------------------------------------------------------
     @property
     def port(self) -> int:
@@ -141,10 +145,13 @@ class Component:
     def ensure(self) -> str:
         """Reuse, repair or start this component; return what was done."""
         pid = self.pid()
+        action = "started"
+        if pid and self.outdated(pid):
+            _procs.stop_pid(pid)
+            pid, action = None, "restarted (its settings were outdated)"
         if pid and self.check():
             self.after_start()
             return "reused"
-        action = "started"
         if pid:
             # Running but unhealthy: give it a moment (it may be starting), then replace it.
             deadline = time.monotonic() + 5
@@ -155,7 +162,7 @@ class Component:
                 return "reused"
             _procs.stop_pid(pid)
             action = "restarted (it was unhealthy)"
-        elif self.pidfile.exists():
+        elif self.pidfile.exists() and action == "started":
             action = "restarted (it had died)"
         self._kill_orphans()
         self.pidfile.unlink(missing_ok=True)
@@ -214,29 +221,78 @@ class Component:
 
 # -- the components --------------------------------------------------------------------------------
 class Etcd(Component):
+    """etcd, with mutual TLS on both of its ports.
+
+    Clients (the API server) and peers must show a certificate from the lab's CA; a peer's must also carry
+    the lab's peer name. Another local user reaches both 127.0.0.1 ports but fails the TLS handshake, so can
+    neither read the cluster nor send raft messages (which could commit objects, or stall the API server
+    with a higher term).
+    """
+
     name = "etcd"
     extra_ports = ("etcd_peer",)
 
+    @property
+    def peer_url(self) -> str:
+        return f"https://127.0.0.1:{self.lab.ports['etcd_peer']}"
+
     def command(self) -> list[str]:
-        p, pp = self.port, self.lab.ports["etcd_peer"]
+        p, peer = self.port, self.peer_url
         pki = self.state.path("pki")
         return [
             str(self.lab.bin["etcd"]), "--name", "vsolab", "--data-dir", str(self.state.path("data", "etcd")),
             "--listen-client-urls", f"https://127.0.0.1:{p}", "--advertise-client-urls", f"https://127.0.0.1:{p}",
             "--client-cert-auth", f"--trusted-ca-file={pki}/ca.crt", f"--cert-file={pki}/etcd.crt",
             f"--key-file={pki}/etcd.key",
-            "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-            "--initial-cluster", f"vsolab=http://127.0.0.1:{pp}", "--unsafe-no-fsync", "--log-level", "warn",
-            "--quota-backend-bytes", str(512 * 1024 * 1024),
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"vsolab={peer}",
+            "--peer-client-cert-auth", f"--peer-trusted-ca-file={pki}/ca.crt", f"--peer-cert-file={pki}/etcd-peer.crt",
+            f"--peer-key-file={pki}/etcd-peer.key", f"--peer-cert-allowed-cn={ETCD_PEER_CN}",
+            "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(512 * 1024 * 1024),
         ]
+
+    def outdated(self, pid: int) -> bool:
+        # An etcd started by an older labkit serves raft over plain HTTP: replace it.
+        try:
+            return "--peer-client-cert-auth" not in psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return False
+
+    def after_start(self) -> None:
+        """A member created with an http peer URL keeps it in its data (``--initial-*`` count only once): update it."""
+        if self.state.read().get("etcd_peer_url") == self.peer_url:
+            return
+        if self.advertised_peer_urls() != [self.peer_url]:
+            self._post("/v3/cluster/member/update", {"ID": self._member()["ID"], "peerURLs": [self.peer_url]})
+        self.state.update(etcd_peer_url=self.peer_url)
+
+    def _member(self) -> dict[str, Any]:
+        members = self._post("/v3/cluster/member/list", {}).get("members", [])
+        if len(members) != 1:
+            raise ComponentError(
+                f"Checked etcd's members: the lab runs one, etcd lists {len(members)}.",
+                ["Run `labkit down --purge` and `labkit up` to start from fresh data (the lab's data is lost).",
+                 f"Read etcd's log: {self.log}", "Use another state directory (VSOLAB_STATE)."],
+            )
+        return dict(members[0])
+
+    def advertised_peer_urls(self) -> list[str]:
+        """The peer URLs etcd has stored for its (single) member."""
+        return list(self._member().get("peerURLs", []))
 
     def address(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def _get(self, path: str) -> requests.Response:
+    def _tls(self) -> dict[str, Any]:
         pki = self.state.path("pki")
-        return requests.get(f"https://127.0.0.1:{self.port}{path}", timeout=2, verify=str(pki / "ca.crt"),
-                            cert=(str(pki / "etcd-client.crt"), str(pki / "etcd-client.key")))
+        return {"verify": str(pki / "ca.crt"), "cert": (str(pki / "etcd-client.crt"), str(pki / "etcd-client.key"))}
+
+    def _get(self, path: str) -> requests.Response:
+        return requests.get(f"https://127.0.0.1:{self.port}{path}", timeout=2, **self._tls())
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = requests.post(f"https://127.0.0.1:{self.port}{path}", json=body, timeout=5, **self._tls())
+        r.raise_for_status()
+        return dict(r.json())
 
     def healthy(self) -> bool:
         r = self._get("/health")
@@ -316,20 +372,7 @@ class Postgres(Component):
     name = "postgres"
 
     def _user(self) -> str | None:
-        if os.getuid() != 0:
-            return None
-        for cand in (os.environ.get("VSOLAB_PG_USER"), "postgres", "nobody"):
-            if cand:
-                try:
-                    pwd.getpwnam(cand)
-                    return cand
-                except KeyError:
-                    continue
-        raise MissingTool(
-            "Checked for an unprivileged user to run PostgreSQL as (PostgreSQL refuses to run as root): none found.",
-            ["Create one: `useradd --system postgres`.", "Or name an existing user in VSOLAB_PG_USER.",
-             "Or run the lab as a normal user instead of root."],
-        )
+        return _runas.postgres_user()
 
     def user(self) -> str | None:
         return self._user()
@@ -477,6 +520,8 @@ class OpenBao(Component):
 class NodeAgent(Component):
     name = "agent"
     extra_ports = ("kubelet",)  # its kubelet API (TLS), which the API server proxies `kubectl logs` to
+    #: how the agent runs pods; an agent started with another revision is replaced on ``up`` (2: never as root)
+    REVISION = "2"
 
     def address(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -484,11 +529,23 @@ class NodeAgent(Component):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "labkit.agent", "--state", str(self.state.root)]
 
+    def prepare(self) -> None:
+        # Fail here, with the fix, rather than in the agent's log: the pods' user and directory.
+        _runas.pod_user()
+        _runas.ensure_pod_root(self.state)
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        env["VSOLAB_AGENT_REVISION"] = self.REVISION
         return env
+
+    def outdated(self, pid: int) -> bool:
+        try:
+            return psutil.Process(pid).environ().get("VSOLAB_AGENT_REVISION") != self.REVISION
+        except psutil.Error:
+            return False
 
     def healthy(self) -> bool:
         return requests.get(f"{self.address()}/healthz", timeout=2).ok
@@ -747,6 +804,7 @@ class LocalLab:
             while time.monotonic() < deadline and not all(port_free(p) for p in self.ports.values()):
                 time.sleep(0.1)
         if purge:
+            _runas.purge_pod_root(self.state)
             self.state.purge()
         return stopped
 

@@ -15,7 +15,8 @@ apt_install() {
 }
 
 if command -v apt-get >/dev/null; then
-  pkgs=(postgresql ca-certificates curl unzip)
+  # python3-psycopg: under root, pods run as `nobody`, who cannot use a Python in root's home (the example app needs psycopg)
+  pkgs=(postgresql python3 python3-psycopg ca-certificates curl unzip)
   [ "${VSOLAB_BROWSER:-1}" = "1" ] && pkgs+=(chromium)
   apt_install "${pkgs[@]}"
 fi

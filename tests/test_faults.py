@@ -27,7 +27,7 @@ import psutil
 import pytest
 from kubernetes import client as kclient
 
-from labkit import _procs, app, cache, dynamic, k8s, pg, static, vault, vso
+from labkit import _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
 from labkit._state import port_free
 from labkit.agent import PORT_ANNOTATION
 from labkit.local import LocalLab
@@ -95,7 +95,7 @@ def pods_and_processes_agree(lab: LocalLab) -> None:
         pods = kclient.CoreV1Api(lab.kube).list_pod_for_all_namespaces().items
         running = {p.metadata.uid for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp}
         procs = pod_processes(lab)
-        dirs = {d.name for d in lab.state.path("pods").iterdir() if not d.name.startswith(".")}
+        dirs = {d.name for d in _runas.pod_root(lab.state).iterdir() if not d.name.startswith(".")}
         expected_dirs = {f"{p.metadata.namespace}_{p.metadata.name}" for p in pods}
         problems = []
         if set(procs) != running:
