@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,12 +101,26 @@ def applied(lab: LocalLab) -> dict[str, Any]:
 
 
 def stale(lab: LocalLab) -> dict[str, Any]:
-    """What changed since the in-lab settings were made: ``{key: old value}``."""
+    """What changed since the in-lab settings were made: ``{key: old value}``.
+
+    Without a record (a ``state.json`` moved aside or from an older labkit) the old ports are unknown (``None``):
+    then every loopback address that is not the current one is repointed.
+    """
     before = lab.state.read().get("applied")
     if not isinstance(before, dict):
-        return {}
+        has_lab = lab.state.path("pki", "ca.crt").exists()
+        return {"openbao": None, "apiserver": None, "postgres": None} if has_lab else {}
     now = applied(lab)
     return {k: before[k] for k in now if k in before and before[k] != now[k]}
+
+
+def _outdated(addr: Any, key: str, old: dict[str, Any], current: str) -> bool:
+    """``addr`` is an address of the lab's ``key`` component from before the change."""
+    if not isinstance(addr, str) or key not in old or addr == current:
+        return False
+    if old[key] is None:
+        return urllib.parse.urlsplit(addr).hostname == "127.0.0.1"
+    return urllib.parse.urlsplit(addr).port == old[key]
 
 
 def retoken(lab: LocalLab) -> list[str]:
@@ -130,48 +146,52 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
 
     done: list[str] = []
     api = lab.kube
-    if "openbao" in old:
-        old_addr = f"http://127.0.0.1:{old['openbao']}"
-        custom = kclient.CustomObjectsApi(api)
-        for obj in custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1", "vaultconnections")["items"]:
-            if obj.get("spec", {}).get("address") == old_addr:
-                m = obj["metadata"]
-                custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", m["namespace"], "vaultconnections",
-                                                      m["name"], {"spec": {"address": lab.vault_addr_for_cluster}})
-                done.append(f"VaultConnection {m['namespace']}/{m['name']}")
-    client = vault.client(lab)
     n = lab.names
-    if {"apiserver", "ca"} & set(old):
-        old_host = f"https://127.0.0.1:{old.get('apiserver', lab.ports['apiserver'])}"
-        for mount, info in client.sys.list_auth_methods()["data"].items():
-            if info.get("type") != "kubernetes":
-                continue
-            cfg = (client.read(f"auth/{mount}config") or {}).get("data") or {}
-            if cfg.get("kubernetes_host") not in (old_host, lab.kube_api_for_vault):
-                continue
+    custom = kclient.CustomObjectsApi(api)
+    for obj in custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1", "vaultconnections")["items"]:
+        if _outdated(obj.get("spec", {}).get("address"), "openbao", old, lab.vault_addr_for_cluster):
+            m = obj["metadata"]
+            custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", m["namespace"], "vaultconnections",
+                                                  m["name"], {"spec": {"address": lab.vault_addr_for_cluster}})
+            done.append(f"VaultConnection {m['namespace']}/{m['name']}")
+    client = vault.client(lab)
+    for mount, info in client.sys.list_auth_methods()["data"].items():
+        if info.get("type") != "kubernetes":
+            continue
+        cfg = (client.read(f"auth/{mount}config") or {}).get("data") or {}
+        host = cfg.get("kubernetes_host")
+        if not (_outdated(host, "apiserver", old, lab.kube_api_for_vault) or ("ca" in old and host == lab.kube_api_for_vault)):
+            continue
 
-            def reviewer() -> str | None:
-                return (k8s.secret_data(api, n.reviewer_secret, n.vault_ns) or {}).get("token")
+        def reviewer() -> str | None:
+            return (k8s.secret_data(api, n.reviewer_secret, n.vault_ns) or {}).get("token")
 
-            jwt = reviewer() and k8s.wait_for("the token controller to re-sign vault-auth-secret", reviewer, 60,
-                                              hint="run `labkit status`; kube-controller-manager signs it")
-            vault.configure_kubernetes_auth(lab, lab.kube_api_for_vault, lab.kube_ca(), jwt or "", mount=mount.rstrip("/"))
-            done.append(f"Vault auth/{mount}config")
+        jwt = k8s.wait_for("the token controller to sign vault-auth-secret", reviewer, 60,
+                           hint="run `labkit status`; kube-controller-manager signs it") if k8s.secret(
+                               api, n.reviewer_secret, n.vault_ns) else ""
+        vault.configure_kubernetes_auth(lab, lab.kube_api_for_vault, lab.kube_ca(), jwt, mount=mount.rstrip("/"))
+        done.append(f"Vault auth/{mount}config")
     if "postgres" in old:
         try:
-            if client.read(f"{n.db_mount}/config/{n.db_connection}"):
-                from . import dynamic
-
-                dynamic.configure_connection(lab)
-                done.append(f"Vault {n.db_mount}/config/{n.db_connection}")
+            cfg = (client.read(f"{n.db_mount}/config/{n.db_connection}") or {}).get("data") or {}
         except Exception:  # noqa: BLE001 - no database mount yet (before notebook 03): nothing to repoint
-            pass
+            cfg = {}
+        url = (cfg.get("connection_details") or {}).get("connection_url", "")
+        if url and urllib.parse.urlsplit(url).port != lab.ports["postgres"]:
+            from . import dynamic
+
+            dynamic.configure_connection(lab)
+            done.append(f"Vault {n.db_mount}/config/{n.db_connection}")
         try:
-            kclient.AppsV1Api(api).read_namespaced_deployment(n.app, n.dynamic_ns)
+            db = kclient.CoreV1Api(api).read_namespaced_config_map(f"{n.app}-db", n.dynamic_ns).data or {}
         except ApiException:
-            pass
-        else:
-            app.deploy(lab, n.dynamic_ns, n.dynamic_secret, n.app)
+            db = {}
+        if db and db.get("DB_PORT") != str(lab.ports["postgres"]):
+            k8s.apply(api, app.manifests(n.dynamic_ns, n.dynamic_secret, *lab.pg_address_for_pods, n.app))
+            # The pod read the old address at start: restart it, as `kubectl rollout restart` does.
+            kclient.AppsV1Api(api).patch_namespaced_deployment(n.app, n.dynamic_ns, {"spec": {"template": {"metadata": {
+                "annotations": {"kubectl.kubernetes.io/restartedAt": str(time.time())}}}}})
+            app.wait_ready(lab, n.dynamic_ns, n.app)
             done.append(f"Deployment {n.dynamic_ns}/{n.app}")
     if done:
         say("  repointed at the lab's current ports and CA: " + ", ".join(done))

@@ -140,14 +140,17 @@ class State:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise StateError(
-                f"Checked that the lab state directory {self.root} can be created and written: it cannot ({exc.strerror}).",
-                [
-                    "Point VSOLAB_STATE (or --state) at a directory you own, e.g. VSOLAB_STATE=$HOME/vsolab-state.",
-                    f"Fix the ownership or mode of {self.root} (it must be writable by {pwd.getpwuid(os.getuid()).pw_name}).",
-                    "Free disk space if the disk is full (df -h).",
-                ],
-            ) from exc
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> StateError:
+        return StateError(
+            f"Checked that the lab state directory {self.root} can be created and written: it cannot ({exc.strerror}).",
+            [
+                "Point VSOLAB_STATE (or --state) at a directory you own, e.g. VSOLAB_STATE=$HOME/vsolab-state.",
+                f"Fix the ownership or mode of {self.root} (it must be writable by {pwd.getpwuid(os.getuid()).pw_name}).",
+                "Free disk space if the disk is full (df -h).",
+            ],
+        )
 
     def _check_lab_dir(self) -> None:
         """An existing directory must be a lab's (or empty): the lab makes it private and purge deletes it."""
@@ -195,11 +198,11 @@ class State:
         """Hold the lab's cross-process lock (re-entrant within this process); see labkit/_lock.py."""
         self.check_trusted()
         self._check_lab_dir()
-        if not self.root.exists():
-            try:
-                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError:
-                self.ensure()  # explains why the directory cannot be made
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         with _lock.locked(self.root, what):
             yield
 

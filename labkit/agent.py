@@ -265,10 +265,11 @@ class Agent:
         return self.state.path("pods", f"{pod.metadata.namespace}_{pod.metadata.name}")
 
     def remove_pod_dir(self, pod: Any) -> None:
-        """Forget a deleted pod's working directory: its HOME and the Secret/ConfigMap volumes written there."""
+        """Forget a deleted pod's working directory (its HOME, Secret/ConfigMap volumes) and its log file."""
         ns, name = pod.metadata.namespace, pod.metadata.name
         if not any(r.namespace == ns and r.name == name for r in self.runs.values()):
             shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
+            self.state.path("logs", "pods", f"{ns}_{name}.log").unlink(missing_ok=True)
 
     def materialize_volumes(self, pod: Any, container: Any) -> dict[str, str]:
         """Write configMap/secret volumes to disk; return mountPath → local dir."""

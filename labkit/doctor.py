@@ -47,10 +47,25 @@ def local_checks() -> list[Result]:
     for p in install.PRODUCTS.values():
         out.append(Result(f"{p.name} {p.version} binaries", p.built(), str(p.dir),
                           f"run `labkit install` (builds {p.name} from the Go module proxy once)"))
+    out.append(_disk())
     if os.getuid() == 0:
         out.append(Result("running as root", True,
                           "PostgreSQL refuses root, so the lab runs it as an unprivileged user (postgres or nobody)"))
     return out
+
+
+def _disk() -> Result:
+    """Free space where the lab keeps its data (etcd alone preallocates a 64 MB write-ahead log)."""
+    from ._repair import MIN_FREE, free_bytes
+    from ._state import State
+
+    st = State()
+    where = [st.root] + ([st.pg_root()] if os.getuid() == 0 else [])
+    free = {p: free_bytes(p) for p in where}
+    low = [p for p, b in free.items() if b < MIN_FREE]
+    detail = ", ".join(f"{b // 2**20} MB free at {p}" for p, b in free.items())
+    return Result("free disk space (≥ 100 MB)", not low, detail,
+                  f"free space on the file system of {low[0]} (`df -h {low[0]}`) or set VSOLAB_STATE elsewhere" if low else "")
 
 
 def doctor(backend: str = "local") -> list[Result]:

@@ -676,6 +676,7 @@ class LocalLab:
         return "127.0.0.1", self.ports["postgres"]
 
     def env(self) -> dict[str, str]:
+        self.vault_token  # noqa: B018 - before the lab is up: explain, and choose no ports
         return {
             "VAULT_ADDR": self.vault_addr, "BAO_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token,
             "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
