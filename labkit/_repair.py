@@ -51,11 +51,11 @@ def check_disk(lab: LocalLab) -> None:
 
 def check_secrets(lab: LocalLab) -> None:
     """The lab's data was made with credentials that ``secrets.json`` must still hold."""
-    st, secrets = lab.state.read(), lab.state.secrets()
+    secrets = lab.state.secrets()
     where = lab.state.path("secrets.json")
     gone = "does not exist" if not where.exists() else "has no {}"
     needs = []
-    if st.get("pg_initialised") and (lab.state.pg_data_dir() / "PG_VERSION").exists() and not secrets.get("postgres_password"):
+    if (lab.state.pg_data_dir() / "PG_VERSION").exists() and not secrets.get("postgres_password"):
         needs.append(("postgres_password", "PostgreSQL's administrator password, set when its database was created"))
     bao = lab.state.path("data", "openbao")
     if bao.is_dir() and any(bao.iterdir()) and not secrets.get("vault_unseal_key"):

@@ -355,11 +355,12 @@ class Postgres(Component):
             _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid)
         if (data / "PG_VERSION").exists():
             return
-        made = self.state.read().get("pg_initialised")
+        # Either record says a database was made: state.json, or its password in secrets.json (kept after initdb only).
+        made = self.state.read().get("pg_initialised") or self.state.secrets().get("postgres_password")
         if made:
             raise StateError(
                 f"Checked PostgreSQL's data directory {data}: it has no database, but this lab initialised one there "
-                f"(recorded in {self.state.path('state.json')}), so its data was moved or deleted. Starting an empty "
+                f"(recorded in state.json and secrets.json), so its data was moved or deleted. Starting an empty "
                 "database instead would leave Vault's roles and leases pointing at users that no longer exist.",
                 [f"Put the data back in {data} (from where it was moved, or a backup), then run `labkit up`.",
                  "Or start a fresh lab: `labkit down --purge`, then `labkit up` (Vault data and leases are lost too).",
@@ -368,8 +369,7 @@ class Postgres(Component):
         data.parent.mkdir(parents=True, exist_ok=True)
         data.mkdir(mode=0o700, exist_ok=True)
         os.chmod(data, 0o700)
-        password = self.state.secrets().get("postgres_password") or uuid.uuid4().hex
-        self.state.update_secrets(postgres_password=password)
+        password = uuid.uuid4().hex
         pwdir = Path(tempfile.mkdtemp(prefix="vsolab-initdb-"))
         pwfile = pwdir / "pw"
         pwfile.write_text(password)
@@ -393,6 +393,7 @@ class Postgres(Component):
             ) from None
         finally:
             shutil.rmtree(pwdir, ignore_errors=True)
+        self.state.update_secrets(postgres_password=password)
         self.state.update(pg_initialised=str(data))
 
     def command(self) -> list[str]:
