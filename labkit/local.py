@@ -352,7 +352,7 @@ class Postgres(Component):
         data = self.state.pg_data_dir()
         user = self._user()
         if user:
-            _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid)
+            _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid, create=False)
         if (data / "PG_VERSION").exists():
             return
         # Either record says a database was made: state.json, or its password in secrets.json (kept after initdb only).
@@ -366,6 +366,8 @@ class Postgres(Component):
                  "Or start a fresh lab: `labkit down --purge`, then `labkit up` (Vault data and leases are lost too).",
                  "Or use another state directory (VSOLAB_STATE)."],
             )
+        if user:
+            _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid, create=True)
         data.parent.mkdir(parents=True, exist_ok=True)
         data.mkdir(mode=0o700, exist_ok=True)
         os.chmod(data, 0o700)
@@ -418,7 +420,7 @@ class Postgres(Component):
             return str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
 
 
-def _safe_pg_dirs(root: Path, data: Path, pg_uid: int) -> None:
+def _safe_pg_dirs(root: Path, data: Path, pg_uid: int, *, create: bool) -> None:
     """Make (or check) root's PostgreSQL tree: ``root`` is root's, mode 0711; ``data`` the PostgreSQL user's, 0700.
 
     Nothing on the way may be a symlink or owned by anyone else: a user who could create or rename entries
@@ -444,6 +446,8 @@ def _safe_pg_dirs(root: Path, data: Path, pg_uid: int) -> None:
     try:
         st = os.lstat(data)
     except FileNotFoundError:
+        if not create:
+            return
         data.mkdir(mode=0o700)
         os.chown(data, pg_uid, -1)
         st = os.lstat(data)
