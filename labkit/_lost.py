@@ -12,6 +12,8 @@ from typing import Any
 
 import requests
 import urllib3
+import urllib3.connection
+import urllib3.connectionpool
 
 from .errors import LostConnection
 
@@ -55,6 +57,14 @@ def _port(exc: BaseException) -> int | None:
     url = getattr(request, "url", None)
     if isinstance(url, str):
         return urllib.parse.urlsplit(url).port
+    # A connection dropped mid-response (ProtocolError) carries no address: the connection it was read from,
+    # a local of the frames it was raised through, does.
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (urllib3.connectionpool.HTTPConnectionPool, urllib3.connection.HTTPConnection)) and value.port:
+                return int(value.port)
+        tb = tb.tb_next
     return None
 
 

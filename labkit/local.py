@@ -871,7 +871,9 @@ class LocalLab:
         pid = self.components[name].pid()
         if pid:
             psutil.Process(pid).kill()
-            psutil.Process(pid).wait(5) if psutil.pid_exists(pid) else None
+            # Gone, or a zombie its parent has not collected yet (a lab started by another process, e.g. a kernel's).
+            _procs._wait_gone(pid, 5)
+            _procs._reap(pid, 0)
 
     def _write_admin_kubeconfig(self) -> None:
         pki = self.state.path("pki")
