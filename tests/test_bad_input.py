@@ -493,3 +493,24 @@ def test_notebook_cell_when_the_api_server_dies(lab: LocalLab, tmp_path: Path) -
         assert "Kubernetes API server" in shown and "labkit up" in shown
     finally:
         lab.up(progress=lambda m: None)
+
+
+# -- start-up checks ---------------------------------------------------------------------------------------------
+def test_cli_up_on_a_nearly_full_disk_names_the_disk(tmp_path: Path) -> None:
+    """A 40 MB file system cannot hold etcd's 64 MB write-ahead log: `up` says so before starting anything."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        root = small / "state"
+        proc = cli("--state", str(root), "up")
+        cli_error(proc, "up", "free disk space", "MB free", "64 MB", "df -h")
+        assert not lab_processes(root)
+        doctor = cli("--state", str(root), "doctor", env={"VSOLAB_STATE": str(root)})
+        assert "free disk space" in doctor.stdout and doctor.returncode == 1, doctor.stdout
+    finally:
+        LocalLab(small / "state").down(purge=True)
+        subprocess.run(["umount", str(small)], check=True)
