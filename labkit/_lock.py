@@ -78,28 +78,33 @@ def locked(root: Path, what: str, *, wait: float | None = None) -> Iterator[None
     deadline = time.monotonic() + limit
     fd: int | None = None
     while True:
-        with _guard:
-            try:
-                got, fd = _try(key, path, fd, what)
-            except FileNotFoundError:  # the state directory went away meanwhile (purged): recreate it
-                root.mkdir(mode=0o700, parents=True, exist_ok=True)
-                got, fd = False, None
+        try:
+            with _guard:
+                try:
+                    got, fd = _try(key, path, fd, what)
+                except FileNotFoundError:  # the state directory went away meanwhile (purged): recreate it
+                    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    got, fd = False, None
+            if got:
+                break
+            if time.monotonic() <= deadline:
+                time.sleep(0.1)
                 continue
-        if got:
-            break
-        if time.monotonic() > deadline:
+        except BaseException:  # interrupted while waiting (a notebook's interrupt button): hold nothing
             if fd is not None:
                 os.close(fd)
-            who = holder(path) or "an unknown process"
-            pid = who.split()[0] if who.split() else "?"
-            raise LabBusy(
-                f"Checked that no other labkit command is changing the lab in {root} (lock file {path}): "
-                f"process {who} has held it for more than {limit:.0f}s.",
-                [f"Wait for that command to finish, then run yours again (`ps -o pid,etime,args -p {pid}`).",
-                 f"If it hangs, stop it: `kill {pid}` (the lock is released when it exits).",
-                 "Set VSOLAB_LOCK_TIMEOUT (seconds) to wait longer."],
-            )
-        time.sleep(0.1)
+            raise
+        if fd is not None:
+            os.close(fd)
+        who = holder(path) or "an unknown process"
+        pid = who.split()[0] if who.split() else "?"
+        raise LabBusy(
+            f"Checked that no other labkit command is changing the lab in {root} (lock file {path}): "
+            f"process {who} has held it for more than {limit:.0f}s.",
+            [f"Wait for that command to finish, then run yours again (`ps -o pid,etime,args -p {pid}`).",
+             f"If it hangs, stop it: `kill {pid}` (the lock is released when it exits).",
+             "Set VSOLAB_LOCK_TIMEOUT (seconds) to wait longer."],
+        )
     try:
         yield
     finally:
