@@ -2,7 +2,8 @@
 
 Layout (all under one directory, mode 0700; key and credential files 0600)::
 
-    state.json      ports, lab id, settings such as the VSO cache model
+    state.json      ports, lab id, settings such as the VSO cache model, what was initialised
+    lock            flock'ed by the labkit command changing the lab (labkit/_lock.py)
     secrets.json    OpenBao unseal key and root token, PostgreSQL password
     pki/            CA, serving and client certificates, service-account keys
     kube/           kubeconfigs (admin, VSO)
@@ -21,19 +22,43 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import port_for
 
-from .errors import PortTaken, StateError
+from . import _lock
+from .errors import PortTaken, StateError, UntrustedPath
 
 DEFAULT_STATE = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "vsolab" / "default"
 
 
 _LOCK = threading.RLock()  # `up` starts components in parallel; read-modify-write of the JSON files is serialised
+#: what a lab state directory holds; an existing directory with none of these is not a lab's
+LAB_ENTRIES = ("state.json", "secrets.json", "pki", "kube", "run", "lock")
+
+
+def _who(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _untrusted(path: Path, why: str, *, what: str) -> UntrustedPath:
+    me = _who(os.geteuid())
+    return UntrustedPath(
+        f"Checked that {what} {path} could only have been made by {me}: {why}, so another user could have "
+        "planted or changed it (its keys, passwords or data), and the lab refuses to use it.",
+        [f"Use a state directory only you own: VSOLAB_STATE=$HOME/vsolab-state (or --state), created by {me}.",
+         f"If you made {path} yourself, check its content, then fix owner and mode: "
+         f"`chown -R {me} {path}` and `chmod go-w {path}`.",
+         "Start afresh elsewhere: a new VSOLAB_STATE directory gets its own lab."],
+    )
 
 
 def state_dir_from_env() -> Path:
@@ -84,7 +109,9 @@ class State:
     )
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root).expanduser().absolute() if root else state_dir_from_env()
+        #: the path as given; ``root`` is that path resolved, so one directory is one lab whatever the path
+        self.given = Path(root).expanduser().absolute() if root else state_dir_from_env()
+        self.root = self.given.resolve()
 
     # -- layout -----------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:
@@ -101,6 +128,8 @@ class State:
 
     def ensure(self) -> None:
         """Create the directory tree with private permissions, or explain why not."""
+        self.check_trusted()
+        self._check_lab_dir()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
@@ -112,14 +141,28 @@ class State:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> StateError:
+        return StateError(
+            f"Checked that the lab state directory {self.root} can be created and written: it cannot ({exc.strerror}).",
+            [
+                "Point VSOLAB_STATE (or --state) at a directory you own, e.g. VSOLAB_STATE=$HOME/vsolab-state.",
+                f"Fix the ownership or mode of {self.root} (it must be writable by {pwd.getpwuid(os.getuid()).pw_name}).",
+                "Free disk space if the disk is full (df -h).",
+            ],
+        )
+
+    def _check_lab_dir(self) -> None:
+        """An existing directory must be a lab's (or empty): the lab makes it private and purge deletes it."""
+        if self.root.is_dir() and not any((self.root / e).exists() for e in LAB_ENTRIES) and any(self.root.iterdir()):
             raise StateError(
-                f"Checked that the lab state directory {self.root} can be created and written: it cannot ({exc.strerror}).",
-                [
-                    "Point VSOLAB_STATE (or --state) at a directory you own, e.g. VSOLAB_STATE=$HOME/vsolab-state.",
-                    f"Fix the ownership or mode of {self.root} (it must be writable by {pwd.getpwuid(os.getuid()).pw_name}).",
-                    "Free disk space if the disk is full (df -h).",
-                ],
-            ) from exc
+                f"Checked that {self.root} is a lab state directory or an empty one: it holds other files, and the "
+                "lab would make it private (mode 0700) and `labkit down --purge` would delete it.",
+                ["Point VSOLAB_STATE (or --state) at a new or empty directory, e.g. VSOLAB_STATE=$HOME/vsolab-state.",
+                 f"Check you meant {self.given} (`ls -la {self.root}`).",
+                 "Move the other files out of it first."],
+            )
 
     # -- JSON documents -----------------------------------------------------------------------
     def _read(self, name: str) -> dict[str, Any]:
@@ -127,22 +170,45 @@ class State:
         if not p.exists():
             return {}
         try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise StateError(
-                f"Checked {p}: it is not valid JSON ({exc}).",
-                [
-                    "Run `labkit down --purge` to start from a clean state (Vault data and leases are lost).",
-                    f"Restore {p} from a backup if you have one.",
-                    "Use another state directory with VSOLAB_STATE.",
-                ],
-            ) from exc
+            text = p.read_text()
+            data = json.loads(text) if text.strip() else None
+            kind = {list: "an array", type(None): "null", str: "a string", bool: "a boolean"}.get(type(data), "a number")
+            why = "it is empty" if not text.strip() else f"it holds {kind}, not a JSON object"
+        except OSError as exc:
+            data, why = None, f"it cannot be read ({exc.strerror})"
+        except ValueError as exc:
+            data, why = None, f"it is not valid JSON ({exc})"
+        if isinstance(data, dict):
+            return data
+        if name == "state.json":
+            fixes = [f"Move it aside and run `labkit up`: `mv {p} {p}.damaged`; the lab chooses new ports and keeps "
+                     "its Vault and PostgreSQL data.",
+                     "Or run `labkit down --purge` to start from a clean state (Vault data and leases are lost).",
+                     f"Or restore {p} from a backup."]
+        else:
+            fixes = [f"Restore {p} from a backup: it holds Vault's unseal key and root token and PostgreSQL's password.",
+                     "Or run `labkit down --purge` to start from a clean state (Vault data and leases are lost).",
+                     "Or use another state directory with VSOLAB_STATE."]
+        raise StateError(f"Checked the lab's record {p}: {why}.", fixes)
 
     def read(self) -> dict[str, Any]:
         return self._read("state.json")
 
+    @contextlib.contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """Hold the lab's cross-process lock (re-entrant within this process); see labkit/_lock.py."""
+        self.check_trusted()
+        self._check_lab_dir()
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        with _lock.locked(self.root, what):
+            yield
+
     def update(self, **values: Any) -> dict[str, Any]:
-        with _LOCK:
+        with _LOCK, self.lock("update state.json"):
             return self._update(**values)
 
     def _update(self, **values: Any) -> dict[str, Any]:
@@ -155,7 +221,7 @@ class State:
         return self._read("secrets.json")
 
     def update_secrets(self, **values: Any) -> dict[str, Any]:
-        with _LOCK:
+        with _LOCK, self.lock("update secrets.json"):
             return self._update_secrets(**values)
 
     def _update_secrets(self, **values: Any) -> dict[str, Any]:
@@ -170,9 +236,20 @@ class State:
         return p
 
     # -- ports ------------------------------------------------------------------------------------
+    def recorded_ports(self) -> dict[str, int]:
+        """The ports ``state.json`` records (read-only; none before the first ``up``)."""
+        ports = self.read().get("ports", {})
+        return {k: v for k, v in ports.items() if isinstance(v, int)} if isinstance(ports, dict) else {}
+
     def ports(self) -> dict[str, int]:
         """Return the lab's ports, choosing free ones the first time."""
-        ports: dict[str, int] = dict(self.read().get("ports", {}))
+        if all(n in (recorded := self.recorded_ports()) for n in self.PORT_NAMES):
+            return recorded
+        with _LOCK, self.lock("choose ports"):
+            return self._choose_ports()
+
+    def _choose_ports(self) -> dict[str, int]:
+        ports = self.recorded_ports()
         missing = [n for n in self.PORT_NAMES if n not in ports]
         if missing:
             taken = set(ports.values())
@@ -201,18 +278,70 @@ class State:
 
     # -- clean-up ---------------------------------------------------------------------------------
     def purge(self) -> None:
+        """Delete the state directory and PostgreSQL's data (a symlink is removed, never followed)."""
         for p in (self.root, self.pg_data_dir()):
-            if p.exists():
+            if p.is_symlink():
+                p.unlink()
+            elif p.exists():
                 shutil.rmtree(p)
+
+    def pg_root(self) -> Path:
+        """The root-owned directory holding root-run labs' PostgreSQL data (``VSOLAB_PG_ROOT``)."""
+        return Path(os.environ.get("VSOLAB_PG_ROOT", "/var/lib/vsolab-pg")).absolute()
 
     def pg_data_dir(self) -> Path:
         """PostgreSQL's data directory.
 
         PostgreSQL refuses to run as root, so when the lab runs as root the server runs as an
         unprivileged user, which cannot enter the 0700 state directory (nor, often, its parents).
-        Its data then lives in ``/var/tmp/vsolab-pg/<lab id>`` (override: ``VSOLAB_PG_ROOT``), a
-        directory owned by that user with mode 0700; ``down --purge`` removes it with the rest.
+        Its data then lives in ``/var/lib/vsolab-pg/<lab id>`` (override: ``VSOLAB_PG_ROOT``): the parent is
+        root's, mode 0711, so no other user can create, replace or move anything in it, and the data directory
+        is the PostgreSQL user's, mode 0700. ``down --purge`` removes it with the rest.
         """
         if os.getuid() == 0:
-            return Path(os.environ.get("VSOLAB_PG_ROOT", "/var/tmp/vsolab-pg")) / self.lab_id
+            return self.pg_root() / self.lab_id
         return self.root / "data" / "postgres"
+
+    # -- trust --------------------------------------------------------------------------------------
+    def check_trusted(self) -> None:
+        """Refuse a state directory, ``pki/`` or credential file another user made or can change.
+
+        A symlink on the way to the state directory must be this user's or root's (as the kernel's
+        ``protected_symlinks`` demands in sticky directories), so no one else can redirect the lab.
+        """
+        me = os.geteuid()
+        for p in [*reversed(self.given.parents), self.given]:
+            try:
+                st = os.lstat(p)
+            except OSError:
+                break
+            if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+                raise _untrusted(p, f"it is a symlink owned by {_who(st.st_uid)}", what="the path to the lab state")
+        if self.root.exists() and not self.root.is_dir():
+            return  # ensure() explains a file where the directory should be
+        self._check_owned(self.root, "the lab state directory", directory=True)
+        pki = self.root / "pki"
+        if self._check_owned(pki, "the lab's certificate directory", directory=True):
+            for entry in pki.iterdir():
+                self._check_owned(entry, "the lab's key or certificate", directory=False)
+        for name in ("secrets.json", "state.json"):
+            self._check_owned(self.root / name, "the lab's record", directory=False)
+
+    @staticmethod
+    def _check_owned(path: Path, what: str, *, directory: bool) -> bool:
+        """False when ``path`` does not exist; raise :class:`UntrustedPath` unless it is ours and not writable by others."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            why = "it is a symlink"
+        elif directory != stat.S_ISDIR(st.st_mode):
+            why = "it is not a directory" if directory else "it is not a regular file"
+        elif st.st_uid != os.geteuid():
+            why = f"it is owned by {_who(st.st_uid)}"
+        elif st.st_mode & 0o022:
+            why = f"its mode {stat.S_IMODE(st.st_mode):04o} lets others write to it"
+        else:
+            return True
+        raise _untrusted(path, why, what=what)

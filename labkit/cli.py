@@ -35,6 +35,13 @@ def _lab(args: argparse.Namespace):  # noqa: ANN202
     return get_backend(args.backend, state=args.state)
 
 
+def _lab_or_none(args: argparse.Namespace):  # noqa: ANN202
+    try:
+        return _lab(args)
+    except Exception:  # noqa: BLE001 - only used to name the component in an error message
+        return None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
     t0 = time.monotonic()
@@ -175,6 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LabkitError as exc:
         print(f"labkit {args.cmd}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # The lab stopped answering mid-command (API server, Vault or PostgreSQL gone): one paragraph, no traceback.
+        from ._lost import explain
+
+        lost = explain(exc, _lab_or_none(args), f"`labkit {args.cmd}`")
+        if lost is None:
+            raise
+        print(f"labkit {args.cmd}: {lost}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"labkit {args.cmd}: interrupted", file=sys.stderr)

@@ -47,6 +47,7 @@ def local_checks() -> list[Result]:
     for p in install.PRODUCTS.values():
         out.append(Result(f"{p.name} {p.version} binaries", p.built(), str(p.dir),
                           f"run `labkit install` (builds {p.name} from the Go module proxy once)"))
+    out.append(_disk())
     if os.getuid() == 0:
         out.append(Result("running as root", True,
                           "PostgreSQL and pods never run as root: the lab runs them as unprivileged users"))
@@ -62,6 +63,20 @@ def _pods_python() -> Result:
         python = None
     return Result("a Python the pods' user can run", python is not None, str(python or ""),
                   "apt-get install python3 python3-psycopg (the lab's Python is out of that user's reach)")
+
+
+def _disk() -> Result:
+    """Free space where the lab keeps its data (etcd alone preallocates a 64 MB write-ahead log)."""
+    from ._repair import MIN_FREE, free_bytes
+    from ._state import State
+
+    st = State()
+    where = [st.root] + ([st.pg_root()] if os.getuid() == 0 else [])
+    free = {p: free_bytes(p) for p in where}
+    low = [p for p, b in free.items() if b < MIN_FREE]
+    detail = ", ".join(f"{b // 2**20} MB free at {p}" for p, b in free.items())
+    return Result("free disk space (≥ 100 MB)", not low, detail,
+                  f"free space on the file system of {low[0]} (`df -h {low[0]}`) or set VSOLAB_STATE elsewhere" if low else "")
 
 
 def doctor(backend: str = "local") -> list[Result]:

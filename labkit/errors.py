@@ -68,3 +68,19 @@ class CheckFailed(LabkitError):
 
 class ParameterError(LabkitError):
     """A notebook parameter or CLI option has the wrong value or type."""
+
+
+class UntrustedPath(StateError):
+    """A path the lab would use could have been created or changed by another user."""
+
+
+class LabBusy(StateError):
+    """Another labkit process holds the lab's lock for longer than the wait allows."""
+
+
+class LostConnection(NotRunning):
+    """A lab component stopped answering in the middle of a command."""
+
+
+class DiskFull(ComponentError):
+    """Too little free disk space for the lab's data."""

@@ -13,6 +13,7 @@ import importlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ import psutil
 import requests
 import urllib3
 
-from . import _procs, _runas, install
+from . import _procs, _repair, _runas, install
 from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
 from .errors import ComponentError, NotRunning, ParameterError, StateError, SyncError
@@ -50,6 +51,13 @@ KCM_CONTROLLERS = ",".join([
     "root-ca-certificate-publisher-controller",
 ])
 CACHE_MODELS = ("none", "direct-unencrypted", "direct-encrypted")
+
+
+class _Aborted(ComponentError):
+    """Another component of the same ``up`` failed; this one stopped waiting (the other's error is reported)."""
+
+    def __init__(self) -> None:
+        super().__init__("Stopped starting a component because another one failed.", ["See the other error."])
 
 
 @dataclass
@@ -171,12 +179,22 @@ class Component:
             self.state.check_port_free(extra, self.lab.ports[extra], f"See {self.log}.")
         self.prepare()
         command = self.command()
+        abort = self.lab._abort
+
+        def check() -> bool:
+            if abort.is_set():
+                raise _Aborted
+            return self.check()
+
         daemon = _procs.Daemon(
-            command, check=self.check, tag=self.tag, log=self.log, env=self.env(), timeout=self.timeout,
+            command, check=check, tag=self.tag, log=self.log, env=self.env(), timeout=self.timeout,
             user=self.user(), cwd=str(self.state.root) if not self.user() else "/",
         )
         try:
             _procs.start(daemon, self.pidfile)
+        except _Aborted:
+            daemon.kill()
+            raise
         except _procs.ProcessExitedWithError as exc:
             raise ComponentError(
                 f"Started {self.name} and checked that it stays up: it exited with code {exc.exit_code}.",
@@ -379,16 +397,28 @@ class Postgres(Component):
 
     def prepare(self) -> None:
         data = self.state.pg_data_dir()
+        user = self._user()
+        if user:
+            _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid, create=False)
         if (data / "PG_VERSION").exists():
             return
-        user = self._user()
-        data.parent.mkdir(parents=True, exist_ok=True)
+        # Either record says a database was made: state.json, or its password in secrets.json (kept after initdb only).
+        made = self.state.read().get("pg_initialised") or self.state.secrets().get("postgres_password")
+        if made:
+            raise StateError(
+                f"Checked PostgreSQL's data directory {data}: it has no database, but this lab initialised one there "
+                f"(recorded in state.json and secrets.json), so its data was moved or deleted. Starting an empty "
+                "database instead would leave Vault's roles and leases pointing at users that no longer exist.",
+                [f"Put the data back in {data} (from where it was moved, or a backup), then run `labkit up`.",
+                 "Or start a fresh lab: `labkit down --purge`, then `labkit up` (Vault data and leases are lost too).",
+                 "Or use another state directory (VSOLAB_STATE)."],
+            )
         if user:
-            os.chmod(data.parent, 0o755)  # traversable, so the PostgreSQL user reaches its own 0700 directory
-        data.mkdir(exist_ok=True)
+            _safe_pg_dirs(self.state.pg_root(), data, pwd.getpwnam(user).pw_uid, create=True)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, exist_ok=True)
         os.chmod(data, 0o700)
-        password = self.state.secrets().get("postgres_password") or uuid.uuid4().hex
-        self.state.update_secrets(postgres_password=password)
+        password = uuid.uuid4().hex
         pwdir = Path(tempfile.mkdtemp(prefix="vsolab-initdb-"))
         pwfile = pwdir / "pw"
         pwfile.write_text(password)
@@ -412,6 +442,8 @@ class Postgres(Component):
             ) from None
         finally:
             shutil.rmtree(pwdir, ignore_errors=True)
+        self.state.update_secrets(postgres_password=password)
+        self.state.update(pg_initialised=str(data))
 
     def command(self) -> list[str]:
         return [
@@ -433,6 +465,43 @@ class Postgres(Component):
 
         with psycopg.connect(self.lab.pg_dsn(), connect_timeout=2) as conn:
             return str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
+
+
+def _safe_pg_dirs(root: Path, data: Path, pg_uid: int, *, create: bool) -> None:
+    """Make (or check) root's PostgreSQL tree: ``root`` is root's, mode 0711; ``data`` the PostgreSQL user's, 0700.
+
+    Nothing on the way may be a symlink or owned by anyone else: a user who could create or rename entries
+    there could point root's ``chown``/``chmod`` at any directory, or move the lab's database away.
+    """
+    from ._state import _untrusted
+
+    try:
+        root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ComponentError(
+            f"Checked that PostgreSQL's data root {root} can be created: it cannot ({exc.strerror}).",
+            ["Create it as root: `install -d -m 0711 -o root " + str(root) + "`.",
+             "Or set VSOLAB_PG_ROOT to a directory root owns that no one else can write.", "Free disk space (`df -h`)."],
+        ) from None
+    st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        why = ("it is a symlink" if stat.S_ISLNK(st.st_mode) else f"it is owned by uid {st.st_uid}" if st.st_uid
+               else f"its mode {stat.S_IMODE(st.st_mode):04o} lets others write to it")
+        raise _untrusted(root, why, what="PostgreSQL's data root")
+    if stat.S_IMODE(st.st_mode) & 0o011 != 0o011:
+        os.chmod(root, stat.S_IMODE(st.st_mode) | 0o011)  # traversable, so the PostgreSQL user reaches its directory
+    try:
+        st = os.lstat(data)
+    except FileNotFoundError:
+        if not create:
+            return
+        data.mkdir(mode=0o700)
+        os.chown(data, pg_uid, -1)
+        st = os.lstat(data)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, pg_uid) or st.st_mode & 0o077:
+        why = ("it is a symlink" if stat.S_ISLNK(st.st_mode) else f"it is owned by uid {st.st_uid}"
+               if st.st_uid not in (0, pg_uid) else f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0700")
+        raise _untrusted(data, why, what="PostgreSQL's data directory")
 
 
 class OpenBao(Component):
@@ -618,6 +687,12 @@ class LocalLab:
         self._ports: dict[str, int] | None = None
         self.components = {c.name: c(self) for c in ORDER}
         self._kube: Any = None
+        #: set when one of ``up``'s parallel start-up chains failed: the others stop waiting at once
+        self._abort = threading.Event()
+
+    def lock(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """The lab's cross-process lock (``stage`` holds it while it changes the lab)."""
+        return self.state.lock(what)
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -668,6 +743,7 @@ class LocalLab:
         return "127.0.0.1", self.ports["postgres"]
 
     def env(self) -> dict[str, str]:
+        self.vault_token  # noqa: B018 - before the lab is up: explain, and choose no ports
         return {
             "VAULT_ADDR": self.vault_addr, "BAO_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token,
             "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
@@ -704,11 +780,21 @@ class LocalLab:
         if not all(p.built() for p in install.PRODUCTS.values()):
             say("Some binaries are not built yet; running `labkit install` first.")
             install.install()
+        with self.state.lock("labkit up"):
+            return self._up(say)
+
+    def _up(self, say: Callable[[str], None]) -> dict[str, str]:
         self.state.ensure()
+        self._ports, self._kube = None, None  # another process may have changed them while this one waited
+        _repair.check_secrets(self)
+        lost = _repair.pki_lost(self)
+        if lost:
+            _repair.reset_pki(self, say)
         ensure_pki(self.state)
         ensure_etcd_pki(self.state)
         ensure_kubelet_pki(self.state)
         self._ensure_tools()
+        old = _repair.stale(self) | ({"ca": "lost"} if lost else {})
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         found_running = {name for name, comp in self.components.items() if comp.pid()}
@@ -729,13 +815,21 @@ class LocalLab:
         # server starts and registers its node once it answers. So three chains run side by side.
         self._preflight()
         try:
-            _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"))
+            self._abort.clear()
+            _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"), abort=self._abort)
+            if "ca" in old:
+                _repair.retoken(self)
+            if {"ca", "apiserver"} & set(old):
+                self.state.update(bootstrapped=None)  # VSO's kubeconfig names the old address or holds an old token
+                self.components["vso"].stop()
             if not self._bootstrapped():
                 warm.join()
                 from . import _bootstrap
 
                 _bootstrap.cluster(self)
             ensure("vso")
+            if old:
+                _repair.propagate(self, old, say)
         except BaseException:
             # Leave the lab as this call found it: stop what it started (state and data are kept).
             for name in reversed(list(self.components)):
@@ -743,7 +837,7 @@ class LocalLab:
                     self.components[name].stop()
             raise
         actions = {name: actions[name] for name in self.components}
-        self.state.update(last_up=time.time())
+        self.state.update(last_up=time.time(), applied=_repair.applied(self))
         return actions
 
     def _bootstrapped(self) -> bool:
@@ -758,7 +852,9 @@ class LocalLab:
             return False
 
     def _preflight(self) -> None:
-        """Before starting anything: every binary can run and every port of a stopped component is free."""
+        """Before starting anything: every binary can run, every port of a stopped component is free, disk is free."""
+        if not all(comp.pid() for comp in self.components.values()):
+            _repair.check_disk(self)
         for comp in self.components.values():
             if comp.pid():
                 continue
@@ -775,7 +871,24 @@ class LocalLab:
                 self.state.check_port_free(name, self.ports[name], f"See {comp.log}.")
 
     def down(self, purge: bool = False) -> list[str]:
-        """Stop every component (pods first, Vault data kept unless ``purge``); no process or port is left."""
+        """Stop every component (pods first, Vault data kept unless ``purge``); no process or port is left.
+
+        Works on damaged state too: processes are found by pid file and by the lab's tag, not by ``state.json``.
+        """
+        if not self.state.root.exists():
+            stopped = self._down()
+            if purge:
+                _runas.purge_pod_root(self.state)
+                self.state.purge()
+            return stopped
+        with self.state.lock("labkit down" + (" --purge" if purge else "")):
+            stopped = self._down()
+            if purge:
+                _runas.purge_pod_root(self.state)
+                self.state.purge()
+        return stopped
+
+    def _down(self) -> list[str]:
         stopped = []
         known = set()  # every pid this lab recorded, alive or not: reaped below if this process started them
         for f in self.state.path("run").glob("*.pid") if self.state.root.exists() else []:
@@ -798,19 +911,25 @@ class LocalLab:
                 except ChildProcessError:  # not our child, or already collected
                     break
                 time.sleep(0.05)
-        # A killed multi-threaded server can hold its listening socket a moment longer: wait for the lab's ports.
-        if self.state.root.exists():
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not all(port_free(p) for p in self.ports.values()):
-                time.sleep(0.1)
-        if purge:
-            _runas.purge_pod_root(self.state)
-            self.state.purge()
+        # A killed multi-threaded server can hold its listening socket a moment longer: wait for the lab's ports
+        # (those state.json records; a damaged state.json records none, and the processes are gone anyway).
+        try:
+            ports = list(self.state.recorded_ports().values()) if self.state.root.exists() else []
+        except StateError:
+            ports = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(port_free(p) for p in ports):
+            time.sleep(0.1)
         return stopped
 
     def status(self) -> list[Health]:
+        """Read-only: nothing is written, not even ports (before the first ``up`` there are none)."""
         if not self.state.root.exists():
             return [Health(n, None, "", False, "", "no state") for n in self.components]
+        recorded = self.state.recorded_ports()
+        if not all(n in recorded for n in State.PORT_NAMES):
+            return [Health(n, None, "", False, "", "not set up (run `labkit up`)") for n in self.components]
+        self._ports = recorded
         return [c.status() for c in self.components.values()]
 
     def healthy(self) -> bool:
@@ -818,17 +937,18 @@ class LocalLab:
 
     def restart_operator(self, *, client_cache_persistence_model: str | None = None) -> None:
         """Restart the VSO manager, optionally with another client-cache model."""
-        if client_cache_persistence_model is not None:
-            if client_cache_persistence_model not in CACHE_MODELS:
-                raise ParameterError(
-                    f"Checked the client-cache persistence model {client_cache_persistence_model!r}: VSO knows {CACHE_MODELS}.",
-                    ["Use 'direct-encrypted' for the encrypted cache (needs the transit VaultAuth).",
-                     "Use 'none' for VSO's default (no persistence).", "Use 'direct-unencrypted' only to experiment."])
-            vso = dict(self.state.read().get("vso", {}))
-            vso["client_cache_persistence_model"] = client_cache_persistence_model
-            self.state.update(vso=vso)
-        self.components["vso"].stop()
-        self.components["vso"].ensure()
+        if client_cache_persistence_model is not None and client_cache_persistence_model not in CACHE_MODELS:
+            raise ParameterError(
+                f"Checked the client-cache persistence model {client_cache_persistence_model!r}: VSO knows {CACHE_MODELS}.",
+                ["Use 'direct-encrypted' for the encrypted cache (needs the transit VaultAuth).",
+                 "Use 'none' for VSO's default (no persistence).", "Use 'direct-unencrypted' only to experiment."])
+        with self.state.lock("restart the VSO manager"):
+            if client_cache_persistence_model is not None:
+                vso = dict(self.state.read().get("vso", {}))
+                vso["client_cache_persistence_model"] = client_cache_persistence_model
+                self.state.update(vso=vso)
+            self.components["vso"].stop()
+            self.components["vso"].ensure()
 
     def operator_settings(self) -> dict[str, Any]:
         return {"client_cache_persistence_model": "none", **self.state.read().get("vso", {})}
@@ -838,7 +958,9 @@ class LocalLab:
         pid = self.components[name].pid()
         if pid:
             psutil.Process(pid).kill()
-            psutil.Process(pid).wait(5) if psutil.pid_exists(pid) else None
+            # Gone, or a zombie its parent has not collected yet (a lab started by another process, e.g. a kernel's).
+            _procs._wait_gone(pid, 5)
+            _procs._reap(pid, 0)
 
     def _write_admin_kubeconfig(self) -> None:
         pki = self.state.path("pki")
@@ -906,8 +1028,12 @@ class LocalLab:
         return events_supported(self)
 
 
-def _parallel(*steps: Callable[[], None]) -> None:
-    """Run ``steps`` in threads; re-raise the first error (a LabkitError reaches the user as is)."""
+def _parallel(*steps: Callable[[], None], abort: threading.Event | None = None) -> None:
+    """Run ``steps`` in threads; re-raise the first error (a LabkitError reaches the user as is).
+
+    The first failure sets ``abort``, so the other steps stop waiting for their components (which may
+    depend on the failed one) instead of running into their own timeouts.
+    """
     errors: list[BaseException] = []
 
     def run(step: Callable[[], None]) -> None:
@@ -915,6 +1041,8 @@ def _parallel(*steps: Callable[[], None]) -> None:
             step()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             errors.append(exc)
+            if abort is not None:
+                abort.set()
 
     threads = [threading.Thread(target=run, args=(s,)) for s in steps]
     for t in threads:

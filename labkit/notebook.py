@@ -13,8 +13,12 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._lost import CONNECTION_ERRORS, explain
 from .backends import get_backend
 from .errors import LabkitError, NotRunning, ParameterError
+
+#: the lab of the last ``setup`` in this kernel, to name the component that stops answering
+_current_lab: Any = None
 
 #: name → (type, learner default)
 SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -85,12 +89,19 @@ def _short_errors() -> None:
     if ip is None:
         return
 
-    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str] | None:
+        if not isinstance(value, LabkitError):
+            # A part of the lab stopped answering mid-cell: say which, as one paragraph.
+            lost = explain(value, _current_lab, "this cell")
+            if lost is None:
+                shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+                return None
+            etype, value = type(lost), lost
         stb = [f"\x1b[1;31m{etype.__name__}\x1b[0m: {value}"]
         shell._showtraceback(etype, value, stb)
         return stb
 
-    ip.set_custom_exc((LabkitError,), handler)
+    ip.set_custom_exc((LabkitError, *CONNECTION_ERRORS), handler)
 
 
 def use_lab_env(lab: Any) -> list[str]:
@@ -124,7 +135,8 @@ def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) 
     _short_errors()
     p = validate(params)
     params.update(p)
-    lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
+    global _current_lab
+    lab = _current_lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
     use_lab_env(lab)
     if start:
         return Session(lab, p)

@@ -6,6 +6,7 @@ notebooks call; everything later notebooks create is removed. Idempotent.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -101,11 +102,14 @@ def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> lis
         )
     p = validate(params or {k: d for k, (_, d) in SPEC.items()})
     done = []
-    for k in sorted(STAGES, reverse=True):
-        if k >= n:
-            STAGES[k][1](lab)
-    for k in sorted(STAGES):
-        if k < n:
-            STAGES[k][0](lab, p)
-            done.append(NOTEBOOKS[k])
+    # One writer at a time: `labkit up`/`down` or another `stage` on the same lab wait for this one.
+    lock = getattr(lab, "lock", None)
+    with lock(f"labkit stage {n}") if lock else contextlib.nullcontext():
+        for k in sorted(STAGES, reverse=True):
+            if k >= n:
+                STAGES[k][1](lab)
+        for k in sorted(STAGES):
+            if k < n:
+                STAGES[k][0](lab, p)
+                done.append(NOTEBOOKS[k])
     return done

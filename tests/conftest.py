@@ -18,7 +18,7 @@ def local_lab() -> Iterator[object]:
     if missing:
         pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing) + " — run `labkit doctor`")
     # Not tmp_path_factory: its 0700 base directory would keep out the unprivileged user PostgreSQL
-    # runs as under root, whose data lives beside the state directory (``<state>-pg``).
+    # runs as under root (its data lives in /var/lib/vsolab-pg/<lab id>, see State.pg_data_dir).
     lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-test-"))
     try:
         lab.up(progress=lambda m: None)

@@ -433,3 +433,84 @@ def test_cli_up_names_the_recorded_port_someone_took_while_the_lab_was_down(lab:
     assert lab.healthy()
     assert vault.kv_get(lab, lab.names.kv_mount, lab.names.kv_path)["data"] == secret_before
 
+
+
+# -- the lab dying in the middle of a command ------------------------------------------------------------------
+@pytest.mark.lab
+def test_cli_stage_when_the_api_server_dies_midway(lab: LocalLab) -> None:
+    """``labkit stage 4`` from a clean cluster; kube-apiserver is killed as soon as the stage has begun."""
+    from kubernetes import client as kclient
+
+    root = str(lab.state.root)
+    assert cli("--state", root, "stage", "1").returncode == 0  # nothing of notebooks 01-03 is left
+    core = kclient.CoreV1Api(lab.kube)
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "--state", root, "stage", "4"], cwd=str(REPO), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    try:
+        while proc.poll() is None and lab.names.vault_ns not in {ns.metadata.name for ns in core.list_namespace().items}:
+            time.sleep(0.05)
+        lab.kill("apiserver")
+        out, err = proc.communicate(timeout=300)
+        msg = cli_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), "stage",
+                        "Kubernetes API server", "stopped answering", "labkit status", "labkit up")
+        assert f"127.0.0.1:{lab.ports['apiserver']}" in msg and "apiserver.log" in msg
+    finally:
+        proc.kill()
+        proc.wait()
+        lab.up(progress=lambda m: None)
+        from labkit.stages import prepare_stage
+
+        prepare_stage(lab, 3, PARAMS)
+
+
+@pytest.mark.lab
+def test_notebook_cell_when_the_api_server_dies(lab: LocalLab, tmp_path: Path) -> None:
+    """A notebook connected to the lab; the API server dies; the next cell fails with one paragraph."""
+    pm = pytest.importorskip("papermill")
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom labkit import connect, notebook\n"
+                                  f"s = notebook.setup({{'STATE_DIR': {str(lab.state.root)!r}, 'INTERACTIVE': False}}, 1)\n"
+                                  "lab = s.lab"),
+        nbformat.v4.new_code_cell('lab.kill("apiserver")'),
+        nbformat.v4.new_code_cell("connect.create_vault_namespace(lab)"),
+    ]
+    src, out = tmp_path / "dying.ipynb", tmp_path / "dying.out.ipynb"
+    nbformat.write(nb, str(src))
+    try:
+        with pytest.raises(pm.PapermillExecutionError) as info:
+            pm.execute_notebook(str(src), str(out), progress_bar=False, kernel_name="python3")
+        assert info.value.ename == "LostConnection", (info.value.ename, info.value.evalue)
+        failed = [o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"
+                  for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert len(failed) == 1
+        shown = "\n".join(failed[0]["traceback"])
+        assert "Traceback" not in shown and 'File "' not in shown and "----> " not in shown, shown
+        one_paragraph(re.sub(r"\x1b\[[0-9;]*m", "", shown).split(": ", 1)[1])
+        assert "Kubernetes API server" in shown and "labkit up" in shown
+    finally:
+        lab.up(progress=lambda m: None)
+
+
+# -- start-up checks ---------------------------------------------------------------------------------------------
+def test_cli_up_on_a_nearly_full_disk_names_the_disk(tmp_path: Path) -> None:
+    """A 40 MB file system cannot hold etcd's 64 MB write-ahead log: `up` says so before starting anything."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        root = small / "state"
+        proc = cli("--state", str(root), "up")
+        cli_error(proc, "up", "free disk space", "MB free", "64 MB", "df -h")
+        assert not lab_processes(root)
+        doctor = cli("--state", str(root), "doctor", env={"VSOLAB_STATE": str(root)})
+        assert "free disk space" in doctor.stdout and doctor.returncode == 1, doctor.stdout
+    finally:
+        LocalLab(small / "state").down(purge=True)
+        subprocess.run(["umount", str(small)], check=True)

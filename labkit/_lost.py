@@ -1,0 +1,120 @@
+"""The lab going away in the middle of a command: turn a connection error into one paragraph.
+
+A notebook cell or ``labkit stage N`` talks to the API server (kubernetes client, urllib3), Vault (hvac,
+requests) and PostgreSQL (psycopg). When one of them stops answering, the error is recognised by its type and
+the port it was talking to (never by its message text), and named after the lab component on that port.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import requests
+import urllib3
+import urllib3.connection
+import urllib3.connectionpool
+
+from .errors import LostConnection
+
+#: component names as ``labkit status`` shows them, by the port name in state.json
+_COMPONENTS = {"apiserver": "the Kubernetes API server (kube-apiserver)", "openbao": "Vault (OpenBao)",
+               "postgres": "PostgreSQL", "etcd": "etcd", "agent": "the node agent", "vso_probe": "the VSO manager"}
+
+
+def _psycopg_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return ()
+    return (psycopg.OperationalError,)
+
+
+#: exception types that can mean "a part of the lab stopped answering" (refined by :func:`explain`)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError, requests.exceptions.RequestException, ConnectionError, *_psycopg_errors(),
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+def _port(exc: BaseException) -> int | None:
+    """The port a connection error was about, from the exception's attributes."""
+    pool = getattr(exc, "pool", None)
+    if pool is not None and getattr(pool, "port", None):
+        return int(pool.port)
+    conn = getattr(exc, "conn", None)
+    if conn is not None and getattr(conn, "port", None):
+        return int(conn.port)
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None)
+    if isinstance(url, str):
+        return urllib.parse.urlsplit(url).port
+    # A connection dropped mid-response (ProtocolError) carries no address: the connection it was read from,
+    # a local of the frames it was raised through, does.
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (urllib3.connectionpool.HTTPConnectionPool, urllib3.connection.HTTPConnection)) and value.port:
+                return int(value.port)
+        tb = tb.tb_next
+    return None
+
+
+def _connection_error(exc: BaseException) -> tuple[bool, int | None]:
+    """(is it the lab not answering, the port) for one exception of a chain."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        psycopg = None  # type: ignore[assignment]
+    if isinstance(exc, (urllib3.exceptions.MaxRetryError, urllib3.exceptions.NewConnectionError,
+                        urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
+                        requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        ConnectionRefusedError, ConnectionResetError)):
+        return True, _port(exc)
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
+        return True, None  # no SQLSTATE: the server did not answer at all (a refused login has one)
+    return False, None
+
+
+def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None:
+    """A :class:`LostConnection` for ``exc`` when it is the lab not answering, else None."""
+    if isinstance(exc, LostConnection):
+        return exc
+    port = None
+    found = False
+    for e in _chain(exc):
+        hit, p = _connection_error(e)
+        if hit:
+            found, port = True, port or p
+        if found and port:
+            break
+    if not found:
+        return None
+    state = getattr(lab, "state", None)
+    ports: dict[str, int] = {}
+    if state is not None:
+        try:
+            ports = state.recorded_ports()
+        except Exception:  # noqa: BLE001 - a damaged state.json must not hide the real problem
+            ports = {}
+    name = next((n for n, p in ports.items() if p == port), None)
+    if name is None and port is None and type(exc).__module__.startswith("psycopg"):
+        name = "postgres"
+    what = _COMPONENTS.get(name or "", "a part of the lab") + (f" at 127.0.0.1:{port}" if port else "")
+    fixes = ["Run `labkit status` to see which part of the lab is down.",
+             f"Run `labkit up` to start it again (data is kept), then run {command} again."]
+    if state is not None and name:
+        log = state.path("logs", f"{'vso' if name == 'vso_probe' else name}.log")
+        fixes.append(f"If it stops again, read its log: {log}")
+    else:
+        fixes.append("Run `labkit doctor` if `labkit up` fails.")
+    return LostConnection(f"Checked the lab while running {command}: {what} stopped answering "
+                          f"({type(exc).__name__}).", fixes)
