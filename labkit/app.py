@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from . import k8s
 from .display import Done, mask
@@ -58,10 +59,13 @@ def manifests(namespace: str, secret_name: str, db_host: str, db_port: int, name
 def deploy(lab: Any, namespace: str, secret_name: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Done:
     """Apply the app's Deployment and wait until a pod is Ready."""
     host, port = lab.pg_address_for_pods if hasattr(lab, "pg_address_for_pods") else lab.pg_address
-    k8s.apply(lab.kube, manifests(namespace, secret_name, host, port, name))
+    objs = manifests(namespace, secret_name, host, port, name)
+    k8s.apply(lab.kube, objs)
     pod = wait_ready(lab, namespace, name, timeout)
+    # The same manifests as a command that runs as shown (the ConfigMap carries the app's code, so it is long).
+    docs = yaml.safe_dump_all(objs, sort_keys=False).rstrip()
     return Done(f"deployed {name} in {namespace}; pod {pod.metadata.name} is Ready",
-                f"kubectl apply -f deployment.yaml -n {namespace}\nkubectl get pods -n {namespace}")
+                f"kubectl apply -n {namespace} -f - <<'EOF'\n{docs}\nEOF\nkubectl get pods -n {namespace}")
 
 
 def wait_ready(lab: Any, namespace: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Any:

@@ -50,7 +50,9 @@ def create_token_reviewer(lab: Any) -> Done:
         f"service account {n.vault_ns}/{n.reviewer_sa}, its token Secret {n.reviewer_secret}, and a binding to "
         "system:auth-delegator (so its token may call TokenReview)",
         f"kubectl create serviceaccount {n.reviewer_sa} -n {n.vault_ns}\n"
-        f"kubectl apply -f vault-auth-secret.yaml   # type kubernetes.io/service-account-token\n"
+        f"kubectl apply -f - <<'EOF'\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {n.reviewer_secret}\n"
+        f"  namespace: {n.vault_ns}\n  annotations:\n    kubernetes.io/service-account.name: {n.reviewer_sa}\n"
+        f"type: kubernetes.io/service-account-token\nEOF\n"
         f"kubectl create clusterrolebinding {n.reviewer_binding} --clusterrole=system:auth-delegator "
         f"--serviceaccount={n.vault_ns}:{n.reviewer_sa}",
     )

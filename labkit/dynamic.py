@@ -180,8 +180,11 @@ def app_status(lab: Any) -> Done:
     body = dict(body)
     if "connected_as" in body:
         body["connected_as"] = short_user(body["connected_as"])
-    return Done(f"/status answered {code}", f"kubectl port-forward -n {n.dynamic_ns} deploy/{n.app} 8080 & curl localhost:8080/status",
-                body)
+    if lab.backend == "local":  # pods are local processes: the pod's own loopback port, no port-forward
+        cmd = f"curl -s {lab.app_url(n.dynamic_ns, n.app)}/status"
+    else:
+        cmd = f"kubectl port-forward -n {n.dynamic_ns} deploy/{n.app} 8080:8080 & sleep 2; curl -s localhost:8080/status; kill %1"
+    return Done(f"/status answered {code}", cmd, body)
 
 
 def check(lab: Any) -> Check:

@@ -9,6 +9,7 @@ arguments on the local lab).
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import hvac
@@ -222,9 +223,12 @@ def create_database_role(lab: Any, name: str, *, db_name: str, creation_statemen
     """POST /:mount/roles/:name."""
     client(lab).write(f"{mount}/roles/{name}", db_name=db_name, creation_statements=creation_statements,
                       revocation_statements=revocation_statements, default_ttl=default_ttl, max_ttl=max_ttl)
+    # The statements inline (each a separate value, as the API takes a list), so the command runs as shown.
+    quoted = [f"creation_statements={shlex.quote(st)}" for st in creation_statements]
+    quoted += [f"revocation_statements={shlex.quote(st)}" for st in revocation_statements]
     return Done(f"wrote the database role {name} (default_ttl={default_ttl}, max_ttl={max_ttl})",
-                f"vault write {mount}/roles/{name} db_name={db_name} creation_statements=@create.sql "
-                f"revocation_statements=@revoke.sql default_ttl={default_ttl} max_ttl={max_ttl}")
+                f"vault write {mount}/roles/{name} db_name={db_name} \\\n    " + " \\\n    ".join(quoted)
+                + f" \\\n    default_ttl={default_ttl} max_ttl={max_ttl}")
 
 
 def read_database_role(lab: Any, name: str, mount: str = "database") -> dict[str, Any]:
