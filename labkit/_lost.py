@@ -7,6 +7,7 @@ the port it was talking to (never by its message text), and named after the lab 
 
 from __future__ import annotations
 
+import socket
 import urllib.parse
 from typing import Any
 
@@ -34,6 +35,14 @@ def _psycopg_errors() -> tuple[type[BaseException], ...]:
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError, requests.exceptions.RequestException, ConnectionError, *_psycopg_errors(),
 )
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -80,7 +89,9 @@ def _connection_error(exc: BaseException) -> tuple[bool, int | None]:
                         ConnectionRefusedError, ConnectionResetError)):
         return True, _port(exc)
     if psycopg is not None and isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
-        return True, None  # no SQLSTATE: the server did not answer at all (a refused login has one)
+        # No SQLSTATE: the connection failed. libpq gives none for a refused login either, so explain() asks the
+        # socket whether PostgreSQL still listens before calling it gone.
+        return True, None
     return False, None
 
 
@@ -107,7 +118,9 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
             ports = {}
     name = next((n for n, p in ports.items() if p == port), None)
     if name is None and port is None and type(exc).__module__.startswith("psycopg"):
-        name = "postgres"
+        name, port = "postgres", ports.get("postgres")
+        if port and _listening(port):
+            return None  # PostgreSQL answers: it refused this connection (a login), it did not go away
     what = _COMPONENTS.get(name or "", "a part of the lab") + (f" at 127.0.0.1:{port}" if port else "")
     fixes = ["Run `labkit status` to see which part of the lab is down.",
              f"Run `labkit up` to start it again (data is kept), then run {command} again."]

@@ -514,3 +514,33 @@ def test_cli_up_on_a_nearly_full_disk_names_the_disk(tmp_path: Path) -> None:
     finally:
         LocalLab(small / "state").down(purge=True)
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_refused_postgres_login_is_not_called_a_lost_lab(tmp_path: Path) -> None:
+    """libpq gives no SQLSTATE for a failed connection, refused or not: the socket tells them apart."""
+    import socket
+
+    import psycopg
+
+    from labkit import _lost
+    from labkit._state import State
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    state = State(tmp_path / "s")
+    state.ensure()
+    state.update(ports={"postgres": port})
+
+    class Lab:
+        pass
+
+    lab = Lab()
+    lab.state = state  # type: ignore[attr-defined]
+    exc = psycopg.OperationalError("connection failed: FATAL:  password authentication failed")
+    assert exc.sqlstate is None
+    assert _lost.explain(exc, lab, "this cell") is None  # it answers: a refused login, not a lost lab
+    listener.close()
+    lost = _lost.explain(exc, lab, "this cell")
+    assert lost is not None and "PostgreSQL" in str(lost) and str(port) in str(lost)
