@@ -365,7 +365,7 @@ class Postgres(Component):
                     f"Put the data back in {data} (from where it was moved, or a backup), then run `labkit up`.")
             raise StateError(
                 f"Checked PostgreSQL's data directory {data}: it has no database, but this lab initialised one "
-                f"(recorded in state.json and secrets.json), so its data was moved or deleted. Starting an empty "
+                f"(its records in {self.state.root} say so), so its data was moved or deleted. Starting an empty "
                 "database instead would leave Vault's roles and leases pointing at users that no longer exist.",
                 [back,
                  "Or start a fresh lab: `labkit down --purge`, then `labkit up` (Vault data and leases are lost too).",
