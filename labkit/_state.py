@@ -332,7 +332,7 @@ class State:
         """False when ``path`` does not exist; raise :class:`UntrustedPath` unless it is ours and not writable by others."""
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # ensure() explains a file where a directory should be
             return False
         if stat.S_ISLNK(st.st_mode):
             why = "it is a symlink"

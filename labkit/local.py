@@ -405,11 +405,16 @@ class Postgres(Component):
         # Either record says a database was made: state.json, or its password in secrets.json (kept after initdb only).
         made = self.state.read().get("pg_initialised") or self.state.secrets().get("postgres_password")
         if made:
+            # older labkit kept root's databases in /var/tmp/vsolab-pg, where any user could plant or move them
+            old = Path("/var/tmp/vsolab-pg") / self.state.lab_id
+            back = (f"Move it from where older labkit kept it, once you checked it is the lab's (owned by {user}): "
+                    f"`mv {old} {data}`, then run `labkit up`." if user and (old / "PG_VERSION").exists() else
+                    f"Put the data back in {data} (from where it was moved, or a backup), then run `labkit up`.")
             raise StateError(
-                f"Checked PostgreSQL's data directory {data}: it has no database, but this lab initialised one there "
-                f"(recorded in state.json and secrets.json), so its data was moved or deleted. Starting an empty "
+                f"Checked PostgreSQL's data directory {data}: it has no database, but this lab initialised one "
+                f"(its records in {self.state.root} say so), so its data was moved or deleted. Starting an empty "
                 "database instead would leave Vault's roles and leases pointing at users that no longer exist.",
-                [f"Put the data back in {data} (from where it was moved, or a backup), then run `labkit up`.",
+                [back,
                  "Or start a fresh lab: `labkit down --purge`, then `labkit up` (Vault data and leases are lost too).",
                  "Or use another state directory (VSOLAB_STATE)."],
             )

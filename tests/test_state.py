@@ -312,6 +312,25 @@ def test_a_database_moved_away_is_not_replaced_by_an_empty_one(staged_lab):
 
 
 @pytest.mark.lab
+def test_a_deleted_pods_log_goes_with_it(staged_lab):
+    """Pod log files do not pile up: the node agent removes a pod's log when the pod is deleted."""
+    import time
+
+    from labkit import static
+
+    logs = staged_lab.state.path("logs", "pods")
+    static.deploy_app(staged_lab)
+    ns = staged_lab.names.static_ns
+    mine = {p for p in logs.iterdir() if p.name.startswith(f"{ns}_")}
+    assert mine, "the app's pod has a log file"
+    static.remove_app(staged_lab)
+    deadline = time.monotonic() + 60
+    while any(p.exists() for p in mine) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in mine), "a deleted pod's log file is left behind"
+
+
+@pytest.mark.lab
 def test_purge_through_a_symlink_with_a_damaged_state_json(tmp_path):
     import tempfile
 
