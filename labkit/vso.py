@@ -98,21 +98,33 @@ def conditions(obj: dict | None) -> dict[str, dict[str, Any]]:
 
 
 def is_synced(obj: dict | None) -> bool:
-    """SecretSynced and Ready are True *for the current spec*.
+    """VSO's latest reconcile of the *current spec* succeeded.
 
     Right after an apply, the conditions still describe the previous generation until VSO
     reconciles the new one; a condition whose ``observedGeneration`` is older does not count.
+
+    SecretSynced alone is not enough: after a transient error (Vault sealed, a refused read) VSO sets
+    SecretSynced=False, and when the next read succeeds with unchanged data it skips the write and adds no new
+    SecretSynced condition (``vaultstaticsecret_controller.go``: ``doSync = !macsEqual``), so the stale False stays.
+    That successful reconcile still sets Healthy and Ready to True, later than the stale failure.
     """
     c = conditions(obj)
     if not c or obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
         return False  # nothing reported yet, or being deleted
     generation = (obj.get("metadata") or {}).get("generation")
 
-    def current(cond: dict[str, Any]) -> bool:
+    def true_now(t: str) -> bool:
+        cond = c.get(t) or {}
         seen = cond.get("observedGeneration")
-        return generation is None or seen is None or seen == generation
+        return cond.get("status") == "True" and (generation is None or seen is None or seen == generation)
 
-    return all(c.get(t, {}).get("status") == "True" and current(c[t]) for t in ("SecretSynced", "Ready"))
+    if not true_now("Ready"):
+        return False
+    if true_now("SecretSynced"):
+        return True
+    synced, healthy = c.get("SecretSynced") or {}, c.get("Healthy") or {}
+    return (bool(synced) and true_now("Healthy")
+            and str(healthy.get("lastTransitionTime", "")) >= str(synced.get("lastTransitionTime", "~")))
 
 
 def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, str, str]]:

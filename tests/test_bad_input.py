@@ -346,8 +346,16 @@ def test_wrong_vault_token(lab: LocalLab) -> None:
 
 @pytest.mark.lab
 def test_sealed_vault_is_named_and_labkit_up_unseals_it(lab: LocalLab) -> None:
+    """Sealed while VSO syncs: named, unsealed by `labkit up`, and the VaultStaticSecret counts as synced again.
+
+    VSO leaves SecretSynced=False ("Vault is sealed") after the seal, because the next, successful read finds the
+    same data and writes nothing; its Healthy and Ready conditions say the reconcile succeeded. This test makes
+    VSO see the seal every time, so that stale condition is always there to be read right.
+    """
     import hvac
 
+    n = lab.names
+    vso.wait_synced(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
     hvac.Client(url=lab.vault_addr, token=lab.vault_token).sys.seal()
     try:
         with pytest.raises(VaultError) as info:
@@ -356,10 +364,20 @@ def test_sealed_vault_is_named_and_labkit_up_unseals_it(lab: LocalLab) -> None:
         assert "sealed" in str(info.value) and "labkit up" in str(info.value)
         proc = cli("--state", str(lab.state.root), "status")
         assert proc.returncode == 1 and re.search(r"^openbao .*DOWN", proc.stdout, re.M), proc.stdout
+        deadline = time.monotonic() + 30  # VSO's next poll (refreshAfter) meets the sealed Vault
+        while time.monotonic() < deadline and vso.conditions(
+                vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns)).get("Ready", {}).get("status") != "False":
+            time.sleep(0.3)
+        cond = vso.conditions(vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns))
+        assert cond["SecretSynced"]["status"] == "False" and "Code: 503" in cond["SecretSynced"]["message"], cond
+        assert "sealed" in vso.hint_from_events(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
     finally:
         proc = cli("--state", str(lab.state.root), "up")
     assert proc.returncode == 0, proc.stderr
     assert vault.client(lab).is_authenticated()
+    vso.wait_synced(lab, "VaultStaticSecret", n.static_vss, n.static_ns, timeout=30)
+    cond = vso.conditions(vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns))
+    assert cond["SecretSynced"]["status"] == "False", "VSO refreshed SecretSynced itself: the stale-condition rule is moot"
 
 
 def _wait_for_warning(lab: LocalLab, kind: str, name: str, ns: str, timeout: float = 30) -> None:
