@@ -123,8 +123,9 @@ def test_helm_install_runs_the_manager_as_a_ready_pod_that_syncs(lab: LocalLab) 
     assert "--leader-elect" in manager  # the chart's own flags, as rendered
     # Everything the release listens on is on 127.0.0.1 only.
     pids = {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:{pod.metadata.uid}")}
-    addrs = {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids}
-    assert addrs == {"127.0.0.1"}, addrs
+    listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+    assert {lab.ports[n] for n in ("operator_probe", "operator_metrics", "operator_https")} <= {a.port for a in listening}
     static.create_static_secret(lab, "2s")
     k8s.wait_for("the release's VSO to sync the VaultStaticSecret",
                  lambda: static.read_secret(lab).get("password") == "before-helm" or None, 120, interval=1)
