@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,8 +46,45 @@ class LocalImage:
         return self.local(argv, ports)
 
 
+def _vso_image(argv: list[str], ports: dict[int, int]) -> list[str]:
+    """``hashicorp/vault-secrets-operator``: the manager ``labkit install`` built. The image holds it as
+    ``/vault-secrets-operator`` and, for the chart's pre-upgrade hook, as ``/scripts/upgrade-crds`` beside
+    ``/scripts/crds`` (the binary upgrades the CRDs when called by that name); both are laid out the same way here."""
+    from . import install
+
+    vso = install.PRODUCTS["vso"]
+    local = {"/vault-secrets-operator": vso.paths()["vso-manager"], "/scripts/upgrade-crds": _vso_scripts(vso.dir)}
+    return [str(local[argv[0]]), *argv[1:]] if argv and argv[0] in local else argv
+
+
+def _vso_scripts(vso_dir: Path) -> Path:
+    """``<vso cache>/scripts/{upgrade-crds,crds}``, symlinks to the manager and its CRDs, as in VSO's Dockerfile."""
+    scripts = vso_dir / "scripts"
+    scripts.mkdir(exist_ok=True)
+    for name, target in (("upgrade-crds", "../vso-manager"), ("crds", "../crds")):
+        link = scripts / name
+        if not (link.is_symlink() and os.readlink(link) == target):
+            tmp = scripts / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)
+    return scripts / "upgrade-crds"
+
+
+def _kube_rbac_proxy_image(argv: list[str], ports: dict[int, int]) -> list[str]:
+    """``quay.io/brancz/kube-rbac-proxy``: the one ``labkit install`` built from the same version's module."""
+    from . import install
+
+    binary = install.TOOLS["kube-rbac-proxy"].paths()["kube-rbac-proxy"]
+    return [str(binary), *argv[1:]] if argv and argv[0] == "/usr/local/bin/kube-rbac-proxy" else argv
+
+
 #: Image repository name → how it runs as a local process. The one place to add an image the local lab can run.
-IMAGES: dict[str, LocalImage] = {"python": LocalImage(_python_image, cmd=("python3",))}
+IMAGES: dict[str, LocalImage] = {
+    "python": LocalImage(_python_image, cmd=("python3",)),
+    "vault-secrets-operator": LocalImage(_vso_image, entrypoint=("/vault-secrets-operator",)),
+    "kube-rbac-proxy": LocalImage(_kube_rbac_proxy_image, entrypoint=("/usr/local/bin/kube-rbac-proxy",)),
+}
 
 
 def unmapped_message(image: str) -> str:
@@ -137,6 +176,15 @@ def _expand(value: str, env: dict[str, str]) -> str:
     return value
 
 
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_vars(arg: str, env: dict[str, str]) -> str:
+    """The kubelet's ``$(VAR)`` expansion of command and args with the container's environment: a defined VAR is
+    replaced, an undefined one is left as written, ``$$`` is a literal ``$``."""
+    return _VAR_REF.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), arg)
+
+
 def _rewrite(arg: str, mounts: dict[str, str]) -> str:
     for mount, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
         if arg == mount or arg.startswith(mount + "/"):
@@ -198,6 +246,7 @@ class Run:
     start_time: str = ""
     conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_status: str = ""
+    credentials: Any = None  # its service-account token and kubeconfig (labkit._satoken.Credentials)
 
 
 def pod_status(pod: Any, run: Run) -> dict[str, Any]:

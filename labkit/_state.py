@@ -106,6 +106,8 @@ class State:
     PORT_NAMES = (
         "etcd", "etcd_peer", "apiserver", "kcm", "openbao", "openbao_cluster", "postgres", "vso_metrics", "vso_probe", "agent",
         "kubelet",
+        # the Helm chart repository, and the Helm-installed operator pod's probe, metrics and kube-rbac-proxy ports
+        "charts", "operator_probe", "operator_metrics", "operator_https",
     )
 
     def __init__(self, root: Path | str | None = None) -> None:

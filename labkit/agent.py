@@ -5,7 +5,9 @@ resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, `
 to a local command (:data:`labkit._containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
 writes ``configMap``/``secret`` volumes to the pod's directory; gives every containerPort a local port
 (``PORT``; annotations ``vsolab.dev/port`` and ``vsolab.dev/ports``; podIP 127.0.0.1); runs readiness and
-liveness probes by their periods and thresholds; restarts per ``restartPolicy`` with a short back-off; keeps
+liveness probes by their periods and thresholds; gives each container its pod's service-account token through a
+per-pod ``KUBECONFIG`` (:mod:`labkit._satoken`; local processes cannot mount ``/var/run/secrets``); restarts
+per ``restartPolicy`` with a short back-off; keeps
 one containerStatus per container; records the kubelet's events; and serves container logs to the API
 server over TLS (:mod:`labkit._kubelet`). A pod with a ``deletionTimestamp`` is stopped and deleted.
 
@@ -37,8 +39,20 @@ from kubernetes import client as kclient
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from . import _kubelet, _procs, _runas, k8s
-from ._containers import IMAGES, ConfigMissing, Container, Probe, Run, _rewrite, image_repo, pod_status, resolve_env, unmapped_message
+from . import _kubelet, _procs, _runas, _satoken, k8s
+from ._containers import (
+    IMAGES,
+    ConfigMissing,
+    Container,
+    Probe,
+    Run,
+    _rewrite,
+    expand_vars,
+    image_repo,
+    pod_status,
+    resolve_env,
+    unmapped_message,
+)
 from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path
 from ._kubelet import now_iso as _now
 from ._state import State
@@ -253,6 +267,8 @@ class Agent:
         try:
             env = resolve_env(self.core, pod.metadata.namespace, spec, pod)
             c.mounts = self.materialize_volumes(pod, spec)
+            if _satoken.wanted(pod) and run.credentials is None:
+                run.credentials = self.issue_credentials(pod)
         except ConfigMissing as exc:
             c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1
             self.recorder.emit(pod, "Failed", f"Error: {exc}", container=c.name, warning=True)
@@ -272,10 +288,13 @@ class Agent:
         c.env = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
                  "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
                  _procs.TAG_ENV: f"{self.state.lab_id}:pod:{run.uid}"}
+        if run.credentials is not None and "KUBECONFIG" not in env:
+            c.env["KUBECONFIG"] = str(run.credentials.kubeconfig)  # the service account (see labkit._satoken)
         own = [run.ports[p.container_port] for p in spec.ports or [] if p.container_port in run.ports]
         if own:
             # The local stand-ins for the pod's own network namespace.
             c.env["PORT"], c.env["BIND_ADDR"] = str(own[0]), "127.0.0.1"
+        argv = [expand_vars(a, c.env) for a in argv]
         # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
         wd = spec.working_dir
         c.cwd = _rewrite(wd, c.mounts) if wd and _rewrite(wd, c.mounts) != wd else str(home)
@@ -301,6 +320,15 @@ class Agent:
         c.probes = [Probe(kind, p, next_at=now + (p.initial_delay_seconds or 0))
                     for kind, p in (("Readiness", spec.readiness_probe), ("Liveness", spec.liveness_probe)) if p]
         c.ready = spec.readiness_probe is None
+
+    def issue_credentials(self, pod: Any) -> _satoken.Credentials:
+        """A token of the pod's service account, bound to the pod, and a kubeconfig using it."""
+        try:
+            return _satoken.issue(self.core, pod, self.pod_dir(pod), self.api.configuration.host,
+                                  self.state.path("pki", "ca.crt"))
+        except ApiException as exc:
+            reason = (json.loads(exc.body or "{}") if (exc.body or "").startswith("{") else {}).get("message", "")
+            raise ConfigMissing(f"service account token: {reason or exc.reason}") from None
 
     def kill(self, run: Run, c: Container, message: str, grace: float) -> None:
         """Ask a container to stop (SIGTERM to its process group); SIGKILL follows after ``grace`` in :meth:`tick`."""
@@ -337,6 +365,11 @@ class Agent:
         for uid, run in list(self.runs.items()):
             if uid not in self.pods:
                 continue
+            if run.credentials is not None and time.time() >= run.credentials.renew_at:
+                try:
+                    run.credentials = self.issue_credentials(self.pods[uid])
+                except ConfigMissing:
+                    run.credentials.renew_at = time.time() + 10
             for c in run.containers.values():
                 self.sync_container(run, c)
             self.push_status(uid)

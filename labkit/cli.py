@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .errors import LabkitError
+from .errors import LabkitError, ParameterError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -77,6 +77,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     print("down: stopped " + (", ".join(stopped) if stopped else "nothing (the lab was not running)"))
     if args.purge:
         print("down: state wiped; the next `labkit up` starts a fresh lab")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """`labkit operator install|uninstall`: VSO as the pod of a Helm release (local backend), or as a host process."""
+    lab = _lab(args)
+    if not hasattr(lab, "install_operator"):
+        raise ParameterError(f"Checked the {lab.backend} backend for `labkit operator`: only the local lab has it.",
+                             ["Use the local backend (VSOLAB_BACKEND=local).",
+                              "On minikube, run `helm install` as the tutorial shows."])
+    if args.action == "install":
+        lab.install_operator(client_cache_persistence_model=args.client_cache_persistence_model)
+        print("operator: VSO runs as the Helm release vault-secrets-operator (kubectl get pods -n vault-secrets-operator)")
+    else:
+        lab.uninstall_operator()
+        print("operator: the Helm release is uninstalled; VSO runs as a host process again")
     return 0
 
 
@@ -156,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_down)
     sub.add_parser("env", help="print export lines for VAULT_ADDR, VAULT_TOKEN, KUBECONFIG, PG*").set_defaults(func=cmd_env)
     sub.add_parser("doctor", help="check prerequisites and say how to fix them").set_defaults(func=cmd_doctor)
+    s = sub.add_parser("operator", help="local lab: run VSO as a Helm release's pod (install) or a host process (uninstall)")
+    s.add_argument("action", choices=["install", "uninstall"])
+    s.add_argument("--client-cache-persistence-model", default=None, choices=["none", "direct-unencrypted", "direct-encrypted"])
+    s.set_defaults(func=cmd_operator)
     s = sub.add_parser("stage", help="bring the lab to the start of notebook N")
     s.add_argument("n", type=int)
     s.set_defaults(func=cmd_stage)

@@ -50,6 +50,9 @@ KUBE_VERSION = "1.36.3"
 # version's zip (HTTP 403 "This module version is not available"); v1.5.0 is the
 # nearest release it serves, with the same client-go 0.36 and controller-runtime 0.24.
 VSO_VERSION = "1.5.0"
+# The tools that install VSO the way the tutorial does (`helm install`), and the chart's second image.
+HELM_VERSION = "3.22.0"
+KUBE_RBAC_PROXY_VERSION = "0.18.1"
 
 GOMOD_DIR = Path(__file__).parent / "_gomod"
 
@@ -99,6 +102,27 @@ PRODUCTS = {
     ),
     "vso": Product(
         "vso", VSO_VERSION, ["github.com/hashicorp/vault-secrets-operator"], ["vso-manager"], extra=["crds", "rbac/role.yaml"]
+    ),
+}
+
+#: Built by ``labkit install`` beside :data:`PRODUCTS` (in parallel) but not needed by ``labkit up``: ``helm`` with
+#: the VSO chart of exactly the built manager's version packaged as a chart repository (``charts/``), and the
+#: chart's kube-rbac-proxy. Build-only: the machines without Go (Binder) run VSO as a host process.
+CHART_DIR = "charts"
+CHART_FILE = f"vault-secrets-operator-{VSO_VERSION}.tgz"
+TOOLS = {
+    "helm": Product(
+        "helm", HELM_VERSION, ["helm.sh/helm/v3/cmd/helm"], ["helm"],
+        # As helm's Makefile: its version, and the Kubernetes version `helm template` assumes (client-go 0.37 → 1.37).
+        ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}"
+                " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+                " -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
+                " -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37",
+        extra=[f"{CHART_DIR}/{CHART_FILE}", f"{CHART_DIR}/index.yaml"],
+    ),
+    "kube-rbac-proxy": Product(
+        "kube-rbac-proxy", KUBE_RBAC_PROXY_VERSION, ["github.com/brancz/kube-rbac-proxy/cmd/kube-rbac-proxy"],
+        ["kube-rbac-proxy"],
     ),
 }
 
@@ -201,6 +225,8 @@ def build(product: Product, *, force: bool = False) -> dict[str, Path]:
     out.rmdir()
     if product.name == "vso":
         _copy_vso_manifests(go, work, product.dir)
+    if product.name == "helm":
+        _package_vso_chart(go, product.dir, log)
     metrics = {
         "product": product.name,
         "version": product.version,
@@ -228,6 +254,45 @@ def _copy_vso_manifests(go: str, work: Path, dest: Path) -> None:
     shutil.copyfile(src / "config" / "rbac" / "role.yaml", dest / "rbac" / "role.yaml")
     for p in [dest / "crds", *(dest / "crds").iterdir(), dest / "rbac" / "role.yaml"]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def _package_vso_chart(go: str, dest: Path, log: Path) -> None:
+    """``helm package`` the VSO module's ``chart/`` (the built manager's version) into ``dest/charts`` with an
+    ``index.yaml``: a chart repository for the lab to serve. The module is checked against ``_gomod/vso/go.sum``."""
+    work = cache_root() / "build" / "helm-chart"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(GOMOD_DIR / "vso", work)
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"{VSO_MODULE}@v{VSO_VERSION}"],
+        cwd=work, env=_go_env(work), capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise BuildError(
+            f"Checked that the VSO {VSO_VERSION} module (its Helm chart) downloads from the Go module proxy: it failed.",
+            ["Check that the module proxy is reachable: `go env GOPROXY`.", f"Read the build log: {log}.",
+             "Retry `labkit install`."],
+            detail=out.stderr[-2000:],
+        )
+    chart = Path(json.loads(out.stdout)["Dir"]) / "chart"
+    helm = dest / "helm"
+    home = work / "helm-home"  # helm's config and cache dirs: not the user's
+    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_DATA_HOME": str(home / "data")}
+    stage = work / CHART_DIR
+    stage.mkdir()
+    for args in ([str(helm), "package", str(chart), "-d", str(stage)], [str(helm), "repo", "index", str(stage)]):
+        res = subprocess.run(args, env=env, capture_output=True, text=True)
+        with open(log, "a") as fh:
+            fh.write(f"$ {' '.join(args)}\n{res.stdout}{res.stderr}")
+        if res.returncode != 0:
+            raise BuildError(f"Checked that `helm {args[1]}` packages VSO's chart from {chart}: it failed.",
+                             [f"Read the build log: {log}.", "Retry `labkit install --force`."], detail=res.stderr)
+    if (dest / CHART_DIR).exists():
+        shutil.rmtree(dest / CHART_DIR)
+    os.replace(stage, dest / CHART_DIR)
+    for p in [dest / CHART_DIR, *(dest / CHART_DIR).iterdir()]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _gomodcache() -> Path:
@@ -783,8 +848,14 @@ def install(
     ``source`` is ``auto``, ``build`` or ``prebuilt``; see :func:`choose_source`.
     """
     choice = current_choice(source)
-    chosen = [PRODUCTS[n] for n in (products or list(PRODUCTS))]
+    every = {**PRODUCTS, **TOOLS}
+    chosen = [every[n] for n in (products or list(every))]
     todo = [p for p in chosen if force or not p.built()]
+    if "build" not in choice.order:
+        for p in [p for p in todo if p.name in TOOLS]:
+            _say(f"{p.name} {p.version}: skipped, it is built from source only (`labkit install --source build`); "
+                 "the lab runs VSO as a host process without it.")
+            todo.remove(p)
     for p in chosen:
         if p not in todo:
             _say(f"{p.name} {p.version}: cached in {p.dir} ({installed_source(p)})")
@@ -794,7 +865,8 @@ def install(
 
     def run(p: Product) -> None:
         try:
-            install_product(p, choice, force=force)
+            install_product(p, SourceChoice(("build",), "built from source only") if p.name in TOOLS else choice,
+                            force=force)
         except BaseException as exc:  # collected and re-raised below
             errors.append(exc)
 
@@ -813,9 +885,24 @@ def install(
     return binaries()
 
 
+def tools() -> dict[str, Path]:
+    """``helm``, ``kube-rbac-proxy`` and the VSO chart repository directory, or explain how to get them."""
+    for product in TOOLS.values():
+        if not product.built():
+            raise MissingTool(
+                f"Checked the binary cache {product.dir} for {product.name} {product.version}: it is not there yet.",
+                ["Run `labkit install` (builds helm, kube-rbac-proxy and the chart repository; a few minutes, cached).",
+                 "It needs Go: `labkit install --source build` on a machine without enough memory for Kubernetes "
+                 "builds the small ones too.",
+                 "Or set VSOLAB_CACHE to a cache directory that already holds them."],
+            )
+    return {"helm": TOOLS["helm"].paths()["helm"], "kube-rbac-proxy": TOOLS["kube-rbac-proxy"].paths()["kube-rbac-proxy"],
+            "charts": TOOLS["helm"].dir / CHART_DIR}
+
+
 def build_metrics() -> list[dict[str, object]]:
     out = []
-    for p in PRODUCTS.values():
+    for p in [*PRODUCTS.values(), *TOOLS.values()]:
         f = p.dir / "build-metrics.json"
         if f.exists():
             out.append(json.loads(f.read_text()))

@@ -49,6 +49,8 @@ KCM_CONTROLLERS = ",".join([
     "serviceaccount-token-controller", "serviceaccount-controller", "namespace-controller",
     "garbage-collector-controller", "deployment-controller", "replicaset-controller",
     "root-ca-certificate-publisher-controller",
+    # Jobs make pods: the VSO chart's pre-delete and pre-upgrade hooks are Jobs (`helm uninstall`, `helm upgrade`).
+    "job-controller",
 ])
 CACHE_MODELS = ("none", "direct-unencrypted", "direct-encrypted")
 
@@ -678,7 +680,32 @@ class VSO(Component):
         return f"v{install.VSO_VERSION}"
 
 
-ORDER: list[type[Component]] = [Etcd, APIServer, ControllerManager, Postgres, OpenBao, NodeAgent, VSO]
+class ChartRepo(Component):
+    """The lab's Helm chart repository (the VSO chart ``labkit install`` packaged), on 127.0.0.1; see labkit/_chartrepo.py."""
+
+    name = "charts"
+    timeout = 20.0
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        charts = install.TOOLS["helm"].dir / install.CHART_DIR
+        return [sys.executable, "-m", "labkit._chartrepo", "--dir", str(charts), "--port", str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def healthy(self) -> bool:
+        return requests.get(f"{self.address()}/index.yaml", timeout=2).ok
+
+    def version(self) -> str:
+        return f"vault-secrets-operator {install.VSO_VERSION}" if install.TOOLS["helm"].built() else "empty (labkit install)"
+
+
+ORDER: list[type[Component]] = [Etcd, APIServer, ControllerManager, Postgres, OpenBao, NodeAgent, VSO, ChartRepo]
 
 
 class LocalLab:
@@ -755,6 +782,10 @@ class LocalLab:
             "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
             "PGPASSWORD": self.pg_admin_password,
             "VSOLAB_STATE": str(self.state.root),
+            # helm's repositories and cache in the lab's state: two labs' `vsolab` chart repos never mix
+            "HELM_CONFIG_HOME": str(self.state.path("helm", "config")),
+            "HELM_CACHE_HOME": str(self.state.path("helm", "cache")),
+            "HELM_DATA_HOME": str(self.state.path("helm", "data")),
             # `vault` is OpenBao's CLI here (same arguments), so the tutorial's commands run as written
             "PATH": f"{self.tools_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         }
@@ -769,6 +800,8 @@ class LocalLab:
 
         self.tools_dir.mkdir(mode=0o700, exist_ok=True)
         targets = {"vault": bao_binary(), "bao": bao_binary(), "kubectl": kubectl_binary()}
+        if install.TOOLS["helm"].built():
+            targets["helm"] = install.TOOLS["helm"].paths()["helm"]
         for name, target in targets.items():
             link = self.tools_dir / name
             if target is None or (link.is_symlink() and os.readlink(link) == str(target)):
@@ -821,18 +854,20 @@ class LocalLab:
         self._preflight()
         try:
             self._abort.clear()
-            _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent"), abort=self._abort)
+            _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent", "charts"), abort=self._abort)
             if "ca" in old:
                 _repair.retoken(self)
             if {"ca", "apiserver"} & set(old):
                 self.state.update(bootstrapped=None)  # VSO's kubeconfig names the old address or holds an old token
                 self.components["vso"].stop()
-            if not self._bootstrapped():
+            helm_release = self.state.read().get("operator") == "helm"  # VSO runs as the Helm release's pod
+            if not helm_release and not self._bootstrapped():
                 warm.join()
                 from . import _bootstrap
 
                 _bootstrap.cluster(self)
-            ensure("vso")
+            if not helm_release:
+                ensure("vso")
             if old:
                 _repair.propagate(self, old, say)
         except BaseException:
@@ -841,7 +876,7 @@ class LocalLab:
                 if name not in found_running:
                     self.components[name].stop()
             raise
-        actions = {name: actions[name] for name in self.components}
+        actions = {name: actions[name] for name in self.components if name in actions}
         self.state.update(last_up=time.time(), applied=_repair.applied(self))
         return actions
 
@@ -952,8 +987,29 @@ class LocalLab:
                 vso = dict(self.state.read().get("vso", {}))
                 vso["client_cache_persistence_model"] = client_cache_persistence_model
                 self.state.update(vso=vso)
+            if self.state.read().get("operator") == "helm":  # the Helm release's pod: `helm upgrade` replaces it
+                self.install_operator()
+                return
             self.components["vso"].stop()
             self.components["vso"].ensure()
+
+    def install_operator(self, *, client_cache_persistence_model: str | None = None) -> str:
+        """Run VSO as the pod of a Helm release from the lab's chart repository instead of a host process
+        (labkit/helm.py); re-running upgrades the release with the current values."""
+        from . import helm
+
+        return helm.install_release(self, client_cache_persistence_model=client_cache_persistence_model)
+
+    def uninstall_operator(self) -> str:
+        """``helm uninstall`` the release and run VSO as a host process again."""
+        from . import helm
+
+        return helm.uninstall_release(self)
+
+    @property
+    def helm_managed_operator(self) -> bool:
+        """VSO runs as the Helm release's pod (``install_operator``), whose chart renders the transit VaultAuth."""
+        return self.state.read().get("operator") == "helm"
 
     def operator_settings(self) -> dict[str, Any]:
         return {"client_cache_persistence_model": "none", **self.state.read().get("vso", {})}

@@ -174,6 +174,17 @@ def test_pins_agree_between_build_and_prebuilt() -> None:
     assert install.PRODUCTS["vso"].version == install.VSO_VERSION == _gomod_version("vso", install.VSO_MODULE)
 
 
+def test_tool_pins_agree_with_their_wrapper_modules_and_go_sum() -> None:
+    """helm and kube-rbac-proxy build what labkit/install.py pins, checked against a committed go.sum."""
+    assert install.TOOLS["helm"].version == install.HELM_VERSION == _gomod_version("helm", "helm.sh/helm/v3")
+    krp = install.TOOLS["kube-rbac-proxy"]
+    assert krp.version == install.KUBE_RBAC_PROXY_VERSION == _gomod_version("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")
+    for name, module in (("helm", "helm.sh/helm/v3"), ("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")):
+        assert install.go_sum_hash(module, install.TOOLS[name].version, ROOT / "labkit/_gomod" / name / "go.sum").startswith("h1:")
+    assert install.TOOLS["helm"].extra == [f"charts/vault-secrets-operator-{install.VSO_VERSION}.tgz", "charts/index.yaml"]
+    assert not set(install.TOOLS) & set(install.PRODUCTS)  # `labkit up` does not need them
+
+
 def test_release_urls_for_the_pinned_versions() -> None:
     e, k, v = install.ETCD_VERSION, install.KUBE_VERSION, install.VSO_VERSION
     etcd = install.release_artifacts("etcd", e, "amd64", {})

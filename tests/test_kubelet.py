@@ -410,12 +410,13 @@ def test_liveness_failure_restarts_the_container_with_unhealthy_and_killing_even
 def test_an_unmapped_image_waits_with_a_reason_and_the_other_container_runs(core: kclient.CoreV1Api) -> None:
     name = "kubelet-unmapped"
     core.create_namespaced_pod(NS, _pod_body(name, [_python("ok", TICKER),
-                                                    {"name": "proxy", "image": "quay.io/brancz/kube-rbac-proxy:v0.18.1"}]))
+                                                    {"name": "proxy", "image": "docker.io/library/envoyproxy:v1.30"}]))
     try:
         st = wait("the proxy container to wait", lambda: (s := statuses(core, name)) and s["proxy"].state.waiting
                   and s["ok"].state.running and s)
         assert st["proxy"].state.waiting.reason == "ErrImagePull"
-        assert "python:*" in st["proxy"].state.waiting.message and "kube-rbac-proxy" in st["proxy"].state.waiting.message
+        msg = st["proxy"].state.waiting.message
+        assert "python:*" in msg and "kube-rbac-proxy:*" in msg and "envoyproxy" in msg
         assert core.read_namespaced_pod(name, NS).status.phase == "Pending"
         wait("a Failed event", lambda: has_event(core, name, "Failed", "proxy", "Failed to pull image"))
     finally:
