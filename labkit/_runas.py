@@ -189,6 +189,58 @@ class PodHost:
                 link.symlink_to(python)
         return shim
 
+    def runnable(self, path: str) -> str:
+        """``path`` as the pod's user can run it.
+
+        The lab's binaries live in the starting user's cache (``~/.cache/vsolab``); under root that is inside
+        ``/root``, which the pods' user cannot enter. Their product folder (a binary with what it reads beside it,
+        e.g. VSO's ``scripts/`` and ``crds/``) is mirrored once into ``<pod root>/.images``, root's and read-only for
+        everyone else, with hard links where the file system allows. Anything else is returned as it is.
+        """
+        from .install import cache_root
+
+        if self.ids is None:
+            return path
+        try:
+            rel = Path(path).relative_to(cache_root())
+        except ValueError:
+            return path
+        product = cache_root() / rel.parts[0]
+        images = self.root / ".images"
+        images.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(images, 0o711)
+        dest = images / product.name
+        stamp = str(max((p.stat().st_mtime_ns for p in product.rglob("*") if p.is_file() and not p.is_symlink()), default=0))
+        if not (dest / ".stamp").is_file() or (dest / ".stamp").read_text() != stamp:
+            tmp = images / f".{product.name}.{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+
+            def link_or_copy(src: str, dst: str) -> None:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+
+            shutil.copytree(product, tmp, symlinks=True, copy_function=link_or_copy)
+            for p in [tmp, *tmp.rglob("*")]:
+                if p.is_dir() and not p.is_symlink():
+                    os.chmod(p, 0o755)
+            (tmp / ".stamp").write_text(stamp)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        return str(dest.joinpath(*rel.parts[1:]))
+
+    def share_with_pod(self, folder: Path) -> None:
+        """Let the pod's user read ``folder``'s files (root's, group = the pod's primary group); no write."""
+        if self.ids is None:
+            return
+        os.chown(folder, 0, self.ids[1], follow_symlinks=False)
+        os.chmod(folder, 0o750)
+        for f in folder.iterdir():
+            if f.is_file() and not f.is_symlink():
+                os.chown(f, 0, self.ids[1], follow_symlinks=False)
+                os.chmod(f, 0o640)
+
     def python(self) -> str | None:
         """A Python the pod's user can run (cached once found)."""
         if self._python is None:

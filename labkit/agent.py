@@ -295,6 +295,8 @@ class Agent:
             # The local stand-ins for the pod's own network namespace.
             c.env["PORT"], c.env["BIND_ADDR"] = str(own[0]), "127.0.0.1"
         argv = [expand_vars(a, c.env) for a in argv]
+        if argv:
+            argv[0] = self.host.runnable(argv[0])  # under root: a copy of the lab's binary the pod user can run
         # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
         wd = spec.working_dir
         c.cwd = _rewrite(wd, c.mounts) if wd and _rewrite(wd, c.mounts) != wd else str(home)
@@ -324,8 +326,10 @@ class Agent:
     def issue_credentials(self, pod: Any) -> _satoken.Credentials:
         """A token of the pod's service account, bound to the pod, and a kubeconfig using it."""
         try:
-            return _satoken.issue(self.core, pod, self.pod_dir(pod), self.api.configuration.host,
+            cred = _satoken.issue(self.core, pod, self.pod_dir(pod), self.api.configuration.host,
                                   self.state.path("pki", "ca.crt"))
+            self.host.share_with_pod(cred.dir)  # under root: readable by the pod user, writable by the agent only
+            return cred
         except ApiException as exc:
             reason = (json.loads(exc.body or "{}") if (exc.body or "").startswith("{") else {}).get("message", "")
             raise ConfigMissing(f"service account token: {reason or exc.reason}") from None

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -119,7 +120,8 @@ def test_helm_install_runs_the_manager_as_a_ready_pod_that_syncs(lab: LocalLab) 
     assert pod.status.phase == "Running" and {c.name for c in pod.spec.containers} == {"manager", "kube-rbac-proxy"}
     assert pod.metadata.labels.get("app.kubernetes.io/instance") == helm.RELEASE
     cmdlines = _processes(lab, pod.metadata.uid)
-    manager = next(c for c in cmdlines if c[0] == str(install.PRODUCTS["vso"].paths()["vso-manager"]))
+    # the built manager (under root, the pods' user runs a read-only mirror of it: labkit._runas.PodHost.runnable)
+    manager = next(c for c in cmdlines if Path(c[0]).name == install.PRODUCTS["vso"].paths()["vso-manager"].name)
     assert "--leader-elect" in manager  # the chart's own flags, as rendered
     # Everything the release listens on is on 127.0.0.1 only.
     pids = {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:{pod.metadata.uid}")}
