@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from typing import Any
 
 import hvac
@@ -103,7 +104,24 @@ def enable_secrets_engine(lab: Any, backend_type: str, path: str, options: dict[
                               "Run the clean-up notebook to reset the lab."])
         return Done(f"the {backend_type} secrets engine is already enabled at {key}", cmd)
     c.sys.enable_secrets_engine(backend_type, path=path, options=options)
+    if backend_type == "kv" and (options or {}).get("version") == "2" or backend_type == "kv-v2":
+        _wait_kv_v2_ready(c, path.strip("/"))
     return Done(f"enabled the {backend_type} secrets engine at {key}", cmd)
+
+
+def _wait_kv_v2_ready(c: hvac.Client, mount: str, timeout: float = 15.0) -> None:
+    """A new KV v2 mount first upgrades its storage and answers 400 meanwhile; wait until its config reads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.secrets.kv.v2.read_configuration(mount_point=mount)
+            return
+        except hvexc.InvalidRequest:
+            if time.monotonic() > deadline:
+                raise VaultError(f"Checked the new KV v2 mount {mount}/: it still upgraded its storage after {timeout:.0f}s.",
+                                 ["Wait a moment and run the cell again.", "Run `labkit status` to check Vault.",
+                                  "Read Vault's log in the lab's logs/ folder (openbao.log)."]) from None
+            time.sleep(0.2)
 
 
 def enable_auth_method(lab: Any, method_type: str, path: str | None = None) -> Done:

@@ -141,7 +141,9 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
         # The resource's own condition is current; events may arrive late or out of order.
         evs = [*evs, ("Warning", str(synced.get("reason") or "SecretSynced"), str(synced["message"]))]
     last_ok = max((i for i, e in enumerate(evs) if e[1] in ("SecretSynced", "SecretRotated", "Accepted")), default=-1)
-    warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning"]
+    # StatusUpdateError is VSO losing an optimistic-concurrency race on its own status: it retries, and it says
+    # nothing about the learner's setup, so it never hides the warning that does.
+    warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning" and e[1] != "StatusUpdateError"]
     if not warns:
         if obj is None:
             return f"the {kind} {namespace}/{name} does not exist: apply it first"
