@@ -13,10 +13,8 @@ the agent renews at 80 % of its lifetime, as the kubelet does.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 
 import yaml
 from kubernetes import client as kclient
+
+from ._state import _write_private
 
 #: What the kubelet asks for (one hour and a few seconds); renewed at 80 %.
 TOKEN_SECONDS = 3607
@@ -47,19 +47,6 @@ def wanted(pod: Any) -> bool:
     return pod.spec.automount_service_account_token is not False
 
 
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def issue(core: kclient.CoreV1Api, pod: Any, pod_dir: Path, server: str, ca_file: Path) -> Credentials:
     """Request a token for the pod's service account bound to the pod; write it, the CA, the namespace and a
     kubeconfig to ``<pod_dir>/serviceaccount``."""
@@ -71,12 +58,12 @@ def issue(core: kclient.CoreV1Api, pod: Any, pod_dir: Path, server: str, ca_file
     resp = core.create_namespaced_service_account_token(account, ns, body)
     d = pod_dir / "serviceaccount"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(d / "token", resp.status.token)
-    _write(d / "namespace", ns)
+    _write_private(d / "token", resp.status.token)
+    _write_private(d / "namespace", ns)
     if not (d / "ca.crt").exists():
         shutil.copyfile(ca_file, d / "ca.crt")
         os.chmod(d / "ca.crt", 0o600)
-    _write(d / "kubeconfig", yaml.safe_dump({
+    _write_private(d / "kubeconfig", yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "in-cluster",
         "clusters": [{"name": "in-cluster", "cluster": {"server": server, "certificate-authority": str(d / "ca.crt")}}],
         "users": [{"name": f"system:serviceaccount:{ns}:{account}", "user": {"tokenFile": str(d / "token")}}],
