@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import requests
+from _jupyterlab import run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "tests" / "notebooks" / "live_widgets.ipynb"
@@ -203,20 +204,6 @@ def _shot(locator: Any, name: str, docs: bool = True) -> None:
         shutil.copy(ARTIFACTS / name, DOCS_IMG / name)
 
 
-def _run_all(page: Any) -> None:
-    """Run > Run All Cells, again if the first click went nowhere (the kernel was not attached yet)."""
-    for _ in range(3):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        try:
-            page.wait_for_function("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
-                                   ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=20_000)
-            return
-        except Exception:  # noqa: BLE001 - nothing started: click again
-            page.keyboard.press("Escape")
-    pytest.fail("Run All Cells never started the notebook's cells")
-
-
 @pytest.mark.lab
 @pytest.mark.browser
 def test_widgets_in_jupyterlab_in_headless_chromium(lab: Any, jupyter: tuple[str, Path]) -> None:
@@ -236,7 +223,7 @@ def test_widgets_in_jupyterlab_in_headless_chromium(lab: Any, jupyter: tuple[str
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             page.keyboard.press("Control+b")  # hide the file browser: wider widgets in the screenshots
             t0 = time.monotonic()
-            _run_all(page)
+            run_all(page)
 
             # SecretView: masked, reveals on click, masked again on a second click
             sv = page.locator(".vsolab-secretview")

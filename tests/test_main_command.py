@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import requests
+from _jupyterlab import run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("VSOLAB_ARTIFACTS") or ROOT / "artifacts")
@@ -129,15 +130,7 @@ def test_scripts_lab_sh_serves_notebook_00_and_its_first_cells_run(main_command:
             page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'"
                                    " || !!document.querySelector('.jp-mod-idle, [data-status=\"idle\"]')", timeout=120_000)
             first = 3  # code cells: parameters, notebook.setup(), lab.up()
-            for _ in range(3):  # Run > Run All Cells, again if the first click went nowhere (no kernel yet)
-                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                try:
-                    page.wait_for_function("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
-                                           ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=20_000)
-                    break
-                except Exception:  # noqa: BLE001 - nothing started: click again
-                    page.keyboard.press("Escape")
+            run_all(page)
             page.wait_for_function(
                 "n => { const ps = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]"
                 ".slice(0, n); return ps.length === n && ps.every(p => /\\[\\d+\\]/.test(p.textContent)); }",
