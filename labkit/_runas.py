@@ -136,6 +136,7 @@ class PodHost:
         self.ids = (pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid) if self.user else None
         self.root = ensure_pod_root(state)
         self._python: str | None = None
+        self._mirrored: dict[Path, Path] = {}
 
     def pod_dir(self, namespace: str, name: str) -> Path:
         return self.root / f"{namespace}_{name}"
@@ -206,6 +207,13 @@ class PodHost:
         except ValueError:
             return path
         product = cache_root() / rel.parts[0]
+        dest = self._mirrored.get(product)
+        if dest is None:
+            dest = self._mirrored[product] = self._mirror(product)
+        return str(dest.joinpath(*rel.parts[1:]))
+
+    def _mirror(self, product: Path) -> Path:
+        """Mirror ``product`` (once per agent process: its folder is walked for a stamp, then reused)."""
         images = self.root / ".images"
         images.mkdir(mode=0o711, exist_ok=True)
         os.chmod(images, 0o711)
@@ -228,7 +236,7 @@ class PodHost:
             (tmp / ".stamp").write_text(stamp)
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
-        return str(dest.joinpath(*rel.parts[1:]))
+        return dest
 
     def share_with_pod(self, folder: Path) -> None:
         """Let the pod's user read ``folder``'s files (root's, group = the pod's primary group); no write."""
