@@ -7,7 +7,6 @@ the port it was talking to (never by its message text), and named after the lab 
 
 from __future__ import annotations
 
-import socket
 import urllib.parse
 from typing import Any
 
@@ -16,6 +15,7 @@ import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 
+from ._state import listening
 from .errors import LostConnection
 
 #: component names as ``labkit status`` shows them, by the port name in state.json
@@ -35,14 +35,6 @@ def _psycopg_errors() -> tuple[type[BaseException], ...]:
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.HTTPError, requests.exceptions.RequestException, ConnectionError, *_psycopg_errors(),
 )
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -119,7 +111,7 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
     name = next((n for n, p in ports.items() if p == port), None)
     if name is None and port is None and type(exc).__module__.startswith("psycopg"):
         name, port = "postgres", ports.get("postgres")
-        if port and _listening(port):
+        if port and listening(port):
             return None  # PostgreSQL answers: it refused this connection (a login), it did not go away
     what = _COMPONENTS.get(name or "", "a part of the lab") + (f" at 127.0.0.1:{port}" if port else "")
     fixes = ["Run `labkit status` to see which part of the lab is down.",

@@ -66,6 +66,15 @@ def state_dir_from_env() -> Path:
     return Path(os.environ.get("VSOLAB_STATE", str(DEFAULT_STATE))).expanduser().absolute()
 
 
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections on ``host:port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Nothing listens on ``port``, and a server can bind it the way servers do (with SO_REUSEADDR).
 

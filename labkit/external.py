@@ -22,7 +22,6 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import requests
 import yaml
 
 from . import _procs, install, k8s
-from ._state import DEFAULT_STATE, State
+from ._state import DEFAULT_STATE, State, listening
 from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
 from .local import CACHE_MODELS, Health
@@ -233,7 +232,7 @@ class PortForwards:
         key, tag = f"{namespace}/{name}", self._tag(namespace, name)
         rec = records.get(key)
         pidfile = self.lab.state.path("run", f"pf-{namespace}-{name}.pid")
-        if rec and rec.get("pod") == pod and _procs.read_pid(pidfile, tag) and _listening(rec["port"]):
+        if rec and rec.get("pod") == pod and _procs.read_pid(pidfile, tag) and listening(rec["port"]):
             return f"http://127.0.0.1:{rec['port']}"
         self._stop(pidfile, tag)
         kubectl = install.kubectl_binary()
@@ -242,7 +241,7 @@ class PortForwards:
         port = port_for.select_random()
         log = self.lab.state.path("logs", f"port-forward-{namespace}-{name}.log")
         cmd = port_forward_command(str(kubectl), self.lab.kubeconfig, self.lab.kube_context, namespace, pod, port)
-        daemon = _procs.Daemon(cmd, check=lambda: _listening(port), tag=tag, log=log, timeout=30)
+        daemon = _procs.Daemon(cmd, check=lambda: listening(port), tag=tag, log=log, timeout=30)
         try:
             _procs.start(daemon, pidfile)
         except (_procs.ProcessExitedWithError, _procs.TimeoutExpired):
@@ -269,12 +268,6 @@ class PortForwards:
         if self.lab.state.root.exists():
             self.lab.state.update(port_forwards={})
         return n
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cluster_state(state: State | str | Path | None, backend: str) -> State:

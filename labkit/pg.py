@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import psycopg
 
+from ._state import listening
 from .errors import NotRunning
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def _connect(lab: Any, **kw: Any) -> psycopg.Connection:
@@ -27,7 +19,7 @@ def _connect(lab: Any, **kw: Any) -> psycopg.Connection:
         host, port = lab.pg_address
         first = str(exc).strip().splitlines()[0]
         # libpq gives no SQLSTATE for a failed connection, so tell "nothing answers" from "refused" by the socket.
-        if _listening(host, port):
+        if listening(port, host):
             raise NotRunning(
                 f"Checked that PostgreSQL at {host}:{port} accepts the lab's admin login: it answers but refuses it ({first}).",
                 ["On the local lab, the admin password lives in the state directory's secrets.json: if that file was "
