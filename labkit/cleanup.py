@@ -70,10 +70,13 @@ def undo_instant(lab: Any) -> Done:
 
 
 def undo_cache(lab: Any) -> Done:
+    """Client-cache persistence off, then the transit engine, key, policy and role gone. On a shared VSO (the
+    team's) only this attendee's Vault objects go: the operator, its settings and its cache Secrets stay."""
     n = lab.names
-    if lab.operator_settings().get("client_cache_persistence_model") != "none":
+    shared = bool(getattr(lab, "shared_operator", False))
+    if not shared and lab.operator_settings().get("client_cache_persistence_model") != "none":
         lab.restart_operator(client_cache_persistence_model="none")
-    if not getattr(lab, "helm_managed_operator", False):
+    if not shared and not getattr(lab, "helm_managed_operator", False):
         vso.delete(lab, "VaultAuth", n.transit_auth, n.operator_ns)
     c = vault.client(lab)
     _vault_quiet(c.auth.kubernetes.delete_role, n.transit_role, mount_point=n.k8s_auth_mount)
@@ -83,7 +86,7 @@ def undo_cache(lab: Any) -> Done:
     from kubernetes import client as kclient
 
     core = kclient.CoreV1Api(lab.kube)
-    for s in core.list_namespaced_secret(n.operator_ns).items:
+    for s in [] if shared else core.list_namespaced_secret(n.operator_ns).items:
         if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
             core.delete_namespaced_secret(s.metadata.name, n.operator_ns)
     return Done("client-cache persistence off; transit engine, key, policy and role removed",
@@ -175,7 +178,7 @@ def clean_all(lab: Any) -> Steps:
 
 def check(lab: Any) -> Check:
     n = lab.names
-    roles = pg.dynamic_roles(lab)
+    roles = pg.lab_roles(lab)
     leases = vault.list_leases(lab, f"{n.db_mount}/creds/{n.db_role}")
     left = [ns for ns in (n.static_ns, n.dynamic_ns, n.vault_ns) if not k8s.namespace_gone(lab.kube, ns)]
     return Check("clean-up: nothing the lab created is left", [

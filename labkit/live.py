@@ -346,7 +346,7 @@ class Timeline(_Chain):
     def observe(self) -> dict[str, Any]:
         res, secret, _, pods, _ = self._read()
         dynamic = self.kind == "VaultDynamicSecret"
-        return {"roles": [r["role"] for r in pg.dynamic_roles(self.lab)] if dynamic else None, "vds": res if dynamic else None,
+        return {"roles": [r["role"] for r in pg.lab_roles(self.lab)] if dynamic else None, "vds": res if dynamic else None,
                 "secret": secret, "pods": pods}
 
     def apply(self, now: float, observed: dict[str, Any]) -> None:

@@ -408,11 +408,6 @@ class MinikubeLab(ClusterLab):
     def pg_admin_password(self) -> str:
         return self._secret("postgres_password")
 
-    def env(self) -> dict[str, str]:
-        return {"VAULT_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
-                "PGHOST": "127.0.0.1", "PGPORT": str(self.pg_address[1]), "PGUSER": "root",
-                "VSOLAB_BACKEND": "minikube", "VSOLAB_STATE": str(self.state.root)}
-
     def events_supported(self) -> tuple[bool, str]:
         ok, why = super().events_supported()
         if not ok and not self.settings.enterprise:

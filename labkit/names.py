@@ -93,6 +93,16 @@ class Names:
     def dynamic_ns(self) -> str:
         return self._p("dynamic-exampleapp")
 
+    @property
+    def vso_db_users(self) -> str:
+        """How the PostgreSQL roles Vault creates for VSO begin, so attendees sharing a database tell theirs apart.
+
+        Vault's default username template starts ``v-`` and the first 8 characters of the token's display name,
+        which for a login is the auth mount's path and a dash first: ``v-kubernet…`` in the tutorial,
+        ``v-alice-ku…`` under the prefix ``alice-``.
+        """
+        return "v-" + f"{self.k8s_auth_mount}-"[:8]
+
     dynamic_sa = "vso-dynamic-exampleapp-sa"
     dynamic_auth = "dynamic-auth"
     dynamic_vds = "vault-dynamic-secret"

@@ -44,6 +44,12 @@ def dynamic_roles(lab: Any, prefix: str = "v-") -> list[dict[str, Any]]:
     return [{"role": r[0], "valid_until": r[1], "can_login": r[2]} for r in rows]
 
 
+def lab_roles(lab: Any) -> list[dict[str, Any]]:
+    """The dynamic roles of this lab: every ``v-`` role on a lab of one's own; under an attendee prefix (a shared
+    database) those Vault created for this attendee's VSO logins (:attr:`labkit.names.Names.vso_db_users`)."""
+    return dynamic_roles(lab, lab.names.vso_db_users if lab.names.prefix else "v-")
+
+
 def can_login(lab: Any, username: str, password: str) -> tuple[bool, str]:
     """Try to log in as ``username``; return (ok, current_user or PostgreSQL's error)."""
     try:

@@ -136,7 +136,7 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
             obs.renewals += 1
             note("renewal", f"lease …{lid[-6:]} renewed for {lease.get('duration')}s")
         last_renewal = lease.get("last_renewal")
-        roles = {r["role"] for r in pg.dynamic_roles(lab) if r["role"].startswith("v-kubernet")}
+        roles = {r["role"] for r in pg.dynamic_roles(lab, lab.names.vso_db_users)}
         for r in sorted(roles - roles_prev):
             if r not in obs.roles_seen:
                 obs.roles_seen.append(r)
@@ -177,7 +177,7 @@ def check(lab: Any, obs: Observation) -> Check:
     except Exception:  # noqa: BLE001
         app_ok = False
     first_role = obs.initial_user
-    still = {r["role"] for r in pg.dynamic_roles(lab)}
+    still = {r["role"] for r in pg.lab_roles(lab)}
     return Check("rotation: renew, rotate, restart, revoke", [
         ("VSO renewed the lease at least once", obs.renewals >= 1,
          "watch longer than default_ttl × renewalPercent, or lower renewalPercent"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run every test: lint, unit, the local lab with real processes, the backend contract,
 # the browser, the README's main command (scripts/lab.sh) in a browser, then the whole notebook series twice
-# (papermill, then nbval) with a leak scan. Whatever happens, the lab this script started is stopped on exit.
+# (papermill, then nbval), then on the external backend for two attendees side by side, with a leak scan. Whatever happens, the lab this script started is stopped on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
@@ -9,8 +9,10 @@ ART="${VSOLAB_ARTIFACTS:-$PWD/artifacts}"; mkdir -p "$ART"; export VSOLAB_ARTIFA
 export VSOLAB_STATE="${VSOLAB_STATE:-$(mktemp -d /tmp/vsolab-ci.XXXXXX)/state}"
 status=0
 recorder=""
-cleanup() {  # on any exit, Ctrl-C included: no lab and no recorder left behind
+ext_pids=()
+cleanup() {  # on any exit, Ctrl-C included: no lab, no recorder and no notebook run left behind
   [ -n "$recorder" ] && kill "$recorder" 2>/dev/null
+  for p in "${ext_pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
   python3 -m labkit down --purge >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -41,10 +43,31 @@ VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
   --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
 step "notebooks at the learner's own defaults (papermill, no CI parameters: the TTLs, live views and exercises a learner gets)"
 python3 -m labkit run-notebooks --output "$ART/executed-defaults" || status=1
+step "notebooks on the external backend over this lab (VSO as its Helm release, the team's): alice- and bob- side by side"
+# Each attendee gets only what `labkit env` prints for this lab plus a prefix and a state directory of its own
+# (tests/_external_on_local.py); both series run at once against the one cluster, Vault, database and operator.
+if python3 -m labkit up >/dev/null && python3 -m labkit operator install; then
+  for who in alice bob; do
+    ( exports="$(python3 tests/_external_on_local.py "$who" "$(dirname "$VSOLAB_STATE")/external-$who")" &&
+      eval "$exports" &&
+      python3 -m labkit run-notebooks --ci --backend external --output "$ART/executed-external-$who" ) \
+      > "$ART/external-$who.log" 2>&1 &
+    ext_pids+=("$!")
+  done
+  for p in "${ext_pids[@]}"; do wait "$p" || status=1; done
+  ext_pids=()
+  for who in alice bob; do printf -- '-- %s (log: %s)\n' "$who" "$ART/external-$who.log"; tail -n 12 "$ART/external-$who.log"; done
+else
+  echo "the lab did not come up with VSO as a Helm release: the external series did not run" >&2; status=1
+fi
 kill "$recorder" 2>/dev/null; wait "$recorder" 2>/dev/null; recorder=""
 step "leak scan of executed notebooks (both runs), widget state, status output and logs"
 python3 -m labkit status > "$ART/status.txt" 2>&1
 VSOLAB_EXECUTED="$ART/executed" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider tests/test_executed.py
 VSOLAB_EXECUTED="$ART/executed-defaults" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
   tests/test_executed.py -k "executed_notebook"
+for who in alice bob; do
+  VSOLAB_EXECUTED="$ART/executed-external-$who" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
+    tests/test_executed.py -k "executed_notebook"
+done
 exit $status

@@ -2,6 +2,8 @@
 
 It runs against the backend named by ``VSOLAB_CONTRACT_BACKEND`` (``local`` by default; ``minikube`` or
 ``external`` where their tools and settings are present) and skips, naming what is missing, otherwise.
+With the default it also runs against the external backend for real, twice: attendees ``alice-`` and ``bob-``
+sharing a second local lab's Vault, cluster, database and Helm-installed operator (tests/_external_on_local.py).
 
 Everything the suite creates carries the prefix ``ct-`` (after the backend's own prefix), so it never
 touches the tutorial's names, and is removed at the end. The clean-up test runs last: it takes the lab
@@ -26,7 +28,7 @@ from labkit._state import port_free
 from labkit.backends import get_backend
 from labkit.doctor import doctor
 from labkit.errors import NotRunning, ParameterError
-from labkit.external import ExternalLab
+from labkit.external import ExternalLab, SharedOperator
 from labkit.names import Names
 
 BACKEND = os.environ.get("VSOLAB_CONTRACT_BACKEND", "local").strip().lower()
@@ -46,10 +48,16 @@ class Prefixed:
         return getattr(self._lab, name)
 
 
-@pytest.fixture(scope="module")
+LABS = ["local", "external-alice", "external-bob"] if BACKEND == "local" else [BACKEND]
+
+
+@pytest.fixture(scope="module", params=LABS)
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if BACKEND == "local":
+    if request.param == "local":
         yield request.getfixturevalue("local_lab")
+        return
+    if request.param.startswith("external-"):
+        yield request.getfixturevalue("external_labs")[request.param.split("-", 1)[1] + "-"]
         return
     missing = [f"{r.name}: {r.fix}" for r in doctor(BACKEND) if not r.ok]
     if missing:
@@ -121,7 +129,11 @@ def cache_secrets(lab: Any, auth_namespace: str) -> list[str]:
 
 # -- addresses and clients -------------------------------------------------------------------------------------------
 def test_addresses_and_clients(lab: Any) -> None:
-    assert lab.backend == BACKEND
+    assert lab.backend in ({"local", "external"} if BACKEND == "local" else {BACKEND})
+    for key in ("VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PATH", "PREFIX",
+                "HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
+        assert key in lab.env(), f"env() lacks {key}"
+    assert lab.env()["PREFIX"] == lab.names.prefix
     assert lab.healthy(), [h for h in lab.status() if not h.healthy]
     env = lab.env()
     assert env["VAULT_ADDR"] == lab.vault_addr and env["VAULT_TOKEN"] == lab.vault_token
@@ -175,7 +187,29 @@ def test_the_app_endpoint_serves_the_secret_and_reaches_postgres(ct: Prefixed) -
 
 
 # -- operator restart and the client-cache switch --------------------------------------------------------------------------
+def skip_if_shared(lab: Any) -> None:
+    if getattr(lab, "shared_operator", False):
+        pytest.skip("VSO is the team's (VSOLAB_SHARED_OPERATOR=1): attendees never restart it (see the test below)")
+
+
+def test_a_shared_operator_is_never_restarted_or_reconfigured_by_an_attendee(lab: Any, ct: Prefixed) -> None:
+    if not getattr(lab, "shared_operator", False):
+        pytest.skip("this lab owns its operator")
+    from kubernetes import client as kclient
+
+    op = lab.operator()
+    apps = kclient.AppsV1Api(lab.kube)
+    generation = apps.read_namespaced_deployment(op.deployment, op.namespace).metadata.generation
+    for model in (None, "direct-encrypted"):
+        with pytest.raises(SharedOperator, match="the team does"):
+            lab.restart_operator(client_cache_persistence_model=model)
+    assert apps.read_namespaced_deployment(op.deployment, op.namespace).metadata.generation == generation
+    assert lab.env()["VSOLAB_SHARED_OPERATOR"] == "1"
+    assert lab.healthy()
+
+
 def test_restart_operator_keeps_vso_healthy_and_syncing(lab: Any, ct: Prefixed) -> None:
+    skip_if_shared(lab)
     before = lab.operator_settings()["client_cache_persistence_model"]
     lab.restart_operator()
     assert lab.healthy(), [h for h in lab.status() if not h.healthy]
@@ -186,6 +220,7 @@ def test_restart_operator_keeps_vso_healthy_and_syncing(lab: Any, ct: Prefixed) 
 
 
 def test_the_client_cache_switch_reaches_the_running_vso(lab: Any, ct: Prefixed) -> None:
+    skip_if_shared(lab)
     n = ct.names
     try:
         lab.restart_operator(client_cache_persistence_model="direct-unencrypted")
@@ -214,9 +249,9 @@ def test_restart_operator_refuses_an_unknown_cache_model(lab: Any) -> None:
 def test_events_supported_answers_with_a_reason(lab: Any) -> None:
     ok, why = lab.events_supported()
     assert isinstance(ok, bool) and len(why) > 20
-    if BACKEND == "local":
+    if lab.backend in ("local", "external") and BACKEND == "local":  # the local lab's OpenBao, seen directly or not
         assert not ok and "OpenBao" in why
-    if BACKEND == "minikube":
+    if lab.backend == "minikube":
         assert ok == lab.settings.enterprise, why
     if not ok:
         assert "Enterprise" in why
@@ -225,7 +260,7 @@ def test_events_supported_answers_with_a_reason(lab: Any) -> None:
 # -- attendees sharing one Vault and cluster (the external backend, over the local lab's Vault, API and database) -------------
 def test_an_external_attendee_cleans_up_only_what_carries_their_prefix(lab: Any, ct: Prefixed,
                                                                        tmp_path: Path) -> None:
-    if BACKEND != "local":
+    if lab.backend != "local":
         pytest.skip("exercised over the local lab's Vault, API and PostgreSQL")
     host, port = lab.pg_address
     env = {**lab.env(), "VSOLAB_PG_ADDR": f"{host}:{port}", "VSOLAB_PG_PASSWORD": lab.pg_admin_password,
@@ -257,16 +292,16 @@ def test_an_external_attendee_cleans_up_only_what_carries_their_prefix(lab: Any,
 
 # -- clean-up (last: takes the lab down, checks, brings it back) -------------------------------------------------------------
 def test_down_leaves_nothing_running_then_up_resumes(lab: Any) -> None:
-    ports = dict(lab.ports) if BACKEND == "local" else {}
+    ports = dict(lab.ports) if lab.backend == "local" else {}
     lab.down()
     try:
         health = lab.status()
-        if BACKEND == "local":
+        if lab.backend == "local":
             assert not any(h.healthy for h in health)
             assert _procs.tagged(lab.state.lab_id + ":") == [], "no lab process is left"
             busy = {name: port for name, port in ports.items() if not port_free(port)}
             assert not busy, f"ports still bound after down: {busy}"
-        elif BACKEND == "minikube":
+        elif lab.backend == "minikube":
             assert not any(h.healthy for h in health if h.component in ("vault", "postgres", "vso"))
         else:  # external: the team's Vault and cluster stay; the attendee's namespaces go
             assert all(k8s.namespace_gone(lab.kube, ns) for ns in (lab.names.static_ns, lab.names.dynamic_ns, lab.names.vault_ns))

@@ -393,6 +393,57 @@ def test_external_lab_reads_its_addresses_from_the_environment(tmp_path: Path) -
         external.parse_hostport("postgresql://db:x", "PostgreSQL", "VSOLAB_PG_ADDR")
 
 
+#: what a %%bash cell may rely on, on every backend (labkit/_env.py)
+SHELL_ENV = ("VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN", "KUBECONFIG", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
+             "PGPASSWORD", "PATH", "PREFIX", "HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME", "VSO_CHART_REPO",
+             "LAB_HELM_VALUES", "LAB_HELM_POSTRENDERER", "VSOLAB_BACKEND", "VSOLAB_STATE")
+
+
+def check_shell_env(env: dict[str, str], state: Path) -> None:
+    missing = [k for k in SHELL_ENV if k not in env]
+    assert not missing, f"env() lacks {missing}"
+    assert env["BAO_ADDR"] == env["VAULT_ADDR"] and env["BAO_TOKEN"] == env["VAULT_TOKEN"]
+    bindir = Path(env["PATH"].split(os.pathsep)[0])
+    assert bindir == state / "bin" and (bindir / "vault").exists() and (bindir / "kubectl").exists()
+    assert env["PATH"].split(os.pathsep).count(str(bindir)) == 1
+    for key in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME", "LAB_HELM_VALUES", "LAB_HELM_POSTRENDERER"):
+        assert Path(env[key]).is_relative_to(state), key
+    assert yaml.safe_load(Path(env["LAB_HELM_VALUES"]).read_text()) == {}
+    # The post-renderer passes the chart's manifests through unchanged, as Helm calls it (stdin → stdout).
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"
+    out = subprocess.run([env["LAB_HELM_POSTRENDERER"]], input=manifest, capture_output=True, text=True, check=True)
+    assert out.stdout == manifest
+
+
+def test_minikube_env_gives_shells_what_every_backend_gives(tmp_path: Path) -> None:
+    lab = MinikubeLab(tmp_path / "mk")
+    env = lab.env()
+    check_shell_env(env, tmp_path / "mk")
+    assert env["PREFIX"] == "" and "VSOLAB_SHARED_OPERATOR" not in env, "minikube's VSO is the lab's own"
+    assert env["VSO_CHART_REPO"] == "https://helm.releases.hashicorp.com"
+    assert env["PGPASSWORD"] == lab.pg_admin_password and env["PGPORT"] == str(lab.pg_address[1])
+    again = lab.env()
+    assert again == env, "env() is stable: the same ports, secrets and files the second time"
+
+
+def test_external_env_carries_the_prefix_and_says_whose_operator_it_is(tmp_path: Path) -> None:
+    base = {"VAULT_ADDR": "https://vault.example:8200", "VAULT_TOKEN": "hvs.x", "KUBECONFIG": str(tmp_path / "kc"),
+            "VSOLAB_PG_ADDR": "db.example:6432", "VSOLAB_PG_PASSWORD": "pw", "VSOLAB_PG_USER": "admin",
+            "VSOLAB_PREFIX": "alice", "VSOLAB_CHART_REPO": "https://charts.example/mirror"}
+    lab = ExternalLab(tmp_path / "alice", environ=base)
+    env = lab.env()
+    check_shell_env(env, tmp_path / "alice")
+    assert (env["PREFIX"], env["VSOLAB_PREFIX"]) == ("alice-", "alice-")
+    assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGPASSWORD"]) == ("db.example", "6432", "admin", "pw")
+    assert env["VSO_CHART_REPO"] == "https://charts.example/mirror"
+    assert env["VSOLAB_SHARED_OPERATOR"] == "1", "VSO this lab did not install is the team's"
+    lab.state.update(installed_vso=True)
+    assert "VSOLAB_SHARED_OPERATOR" not in lab.env(), "a VSO the lab installed is the attendee's own"
+    assert ExternalLab(tmp_path / "alice", environ={**base, "VSOLAB_SHARED_OPERATOR": "1"}).shared_operator
+    with pytest.raises(external.SharedOperator, match="the team does"):
+        ExternalLab(tmp_path / "bob", environ={**base, "VSOLAB_PREFIX": "bob"}).restart_operator()
+
+
 def test_kubeconfig_ca_may_be_a_file_relative_to_the_kubeconfig(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text("PEM")
     kc = tmp_path / "config"
