@@ -301,10 +301,12 @@ def server_info(lab: Any) -> dict[str, Any]:
 
 
 def _is_openbao(lab: Any) -> bool:
+    """OpenBao's ``sys/seal-status`` names its build time ``commit_date`` where Vault's says ``build_date``: that
+    field, not the address or the backend, tells them apart (the external backend may sit on either)."""
     try:
         r = requests.get(f"{lab.vault_addr}/v1/sys/seal-status", timeout=5).json()
-        return "build_date" in r and "openbao" in str(r).lower() or getattr(lab, "backend", "") == "local"
-    except requests.RequestException:
+        return "commit_date" in r and "build_date" not in r or getattr(lab, "backend", "") == "local"
+    except (requests.RequestException, ValueError):
         return False
 
 
