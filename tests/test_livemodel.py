@@ -288,7 +288,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(live.k8s, "get", k8s_get)
     monkeypatch.setattr(live.k8s, "pods", lambda api, ns, sel: world["pods"])
     monkeypatch.setattr(live.vso, "get", lambda lab, kind, name, ns: world["vds"])
-    monkeypatch.setattr(live.pg, "dynamic_roles", lambda lab: [{"role": USERNAME}])
+    monkeypatch.setattr(live.pg, "lab_roles", lambda lab: [{"role": USERNAME}])
     monkeypatch.setattr(live.LeaseView, "_role", lambda self, mount, role: {"max_ttl": 30})
     monkeypatch.setattr(live.LeaseView, "_issue_time", lambda self, lease_id: None)
     monkeypatch.setattr(live.PipelineView, "_vault_path", lambda self, spec: ("database/creds/r", True, "role exists"))
