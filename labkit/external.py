@@ -391,7 +391,8 @@ class ClusterLab:
         from kubernetes.client.exceptions import ApiException
 
         apps = kclient.AppsV1Api(self.kube)
-        ns = os.environ.get("VSOLAB_VSO_NAMESPACE") or self.state.read().get("vso_namespace") or self.names.operator_ns
+        environ = getattr(self, "environ", os.environ)
+        ns = environ.get("VSOLAB_VSO_NAMESPACE") or self.state.read().get("vso_namespace") or self.names.operator_ns
         items = apps.list_namespaced_deployment(ns, label_selector=VSO_LABEL).items
         if not items:
             try:
