@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("run-notebooks", help="run every notebook in order with papermill")
     s.add_argument("--output", default="executed", help="folder for executed notebooks")
-    s.add_argument("--ci", action="store_true", help="short TTLs and live views (CI parameters)")
+    s.add_argument("--ci", action="store_true", help="short TTLs and live views (CI parameters), with the exercises' solutions typed in")
     s.add_argument("--only", nargs="*", help="notebook numbers to run")
-    s.add_argument("--solutions", action="store_true", help="apply the exercise solutions")
+    s.add_argument("--solutions", action="store_true", help="type each exercise's solution (notebooks/solutions/) into its cell first; "
+                   "checks must pass (--ci implies it)")
     s.set_defaults(func=cmd_run_notebooks)
     s = sub.add_parser("lab", help="start the lab and open JupyterLab on the notebooks")
     s.add_argument("--no-browser", action="store_true")

@@ -1,17 +1,99 @@
-""""Try it yourself" tasks: one per notebook from the static-secrets stage on.
+""""Try it yourself": at least two exercises per notebook from 01 on.
 
-``check(lab, n)`` verifies the learner's result and gives a hint; ``solve(lab, n)``
-applies the instructor's solution (notebooks call it when ``SOLUTIONS=True``,
-which is how CI proves every exercise solvable and every checker passing).
+Each exercise is registered by its stage's module with :func:`exercise`: an id (the notebook's exercise cell is
+``exercise-<id>``, its checker cell calls ``check(lab, "<id>")``), the task, hints the learner asks for one at a
+time (``hint("<id>")``), and a checker that reads real state. The learner types the solution in the exercise cell;
+the text CI types is in ``notebooks/solutions/<notebook>.yaml`` (see :mod:`labkit._cells`).
+
+The numbered ``solve``/``check`` below are the old one-exercise-per-notebook form, kept until every notebook has
+moved to the registry.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import k8s, pg, static, vault, vso
 from .display import Check
+from .errors import CheckFailed, ParameterError
+
+
+@dataclass
+class Exercise:
+    id: str
+    notebook: int
+    task: str
+    hints: list[str]
+    checker: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
+    #: how many hints this kernel has shown so far
+    shown: int = field(default=0)
+
+
+REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(id: str, notebook: int, task: str, hints: list[str]) -> Callable[
+        [Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]],
+        Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]]:
+    """Register a checker: ``checker(lab, namespace) -> [(what was checked, passed, what to look at when not)]``."""
+    def register(fn: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
+                 ) -> Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]:
+        REGISTRY[id] = Exercise(id, notebook, task, hints, fn)
+        return fn
+    return register
+
+
+def _get(id: str) -> Exercise:
+    _load()
+    if id not in REGISTRY:
+        raise ParameterError(f"Looked up the exercise {id!r}: there is no such exercise.",
+                             [f"Use one of: {', '.join(sorted(REGISTRY))}.", "Check the id in the cell above.",
+                              "Re-run the notebook's first code cell (it imports the exercises)."])
+    return REGISTRY[id]
+
+
+def _load() -> None:
+    # the stage modules register their exercises on import
+    from . import cache, cleanup, connect, dynamic, instant, rotation  # noqa: F401
+
+
+def for_notebook(n: int) -> list[Exercise]:
+    _load()
+    return [e for e in REGISTRY.values() if e.notebook == n]
+
+
+def hint(id: str) -> str:
+    """The next hint for exercise ``id`` (each call shows one more; the last one repeats)."""
+    ex = _get(id)
+    if not ex.hints:
+        return f"hint: no hints for {id}"
+    ex.shown = min(ex.shown + 1, len(ex.hints))
+    return "\n".join(f"hint {i + 1}/{len(ex.hints)}: {h}" for i, h in enumerate(ex.hints[: ex.shown]))
+
+
+def check(lab: Any, id: str | int, namespace: dict[str, Any] | None = None, *, required: bool | None = None) -> Check:
+    """Check exercise ``id`` against the lab's real state. With ``required`` (default: the notebook's
+    ``EXERCISES_SOLVED``, which CI sets after typing the solutions in) a failed check fails the cell."""
+    if isinstance(id, int):
+        return _check_numbered(lab, id, namespace)
+    ex = _get(id)
+    ns = namespace if namespace is not None else {}
+    result = Check(f"exercise {id}", ex.checker(lab, ns))
+    if not result.results:
+        raise ParameterError(f"Checked exercise {id}: its checker returned nothing to check.",
+                             ["This is a bug in labkit: a checker must check something.", "Report it.",
+                              "Skip this exercise meanwhile."])
+    if required is None:
+        required = bool(ns.get("EXERCISES_SOLVED"))
+    if required and not result.passed:
+        raise CheckFailed(str(result), ["Follow the note next to each unchecked item.",
+                                        f"Ask for a hint: `exercises.hint({id!r})`.",
+                                        "Re-run the cells above this exercise, in order."])
+    return result
+
 
 TASKS = {
     2: "Add a second key, api_key, to the KV secret static/exampleapp/creds (keep username and password), "
@@ -70,7 +152,7 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
     raise KeyError(n)
 
 
-def check(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
+def _check_numbered(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
     names = lab.names
     if n == 2:
         kv = vault.kv_get(lab, names.kv_mount, names.kv_path).get("data") or {}

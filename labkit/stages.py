@@ -1,7 +1,8 @@
 """``labkit stage N``: bring the lab to the state at the start of notebook N.
 
-Everything the earlier notebooks create is applied with the very functions the
-notebooks call; everything later notebooks create is removed. Idempotent.
+Everything the earlier notebooks create is applied by running those notebooks' own step cells
+(:func:`labkit._cells.run_steps`: the ``%%bash`` cells tagged ``step``, the learner's commands); everything later
+notebooks create is removed. Idempotent. A notebook not yet written as step cells falls back to its Python steps.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import cache, cleanup, connect, dynamic, instant, rotation, static
+from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -88,6 +89,14 @@ STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], A
 }
 
 
+def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
+    """Do what notebook ``k`` does: its step cells, or (not yet converted) its Python steps."""
+    if _cells.step_cells(_cells.read(_cells.notebook_path(k))):
+        _cells.run_steps(lab, k, p)
+    else:
+        STAGES[k][0](lab, p)
+
+
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
     """Make the lab look as it does at the start of notebook ``n``; return what was done."""
     if not 0 <= n < len(NOTEBOOKS):
@@ -110,6 +119,6 @@ def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> lis
                 STAGES[k][1](lab)
         for k in sorted(STAGES):
             if k < n:
-                STAGES[k][0](lab, p)
+                apply_stage(lab, k, p)
                 done.append(NOTEBOOKS[k])
     return done

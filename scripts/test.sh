@@ -39,8 +39,8 @@ python3 -m labkit run-notebooks --ci --output "$ART/executed" || status=1
 step "notebooks, second run on the same lab (nbval --nbval-lax over the executed notebooks)"
 VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
   --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
-step "notebooks at the learner's own defaults (papermill, no CI parameters: the TTLs, live views and exercises a learner gets)"
-python3 -m labkit run-notebooks --output "$ART/executed-defaults" || status=1
+step "notebooks at the learner's own defaults (papermill, no CI parameters: the TTLs and live views a learner gets, the exercises' solutions typed into their cells)"
+python3 -m labkit run-notebooks --solutions --output "$ART/executed-defaults" || status=1
 kill "$recorder" 2>/dev/null; wait "$recorder" 2>/dev/null; recorder=""
 step "leak scan of executed notebooks (both runs), widget state, status output and logs"
 python3 -m labkit status > "$ART/status.txt" 2>&1

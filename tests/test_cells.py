@@ -1,0 +1,86 @@
+"""labkit._cells: step cells, the stage runner's bash, typed solutions (no lab: a stand-in with env() and names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit import _cells
+from labkit.errors import LabkitError
+from labkit.names import Names
+
+
+class StandIn:
+    names = Names("alice-")
+
+    def env(self) -> dict[str, str]:
+        return {"VAULT_ADDR": "http://127.0.0.1:1"}
+
+
+def _nb(folder: Path, cells: list[nbformat.NotebookNode], name: str = "03-test.ipynb") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cells
+    path = folder / name
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _code(src: str, *, tags: list[str] | None = None, id: str | None = None) -> nbformat.NotebookNode:
+    c = nbformat.v4.new_code_cell(src)
+    if tags:
+        c.metadata["tags"] = tags
+    if id:
+        c.id = id
+    return c
+
+
+def test_run_steps_runs_only_step_cells_in_order_with_the_lab_env(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    _nb(tmp_path, [
+        _code(f"%%bash\necho one $PREFIX $REFRESH_AFTER $VAULT_ADDR >> {out}", tags=["step"]),
+        _code(f"%%bash\necho not-a-step >> {out}"),
+        _code(f"%%bash\necho two >> {out}", tags=["step"], id="second"),
+    ])
+    done = _cells.run_steps(StandIn(), 3, {"REFRESH_AFTER": "3s"}, folder=tmp_path)
+    assert out.read_text().splitlines() == ["one alice- 3s http://127.0.0.1:1", "two"]
+    assert done[-1] == "second"
+
+
+def test_a_failing_step_names_the_notebook_and_cell(tmp_path: Path) -> None:
+    _nb(tmp_path, [_code("%%bash\necho fine", tags=["step"]),
+                   _code("%%bash\necho oops >&2\nexit 3", tags=["step"], id="broken")])
+    with pytest.raises(_cells.StepFailed) as e:
+        _cells.run_steps(StandIn(), 3, {}, folder=tmp_path)
+    text = str(e.value)
+    assert "03-test.ipynb, cell 1 (id broken)" in text and "status 3" in text and "oops" in text
+
+
+def test_a_step_cell_must_be_bash(tmp_path: Path) -> None:
+    _nb(tmp_path, [_code("print('python')", tags=["step"], id="py")])
+    with pytest.raises(LabkitError, match="not a %%bash cell"):
+        _cells.run_steps(StandIn(), 3, {}, folder=tmp_path)
+
+
+def test_fill_solutions_types_each_exercise_and_refuses_a_mismatch(tmp_path: Path) -> None:
+    sols = tmp_path / "solutions"
+    sols.mkdir()
+    path = _nb(tmp_path, [_code("%%bash\n# vault kv ____", id="exercise-a"), _code("x = 1", id="other")])
+    (sols / "03-test.yaml").write_text("exercise-a: |\n  %%bash\n  vault kv patch static/x k=v\n")
+    out = tmp_path / "typed.ipynb"
+    assert _cells.fill_solutions(path, out, sols) == 1
+    cells = nbformat.read(str(out), as_version=4).cells
+    assert cells[0].source == "%%bash\nvault kv patch static/x k=v" and cells[1].source == "x = 1"
+    (sols / "03-test.yaml").write_text("exercise-b: |\n  echo\n")
+    with pytest.raises(LabkitError, match=r"without a solution: \['exercise-a'\].*for no cell: \['exercise-b'\]"):
+        _cells.fill_solutions(path, out, sols)
+
+
+def test_every_real_notebook_step_cell_is_bash_and_every_exercise_has_a_solution() -> None:
+    for path in sorted(_cells.NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb")):
+        nb = _cells.read(path)
+        for _, cell in _cells.step_cells(nb):
+            _cells.bash_body(cell)
+        ids = {c.id for _, c in _cells.exercise_cells(nb)}
+        assert ids == set(_cells.solutions(path)), path.name
