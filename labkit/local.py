@@ -42,6 +42,7 @@ OPERATOR_NAMESPACE = "vault-secrets-operator"
 #: the operator release's objects, read over plain HTTPS (without the kubernetes client, which is slow to import)
 RELEASE_CHECK = ("/api/v1/namespaces/vault-secrets-operator/secrets"
                  "?labelSelector=owner%3Dhelm,name%3Dvault-secrets-operator,status%3Ddeployed")
+CRD_CHECK = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/vaultstaticsecrets.secrets.hashicorp.com"
 OPERATOR_PODS = "/api/v1/namespaces/vault-secrets-operator/pods?labelSelector=control-plane%3Dcontroller-manager"
 NODE_NAME = "vsolab-node"
 KCM_CONTROLLERS = ",".join([
@@ -838,6 +839,17 @@ class LocalLab:
         r.raise_for_status()
         return bool(r.json().get("items"))
 
+    def _ensure_crds(self) -> None:
+        """VSO's CRDs (the chart's ``crds/``; ``helm install`` skips CRDs that exist), so that the lab's code and
+        ``kubectl get vaultstaticsecrets`` know the kinds before notebook 01 installs the operator."""
+        api = self.components["apiserver"]
+        assert isinstance(api, APIServer)
+        if api._get(CRD_CHECK).ok:
+            return
+        from . import k8s
+
+        k8s.apply(self.kube, [d for f in sorted(self.bin["vso-crds"].glob("*.yaml")) for d in k8s.load_yaml(f.read_text())])
+
     def _operator_pods(self) -> list[dict[str, Any]]:
         api = self.components["apiserver"]
         assert isinstance(api, APIServer)
@@ -849,12 +861,14 @@ class LocalLab:
         """The release's pod Ready (the agent restarts it; helm is not run again), or the release installed."""
         from . import helm
 
-        if not install.TOOLS["helm"].built():
-            return ""  # `up --no-operator` before `labkit install` built helm: nothing to write the files for
+        if not install.TOOLS["helm"].built():  # `up --no-operator` before `labkit install` built helm
+            self._ensure_crds()
+            return ""
         changed = helm.write_lab_files(self)  # $LAB_HELM_VALUES and $LAB_HELM_POSTRENDERER, for the lab's ports
         t0 = time.monotonic()
         if not self._release_installed():
             if not install_missing:
+                self._ensure_crds()
                 return ""
             helm.install_release(self)
             say(f"  operator   installed (helm upgrade --install) in {time.monotonic() - t0:.1f}s")
