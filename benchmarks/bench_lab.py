@@ -51,10 +51,11 @@ def apiserver_alone(root: Path) -> float:
     """kube-apiserver's own time from exec to /readyz (etcd already up), in a scratch state."""
     lab = LocalLab(root)
     lab.state.ensure()
-    from labkit._pki import ensure_etcd_pki, ensure_pki
+    from labkit._pki import ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 
     ensure_pki(lab.state)
     ensure_etcd_pki(lab.state)
+    ensure_kubelet_pki(lab.state)  # the API server's kubelet client certificate (kubectl logs)
     lab._write_admin_kubeconfig()
     lab.components["etcd"].ensure()
     times = []
