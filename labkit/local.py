@@ -782,6 +782,7 @@ class LocalLab:
             "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
             "PGPASSWORD": self.pg_admin_password,
             "VSOLAB_STATE": str(self.state.root),
+            "KUBE_API_FOR_VAULT": self.kube_api_for_vault,  # notebook 01's `vault write auth/kubernetes/config`
             # helm's repositories and cache in the lab's state: two labs' `vsolab` chart repos never mix
             "HELM_CONFIG_HOME": str(self.state.path("helm", "config")),
             "HELM_CACHE_HOME": str(self.state.path("helm", "cache")),
