@@ -62,7 +62,7 @@ def _noop(lab: Any) -> None:
 
 #: notebook number → (what it creates, when its notebook has no step cells yet; how to remove it)
 STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
-    1: (None, cleanup.undo_connect),  # notebook 01's step cells
+    1: (None, cleanup.undo_connect_and_operator),  # notebook 01's step cells
     2: (None, cleanup.undo_static),  # notebook 02's step cells
     3: (apply_dynamic, cleanup.undo_dynamic),
     4: (apply_rotation, _noop),
