@@ -814,6 +814,7 @@ class LocalLab:
             if "ca" in old:
                 _repair.retoken(self)
             if old:
+                self._ensure_crds()  # propagate lists VaultConnections (a fresh lab's new CA reads as "old" too)
                 _repair.propagate(self, old, say)
             action = self._ensure_operator(say, install_missing=operator)
             if action:
