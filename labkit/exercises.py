@@ -11,12 +11,11 @@ moved to the registry.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import k8s, pg, static, vault, vso
+from . import pg, vault, vso
 from .display import Check
 from .errors import CheckFailed, ParameterError
 
@@ -57,7 +56,7 @@ def _get(id: str) -> Exercise:
 
 def _load() -> None:
     # the stage modules register their exercises on import
-    from . import cache, cleanup, connect, dynamic, instant, rotation  # noqa: F401
+    from . import cache, cleanup, connect, dynamic, instant, rotation, static  # noqa: F401
 
 
 def for_notebook(n: int) -> list[Exercise]:
@@ -96,8 +95,6 @@ def check(lab: Any, id: str | int, namespace: dict[str, Any] | None = None, *, r
 
 
 TASKS = {
-    2: "Add a second key, api_key, to the KV secret static/exampleapp/creds (keep username and password), "
-       "and watch it appear in the Kubernetes Secret vso-static-creds-from-vault.",
     3: "Give the database role vault-role-dynamic-exampleapp a default_ttl of 2m (keep its max_ttl and statements), "
        "then generate one credential and see its lease_duration.",
     4: "Change the VaultDynamicSecret's renewalPercent to 50, so VSO renews at half the lease.",
@@ -114,11 +111,6 @@ def task(n: int) -> str:
 def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> str:
     """Apply the solution of exercise ``n``; return the code a learner could have written."""
     names = lab.names
-    if n == 2:
-        data = vault.kv_get(lab, names.kv_mount, names.kv_path).get("data") or {}
-        vault.kv_put(lab, names.kv_mount, names.kv_path, {**data, "api_key": secrets.token_urlsafe(16)})
-        k8s.wait_for("api_key to reach the Kubernetes Secret", lambda: "api_key" in static.read_secret(lab), 60)
-        return "vault kv patch static/exampleapp/creds api_key=<a new key>"
     if n == 3:
         role = vault.read_database_role(lab, names.db_role, mount=names.db_mount)
         vault.create_database_role(lab, names.db_role, db_name=names.db_connection,
@@ -140,6 +132,8 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
         vault.client(lab).secrets.transit.rotate_key(names.transit_key, mount_point=names.transit_mount)
         return "vault write -f demo-transit/keys/vso-client-cache/rotate"
     if n == 6:
+        from . import static
+
         refresh = "2s"
         vso.apply(lab, static.static_secret(lab, refresh_after=refresh, instant_updates=True))
         vso.wait_synced(lab, "VaultStaticSecret", names.static_vss, names.static_ns)
@@ -154,15 +148,7 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
 
 def _check_numbered(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
     names = lab.names
-    if n == 2:
-        kv = vault.kv_get(lab, names.kv_mount, names.kv_path).get("data") or {}
-        sec = static.read_secret(lab)
-        rows = [("Vault's secret has api_key", "api_key" in kv, "vault kv patch static/exampleapp/creds api_key=<value>"),
-                ("username and password are still there", {"username", "password"} <= set(kv),
-                 "`vault kv put` replaces the whole secret: use `kv patch`, or pass every key"),
-                ("the Kubernetes Secret has api_key, equal to Vault's", "api_key" in kv and sec.get("api_key") == kv["api_key"],
-                 "wait up to refreshAfter for VSO to sync")]
-    elif n == 3:
+    if n == 3:
         role = vault.read_database_role(lab, names.db_role, mount=names.db_mount)
         rows = [("default_ttl is 2m (120s)", int(role.get("default_ttl", 0)) == 120,
                  "vault write database/roles/vault-role-dynamic-exampleapp ... default_ttl=2m (all fields: it replaces the role)"),

@@ -736,6 +736,7 @@ class LocalLab:
             "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
             "PGPASSWORD": self.pg_admin_password,
             "VSOLAB_STATE": str(self.state.root),
+            "KUBE_API_FOR_VAULT": self.kube_api_for_vault,  # notebook 01's `vault write auth/kubernetes/config`
             # helm's repositories and cache in the lab's state: two labs' `hashicorp` chart repos never mix
             **helm.helm_home(self),
             # the notebook's Helm cell, the same on every backend: the chart repository, the lab's own values
@@ -814,6 +815,7 @@ class LocalLab:
                 _repair.retoken(self)
             self._ensure_crds()  # helm installs them too, but the lab's code needs the kinds before notebook 01
             if old:
+                self._ensure_crds()  # propagate lists VaultConnections (a fresh lab's new CA reads as "old" too)
                 _repair.propagate(self, old, say)
             action = self._ensure_operator(say, install_missing=operator)
             if action:

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
+from . import _cells, cache, cleanup, dynamic, instant, rotation
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -25,25 +25,6 @@ NOTEBOOKS = [
     "06-instant-updates",
     "07-clean-up",
 ]
-
-
-def apply_connect(lab: Any, p: dict[str, Any]) -> None:
-    cleanup.install_operator(lab)
-    connect.create_vault_namespace(lab)
-    connect.create_vault_connection(lab)
-    connect.create_token_reviewer(lab)
-    connect.enable_kubernetes_auth(lab)
-
-
-def apply_static(lab: Any, p: dict[str, Any]) -> None:
-    static.enable_kv(lab)
-    if not static.read_secret(lab):
-        static.write_creds(lab)
-    static.write_policy(lab)
-    static.create_role(lab)
-    static.create_namespace(lab)
-    static.create_vault_auth(lab)
-    static.create_static_secret(lab, p["REFRESH_AFTER"])
 
 
 def apply_dynamic(lab: Any, p: dict[str, Any]) -> None:
@@ -79,10 +60,10 @@ def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, how to remove it)
-STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], Any]]] = {
-    1: (apply_connect, cleanup.undo_connect_and_operator),
-    2: (apply_static, cleanup.undo_static),
+#: notebook number → (what it creates, when its notebook has no step cells yet; how to remove it)
+STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
+    1: (None, cleanup.undo_connect_and_operator),  # notebook 01's step cells
+    2: (None, cleanup.undo_static),  # notebook 02's step cells
     3: (apply_dynamic, cleanup.undo_dynamic),
     4: (apply_rotation, _noop),
     5: (apply_cache, cleanup.undo_cache),
@@ -92,10 +73,11 @@ STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], A
 
 def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
     """Do what notebook ``k`` does: its step cells, or (not yet converted) its Python steps."""
-    if _cells.step_cells(_cells.read(_cells.notebook_path(k))):
+    python_steps = STAGES[k][0]
+    if python_steps is None or _cells.step_cells(_cells.read(_cells.notebook_path(k))):
         _cells.run_steps(lab, k, p)
     else:
-        STAGES[k][0](lab, p)
+        python_steps(lab, p)
 
 
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:

@@ -84,3 +84,32 @@ def test_every_real_notebook_step_cell_is_bash_and_every_exercise_has_a_solution
             _cells.bash_body(cell)
         ids = {c.id for _, c in _cells.exercise_cells(nb)}
         assert ids == set(_cells.solutions(path)), path.name
+
+
+def test_every_exercise_cell_has_a_registered_checker_for_its_notebook() -> None:
+    from labkit import exercises
+
+    for path in sorted(_cells.NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb")):
+        ids = {c.id.removeprefix("exercise-") for _, c in _cells.exercise_cells(_cells.read(path))}
+        assert ids == {e.id for e in exercises.for_notebook(int(path.name[:2]))}, path.name
+        for ex in map(exercises.REGISTRY.get, ids):
+            assert ex is not None and len(ex.hints) >= 2 and ex.task
+
+
+def test_notebook_01_and_02_step_cells_use_the_names_labkit_checks_and_cleans_up() -> None:
+    """``${PREFIX}name`` in a cell is ``Names(prefix).name``: the checks, widgets and clean-up find what the cells made."""
+    import re
+
+    names = Names("alice-")
+    for number, wanted in ((1, ["vault_ns", "vault_connection", "reviewer_sa", "reviewer_secret", "reviewer_binding",
+                                "k8s_auth_mount"]),
+                           (2, ["kv_mount", "kv_policy", "static_role", "static_ns", "static_sa", "static_auth",
+                                "static_vss", "static_secret", "app", "k8s_auth_mount", "vault_ns"])):
+        steps = "\n".join(c.source for _, c in _cells.step_cells(_cells.read(_cells.notebook_path(number))))
+        rendered = steps.replace("${PREFIX}", names.prefix)
+        words = set(re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", rendered))
+        for attr in wanted:
+            assert getattr(names, attr) in words, (number, attr, getattr(names, attr))
+        assert "alice-alice-" not in rendered
+        unprefixed = r"(?<![\w}-])(static-exampleapp|static/exampleapp|kubernetes/|exampleapp-kv-read|vault-to-k8s-sa-auth)"
+        assert not re.search(unprefixed, steps) and not re.search(r"(namespace: |-n )vault(?![\w-])", steps), number

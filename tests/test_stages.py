@@ -71,8 +71,10 @@ def test_checks_fail_with_hints_when_state_is_broken(lab):
     n = lab.names
     prepare_stage(lab, 7, PARAMS)  # everything up to the clean-up exists
     # every exercise is still unsolved: its checker fails with its hint
-    for k in range(2, 8):
+    for k in range(3, 8):
         _fails_with_hint(exercises.check(lab, k, namespace={}), "")
+    for ex in exercises.for_notebook(1) + exercises.for_notebook(2):
+        _fails_with_hint(exercises.check(lab, ex.id, {}), "")
     # clean-up's check fails while things exist
     _fails_with_hint(cleanup.check(lab), "revoke")
     # instant updates: turned off again
