@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
+from . import _cells, cache, cleanup, connect, instant, static
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -45,22 +45,6 @@ def apply_static(lab: Any, p: dict[str, Any]) -> None:
     static.create_static_secret(lab, p["REFRESH_AFTER"])
 
 
-def apply_dynamic(lab: Any, p: dict[str, Any]) -> None:
-    dynamic.enable_database(lab)
-    dynamic.configure_connection(lab)
-    dynamic.create_db_role(lab, p["DEFAULT_TTL"], p["MAX_TTL"])
-    dynamic.write_policy(lab)
-    dynamic.create_role(lab)
-    dynamic.create_namespace(lab)
-    dynamic.create_vault_auth(lab)
-    dynamic.create_dynamic_secret(lab, p["RENEWAL_PERCENT"])
-    dynamic.deploy_app(lab)
-
-
-def apply_rotation(lab: Any, p: dict[str, Any]) -> None:
-    rotation.use_short_ttls(lab, p["DEFAULT_TTL"], p["MAX_TTL"], p["RENEWAL_PERCENT"])
-
-
 def apply_cache(lab: Any, p: dict[str, Any]) -> None:
     cache.enable_transit(lab)
     cache.create_key(lab)
@@ -78,12 +62,12 @@ def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, how to remove it)
-STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], Any]]] = {
+#: notebook number → (what it creates, or None once the notebook's step cells do it; how to remove it)
+STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
     1: (apply_connect, cleanup.undo_connect),
     2: (apply_static, cleanup.undo_static),
-    3: (apply_dynamic, cleanup.undo_dynamic),
-    4: (apply_rotation, _noop),
+    3: (None, cleanup.undo_dynamic),  # notebook 03's step cells
+    4: (None, _noop),  # notebook 04's step cell: the database role's TTLs
     5: (apply_cache, cleanup.undo_cache),
     6: (apply_instant, cleanup.undo_instant),
 }
@@ -91,10 +75,11 @@ STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], A
 
 def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
     """Do what notebook ``k`` does: its step cells, or (not yet converted) its Python steps."""
-    if _cells.step_cells(_cells.read(_cells.notebook_path(k))):
+    python_steps = STAGES[k][0]
+    if python_steps is None or _cells.step_cells(_cells.read(_cells.notebook_path(k))):
         _cells.run_steps(lab, k, p)
     else:
-        STAGES[k][0](lab, p)
+        python_steps(lab, p)
 
 
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
