@@ -28,6 +28,7 @@ NOTEBOOKS = [
 
 
 def apply_connect(lab: Any, p: dict[str, Any]) -> None:
+    cleanup.install_operator(lab)
     connect.create_vault_namespace(lab)
     connect.create_vault_connection(lab)
     connect.create_token_reviewer(lab)
@@ -64,7 +65,7 @@ def _noop(lab: Any) -> None:
 
 #: notebook number → (what it creates, or None once the notebook's step cells do it; how to remove it)
 STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
-    1: (apply_connect, cleanup.undo_connect),
+    1: (apply_connect, cleanup.undo_connect_and_operator),
     2: (apply_static, cleanup.undo_static),
     3: (None, cleanup.undo_dynamic),  # notebook 03's step cells
     4: (None, _noop),  # notebook 04's step cell: the database role's TTLs
