@@ -105,6 +105,22 @@ def _pods(lab: Any) -> list[str]:
     return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
+def _before_watching(lab: Any, lease_id: str, obs: Observation, note: Callable[[str, str], None]) -> None:
+    """What Vault says of the lease watching starts with (``PUT sys/leases/lookup``): its age, and a renewal
+    that happened before watching began (it counts: the lesson is the lease's life, not our start)."""
+    try:
+        data = vault.client(lab).sys.read_lease(lease_id)["data"]
+    except Exception:  # noqa: BLE001 - expired in between: the next poll sees the new lease
+        return
+    issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
+    if issued is None:
+        return
+    note("lease age", f"lease …{lease_id[-6:]} was issued {time.time() - issued:.1f}s before watching began")
+    if renewed is not None:
+        obs.renewals += 1
+        note("renewal", f"lease …{lease_id[-6:]} was renewed {renewed - issued:.1f}s after issue (before watching began)")
+
+
 def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
             progress: Callable[[str], None] | None = None) -> Observation:
     """Poll the lease, the PostgreSQL roles, the app's pods and /status for ``seconds``.
@@ -132,6 +148,8 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
         if lid and (not obs.leases or obs.leases[-1] != lid):
             obs.leases.append(lid)
             note("new lease" if len(obs.leases) == 1 else "rotation", f"lease …{lid[-6:]} ({lease.get('duration')}s)")
+            if len(obs.leases) == 1:
+                _before_watching(lab, lid, obs, note)
         elif lease.get("last_renewal") != last_renewal and last_renewal is not None and lid == obs.leases[-1]:
             obs.renewals += 1
             note("renewal", f"lease …{lid[-6:]} renewed for {lease.get('duration')}s")
