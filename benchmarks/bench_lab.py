@@ -241,7 +241,7 @@ def main() -> None:
     row(f"propagation by polling, {len(times)} KV writes (refreshAfter 3 s)", f"p50 {p50:.2f} s · p95 {p95:.2f} s",
         f"p95/refreshAfter {p95 / 3:.2f}", "ok (p95 ≤ refreshAfter + 1 s)" if p95 <= 4 else "MISSES target")
 
-    stages.apply_dynamic(lab, p)
+    stages.apply_stage(lab, 3, p)  # notebook 03's step cells
     rot = rotation_to_ready(lab, 3)
     row(f"rotation: new Secret → Ready pod with new credentials ({len(rot)} rotations)",
         f"median {statistics.median(rot):.2f} s · worst {max(rot):.2f} s", "", "ok (≤5 s)" if max(rot) <= 5 else "MISSES target")

@@ -95,9 +95,6 @@ def check(lab: Any, id: str | int, namespace: dict[str, Any] | None = None, *, r
 
 
 TASKS = {
-    3: "Give the database role vault-role-dynamic-exampleapp a default_ttl of 2m (keep its max_ttl and statements), "
-       "then generate one credential and see its lease_duration.",
-    4: "Change the VaultDynamicSecret's renewalPercent to 50, so VSO renews at half the lease.",
     5: "Rotate the transit key that encrypts VSO's client cache (a new key version), and check VSO still syncs.",
     6: "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
     7: "Ask PostgreSQL yourself which roles Vault created, and store the list in a variable named leftover_roles.",
@@ -111,23 +108,6 @@ def task(n: int) -> str:
 def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> str:
     """Apply the solution of exercise ``n``; return the code a learner could have written."""
     names = lab.names
-    if n == 3:
-        role = vault.read_database_role(lab, names.db_role, mount=names.db_mount)
-        vault.create_database_role(lab, names.db_role, db_name=names.db_connection,
-                                   creation_statements=role["creation_statements"],
-                                   revocation_statements=role["revocation_statements"], default_ttl="2m",
-                                   max_ttl=str(max(int(role["max_ttl"]), 120)), mount=names.db_mount)
-        return "vault write database/roles/vault-role-dynamic-exampleapp default_ttl=2m ..."
-    if n == 4:
-        obj = vso.get(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns) or {}
-        labels = ((obj.get("spec") or {}).get("destination") or {}).get("labels") or {}
-        vso.apply(lab, vso.vault_dynamic_secret(
-            names.dynamic_vds, names.dynamic_ns, mount=names.db_mount, path=f"creds/{names.db_role}",
-            vault_auth_ref=names.dynamic_auth, destination=names.dynamic_secret, renewal_percent=50,
-            rollout_restart_targets=[{"kind": "Deployment", "name": names.app}], destination_labels=labels or None))
-        vso.wait_synced(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns)
-        return ("kubectl patch vaultdynamicsecret vault-dynamic-secret -n dynamic-exampleapp --type merge "
-                "-p '{\"spec\":{\"renewalPercent\":50}}'")
     if n == 5:
         vault.client(lab).secrets.transit.rotate_key(names.transit_key, mount_point=names.transit_mount)
         return "vault write -f demo-transit/keys/vso-client-cache/rotate"
@@ -148,18 +128,7 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
 
 def _check_numbered(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
     names = lab.names
-    if n == 3:
-        role = vault.read_database_role(lab, names.db_role, mount=names.db_mount)
-        rows = [("default_ttl is 2m (120s)", int(role.get("default_ttl", 0)) == 120,
-                 "vault write database/roles/vault-role-dynamic-exampleapp ... default_ttl=2m (all fields: it replaces the role)"),
-                ("the creation statements are still set", bool(role.get("creation_statements")),
-                 "writing a role replaces it: pass the creation and revocation statements again")]
-    elif n == 4:
-        obj = vso.get(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns) or {}
-        rows = [("renewalPercent is 50", (obj.get("spec") or {}).get("renewalPercent") == 50,
-                 "kubectl patch vaultdynamicsecret ... -p '{\"spec\":{\"renewalPercent\":50}}'"),
-                ("the VaultDynamicSecret is still synced", vso.is_synced(obj), "check its events")]
-    elif n == 5:
+    if n == 5:
         key = vault.client(lab).secrets.transit.read_key(names.transit_key, mount_point=names.transit_mount)["data"]
         rows = [("the transit key has a second version", int(key.get("latest_version", 1)) >= 2,
                  "vault write -f demo-transit/keys/vso-client-cache/rotate"),

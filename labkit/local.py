@@ -735,6 +735,9 @@ class LocalLab:
             "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
             "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
             "PGPASSWORD": self.pg_admin_password,
+            # notebook 03: PostgreSQL as Vault reaches it (host:port), and as pods reach it (the app's DB_HOST/DB_PORT)
+            "PG_ADDR_FOR_VAULT": "{}:{}".format(*self.pg_address_for_vault), "PG_HOST_FOR_PODS": self.pg_address_for_pods[0],
+            "PG_PORT_FOR_PODS": str(self.pg_address_for_pods[1]),
             "VSOLAB_STATE": str(self.state.root),
             "KUBE_API_FOR_VAULT": self.kube_api_for_vault,  # notebook 01's `vault write auth/kubernetes/config`
             # helm's repositories and cache in the lab's state: two labs' `hashicorp` chart repos never mix

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cache, cleanup, dynamic, instant, rotation
+from . import _cells, cache, cleanup, instant
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -25,22 +25,6 @@ NOTEBOOKS = [
     "06-instant-updates",
     "07-clean-up",
 ]
-
-
-def apply_dynamic(lab: Any, p: dict[str, Any]) -> None:
-    dynamic.enable_database(lab)
-    dynamic.configure_connection(lab)
-    dynamic.create_db_role(lab, p["DEFAULT_TTL"], p["MAX_TTL"])
-    dynamic.write_policy(lab)
-    dynamic.create_role(lab)
-    dynamic.create_namespace(lab)
-    dynamic.create_vault_auth(lab)
-    dynamic.create_dynamic_secret(lab, p["RENEWAL_PERCENT"])
-    dynamic.deploy_app(lab)
-
-
-def apply_rotation(lab: Any, p: dict[str, Any]) -> None:
-    rotation.use_short_ttls(lab, p["DEFAULT_TTL"], p["MAX_TTL"], p["RENEWAL_PERCENT"])
 
 
 def apply_cache(lab: Any, p: dict[str, Any]) -> None:
@@ -60,12 +44,12 @@ def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, when its notebook has no step cells yet; how to remove it)
+#: notebook number → (what it creates, or None once the notebook's step cells do it; how to remove it)
 STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
     1: (None, cleanup.undo_connect_and_operator),  # notebook 01's step cells
     2: (None, cleanup.undo_static),  # notebook 02's step cells
-    3: (apply_dynamic, cleanup.undo_dynamic),
-    4: (apply_rotation, _noop),
+    3: (None, cleanup.undo_dynamic),  # notebook 03's step cells
+    4: (None, _noop),  # notebook 04's step cell: the database role's TTLs
     5: (apply_cache, cleanup.undo_cache),
     6: (apply_instant, cleanup.undo_instant),
 }

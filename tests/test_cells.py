@@ -113,3 +113,15 @@ def test_notebook_01_and_02_step_cells_use_the_names_labkit_checks_and_cleans_up
         assert "alice-alice-" not in rendered
         unprefixed = r"(?<![\w}-])(static-exampleapp|static/exampleapp|kubernetes/|exampleapp-kv-read|vault-to-k8s-sa-auth)"
         assert not re.search(unprefixed, steps) and not re.search(r"(namespace: |-n )vault(?![\w-])", steps), number
+
+
+def test_notebook_03_first_shows_the_tutorials_policy_then_grants_vso_the_revoke() -> None:
+    """The tutorial's read-only policy comes first (the learner sees VSO's revoke refused); the last one grants it,
+    so `labkit stage 4` and later leave a lab where VSO revokes its own lease."""
+    nb = _cells.read(_cells.notebook_path(3))
+    policies = [c.source for _, c in _cells.step_cells(nb)
+                if "vault policy write ${PREFIX}exampleapp-database-read" in c.source]
+    assert len(policies) == 2, policies
+    assert "sys/leases/revoke" not in policies[0]
+    revoke_rule = policies[-1].split('path "sys/leases/revoke"', 1)[1].split("}", 1)[0]
+    assert 'capabilities = ["update"]' in revoke_rule
