@@ -169,6 +169,35 @@ def undo_connect(lab: Any) -> Done:
                 f"vault auth disable {n.k8s_auth_mount}")
 
 
+def install_operator(lab: Any) -> Done:
+    """Notebook 01's first step, for ``labkit stage N`` (N ≥ 2) on the local lab: VSO's Helm release, if missing."""
+    if not hasattr(lab, "operator_installed") or lab.operator_installed():
+        return Done("VSO is installed", "")
+    lab.install_operator()
+    from .helm import INSTALL_COMMAND
+
+    return Done("installed VSO's Helm release", INSTALL_COMMAND)
+
+
+def undo_operator(lab: Any) -> Done:
+    """Back to before notebook 01 on the local lab: VSO's Helm release uninstalled (notebook 01 installs it).
+
+    The release's own VaultAuths and VaultConnections are deleted first, while the manager still runs to remove
+    their finalizers; ``helm uninstall`` alone would leave them stuck (see :func:`labkit.helm.uninstall_release`).
+    Other backends keep their operator (``labkit up`` installs it there)."""
+    if not hasattr(lab, "uninstall_operator"):
+        return Done("VSO kept (this backend's `labkit up` installs it)", "")
+    from .helm import UNINSTALL_COMMAND
+
+    steps = lab.uninstall_operator()
+    return Done("; ".join(steps) or "VSO's Helm release was not installed", UNINSTALL_COMMAND if steps else "")
+
+
+def undo_connect_and_operator(lab: Any) -> Steps:
+    """Stage 1's undo: notebook 01 connects VSO to Vault after installing it, so the connection goes first."""
+    return Steps([undo_connect(lab), undo_operator(lab)])
+
+
 def clean_all(lab: Any) -> Steps:
     return Steps([undo_instant(lab), undo_cache(lab), undo_dynamic(lab), undo_static(lab), undo_connect(lab)])
 

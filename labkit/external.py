@@ -32,7 +32,7 @@ import port_for
 import requests
 import yaml
 
-from . import _procs, install, k8s
+from . import _procs, helm, install, k8s
 from ._state import DEFAULT_STATE, State, listening
 from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
@@ -578,11 +578,14 @@ class ExternalLab(ClusterLab):
         host, port = self.pg_address
         return {"VAULT_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
                 "PGHOST": host, "PGPORT": str(port), "PGUSER": self.pg_admin_user, "VSOLAB_BACKEND": "external",
-                "VSOLAB_PREFIX": self.prefix, "VSOLAB_STATE": str(self.state.root)}
+                "VSOLAB_PREFIX": self.prefix, "VSOLAB_STATE": str(self.state.root),
+                # the notebook's Helm cell: HashiCorp's repository, nothing to add, manifests passed through
+                **helm.passthrough_env(self.state, self.vault_addr_for_cluster)}
 
     # -- life cycle ----------------------------------------------------------------------------------------
-    def up(self, progress: Any = None) -> dict[str, str]:
-        """Check Vault, the cluster and PostgreSQL answer; find VSO or install it. Creates nothing else."""
+    def up(self, progress: Any = None, operator: bool = True) -> dict[str, str]:
+        """Check Vault, the cluster and PostgreSQL answer; find VSO or install it. Creates nothing else.
+        (``operator`` is the contract's; a shared cluster's operator is found or installed either way.)"""
         from . import pg, vault
 
         say = progress or (lambda m: print(m, flush=True))

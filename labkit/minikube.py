@@ -37,7 +37,7 @@ from typing import Any
 import port_for
 import requests
 
-from . import install, k8s
+from . import helm, install, k8s
 from ._state import State
 from .display import mask
 from .doctor import Result, _version
@@ -411,7 +411,9 @@ class MinikubeLab(ClusterLab):
     def env(self) -> dict[str, str]:
         return {"VAULT_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
                 "PGHOST": "127.0.0.1", "PGPORT": str(self.pg_address[1]), "PGUSER": "root",
-                "VSOLAB_BACKEND": "minikube", "VSOLAB_STATE": str(self.state.root)}
+                "VSOLAB_BACKEND": "minikube", "VSOLAB_STATE": str(self.state.root),
+                # the notebook's Helm cell: HashiCorp's repository, nothing to add, manifests passed through
+                **helm.passthrough_env(self.state, self.vault_addr_for_cluster)}
 
     def events_supported(self) -> tuple[bool, str]:
         ok, why = super().events_supported()
@@ -535,8 +537,9 @@ class MinikubeLab(ClusterLab):
             return conn.execute("select 1").fetchone() == (1,)
 
     # -- life cycle ---------------------------------------------------------------------------------------------
-    def up(self, progress: Any = None) -> dict[str, str]:
-        """Start or reuse the profile, the Vault and PostgreSQL containers, and VSO. Idempotent."""
+    def up(self, progress: Any = None, *, operator: bool = True) -> dict[str, str]:
+        """Start or reuse the profile, the Vault and PostgreSQL containers, and VSO (unless ``operator=False``: then
+        notebook 01's Helm cell installs it). Idempotent."""
         say = self._say = progress or (lambda m: print(m, flush=True))
         missing = [r for r in doctor_checks() if not r.ok]
         if missing:
@@ -564,6 +567,8 @@ class MinikubeLab(ClusterLab):
             actions["vso"] = ""
         if actions["vso"]:
             self.wait_operator_ready()
+        elif not operator:
+            actions["vso"] = "not installed (notebook 01 installs it)"
         else:
             say(f"  vso        installing chart {CHART_VERSION} with Helm")
             actions["vso"] = self.install_operator(p.vso_values["controller"]["manager"]["clientCache"]["persistenceModel"])

@@ -28,6 +28,7 @@ NOTEBOOKS = [
 
 
 def apply_connect(lab: Any, p: dict[str, Any]) -> None:
+    cleanup.install_operator(lab)
     connect.create_vault_namespace(lab)
     connect.create_vault_connection(lab)
     connect.create_token_reviewer(lab)
@@ -80,7 +81,7 @@ def _noop(lab: Any) -> None:
 
 #: notebook number → (what it creates, how to remove it)
 STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], Any]]] = {
-    1: (apply_connect, cleanup.undo_connect),
+    1: (apply_connect, cleanup.undo_connect_and_operator),
     2: (apply_static, cleanup.undo_static),
     3: (apply_dynamic, cleanup.undo_dynamic),
     4: (apply_rotation, _noop),

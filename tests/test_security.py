@@ -159,7 +159,7 @@ def test_state_dir_is_0700_and_key_and_credential_files_are_0600(lab: LocalLab, 
     private = [*sorted((root / "pki").iterdir()), *sorted((root / "kube").iterdir()),
                root / "secrets.json", root / "openbao.hcl", root / "state.json"]
     assert {p.name for p in private} >= {"ca.key", "sa.key", "apiserver.key", "admin.key", "etcd.key", "etcd-client.key",
-                                         "admin.kubeconfig", "vso.kubeconfig", "secrets.json", "openbao.hcl"}
+                                         "admin.kubeconfig", "secrets.json", "openbao.hcl"}
     loose = {str(p.relative_to(root)): oct(mode(p)) for p in private if mode(p) != 0o600}
     assert not loose, f"key or credential files readable beyond their owner: {loose}"
     pg_data = lab.state.pg_data_dir()
