@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import k8s, pg, static, vault, vso
+from . import k8s, static, vault, vso
 from .display import Check
 from .errors import CheckFailed, ParameterError
 
@@ -101,9 +101,6 @@ TASKS = {
     3: "Give the database role vault-role-dynamic-exampleapp a default_ttl of 2m (keep its max_ttl and statements), "
        "then generate one credential and see its lease_duration.",
     4: "Change the VaultDynamicSecret's renewalPercent to 50, so VSO renews at half the lease.",
-    5: "Rotate the transit key that encrypts VSO's client cache (a new key version), and check VSO still syncs.",
-    6: "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
-    7: "Ask PostgreSQL yourself which roles Vault created, and store the list in a variable named leftover_roles.",
 }
 
 
@@ -136,19 +133,6 @@ def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dic
         vso.wait_synced(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns)
         return ("kubectl patch vaultdynamicsecret vault-dynamic-secret -n dynamic-exampleapp --type merge "
                 "-p '{\"spec\":{\"renewalPercent\":50}}'")
-    if n == 5:
-        vault.client(lab).secrets.transit.rotate_key(names.transit_key, mount_point=names.transit_mount)
-        return "vault write -f demo-transit/keys/vso-client-cache/rotate"
-    if n == 6:
-        refresh = "2s"
-        vso.apply(lab, static.static_secret(lab, refresh_after=refresh, instant_updates=True))
-        vso.wait_synced(lab, "VaultStaticSecret", names.static_vss, names.static_ns)
-        return ("kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp --type merge "
-                "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'")
-    if n == 7:
-        if namespace is not None:
-            namespace["leftover_roles"] = [r["role"] for r in pg.dynamic_roles(lab)]
-        return "leftover_roles = [r['role'] for r in labkit.pg.dynamic_roles(lab)]"
     raise KeyError(n)
 
 
@@ -173,24 +157,6 @@ def _check_numbered(lab: Any, n: int, namespace: dict[str, Any] | None = None) -
         rows = [("renewalPercent is 50", (obj.get("spec") or {}).get("renewalPercent") == 50,
                  "kubectl patch vaultdynamicsecret ... -p '{\"spec\":{\"renewalPercent\":50}}'"),
                 ("the VaultDynamicSecret is still synced", vso.is_synced(obj), "check its events")]
-    elif n == 5:
-        key = vault.client(lab).secrets.transit.read_key(names.transit_key, mount_point=names.transit_mount)["data"]
-        rows = [("the transit key has a second version", int(key.get("latest_version", 1)) >= 2,
-                 "vault write -f demo-transit/keys/vso-client-cache/rotate"),
-                ("the VaultDynamicSecret is still synced",
-                 vso.is_synced(vso.get(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns)),
-                 "VSO decrypts old cache entries with the older key version; check VSO's log")]
-    elif n == 6:
-        obj = vso.get(lab, "VaultStaticSecret", names.static_vss, names.static_ns) or {}
-        rows = [("refreshAfter is 2s", (obj.get("spec") or {}).get("refreshAfter") == "2s",
-                 "kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp ... refreshAfter=2s"),
-                ("the VaultStaticSecret is still synced", vso.is_synced(obj), "check its events")]
-    elif n == 7:
-        mine = (namespace or {}).get("leftover_roles")
-        actual = [r["role"] for r in pg.dynamic_roles(lab)]
-        rows = [("leftover_roles is defined", mine is not None, "assign the result of your query to leftover_roles"),
-                ("it matches PostgreSQL", mine is not None and sorted(mine) == sorted(actual),
-                 "select rolname from pg_roles where rolname like 'v-%'")]
     else:
         raise KeyError(n)
     return Check(f"exercise {n}", rows)

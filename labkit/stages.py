@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
+from . import _cells, cleanup, connect, dynamic, rotation, static
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -62,40 +62,28 @@ def apply_rotation(lab: Any, p: dict[str, Any]) -> None:
     rotation.use_short_ttls(lab, p["DEFAULT_TTL"], p["MAX_TTL"], p["RENEWAL_PERCENT"])
 
 
-def apply_cache(lab: Any, p: dict[str, Any]) -> None:
-    cache.enable_transit(lab)
-    cache.create_key(lab)
-    cache.write_policy(lab)
-    cache.create_role(lab)
-    cache.enable_persistence(lab)
-
-
-def apply_instant(lab: Any, p: dict[str, Any]) -> None:
-    instant.update_policy(lab)
-    instant.enable_instant_updates(lab, p["REFRESH_AFTER"])
-
-
 def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, how to remove it)
-STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], Any]]] = {
+#: notebook number → (what it creates, when its notebook has no step cells yet; how to remove it)
+STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
     1: (apply_connect, cleanup.undo_connect_and_operator),
     2: (apply_static, cleanup.undo_static),
     3: (apply_dynamic, cleanup.undo_dynamic),
     4: (apply_rotation, _noop),
-    5: (apply_cache, cleanup.undo_cache),
-    6: (apply_instant, cleanup.undo_instant),
+    5: (None, cleanup.undo_cache),  # notebook 05's step cells
+    6: (None, cleanup.undo_instant),  # notebook 06's step cells
 }
 
 
 def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
     """Do what notebook ``k`` does: its step cells, or (not yet converted) its Python steps."""
-    if _cells.step_cells(_cells.read(_cells.notebook_path(k))):
+    python_steps = STAGES[k][0]
+    if python_steps is None or _cells.step_cells(_cells.read(_cells.notebook_path(k))):
         _cells.run_steps(lab, k, p)
     else:
-        STAGES[k][0](lab, p)
+        python_steps(lab, p)
 
 
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
