@@ -812,6 +812,7 @@ class LocalLab:
             _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent", "charts"), abort=self._abort)
             if "ca" in old:
                 _repair.retoken(self)
+            self._ensure_crds()  # helm installs them too, but the lab's code needs the kinds before notebook 01
             if old:
                 _repair.propagate(self, old, say)
             action = self._ensure_operator(say, install_missing=operator)
@@ -862,13 +863,11 @@ class LocalLab:
         from . import helm
 
         if not install.TOOLS["helm"].built():  # `up --no-operator` before `labkit install` built helm
-            self._ensure_crds()
             return ""
         changed = helm.write_lab_files(self)  # $LAB_HELM_VALUES and $LAB_HELM_POSTRENDERER, for the lab's ports
         t0 = time.monotonic()
         if not self._release_installed():
             if not install_missing:
-                self._ensure_crds()
                 return ""
             helm.install_release(self)
             say(f"  operator   installed (helm upgrade --install) in {time.monotonic() - t0:.1f}s")
