@@ -237,12 +237,11 @@ def sweep(lab: Any) -> Done:
     if not shared and hasattr(lab, "operator_installed") and lab.operator_installed():
         lab.uninstall_operator()
         found.append("VSO's Helm release")
-    if not shared and not k8s.namespace_gone(lab.kube, n.operator_ns):
-        core = kclient.CoreV1Api(lab.kube)
-        for sec in core.list_namespaced_secret(n.operator_ns,
-                                               label_selector="app.kubernetes.io/component=client-cache-storage").items:
-            core.delete_namespaced_secret(sec.metadata.name, n.operator_ns)
-            found.append(f"cache Secret {sec.metadata.name}")
+    if not shared and hasattr(lab, "operator_installed") and not lab.operator_installed() and \
+            not k8s.namespace_gone(lab.kube, n.operator_ns):
+        # helm leaves the namespace --create-namespace made, and what VSO wrote there (its cache's HMAC key)
+        _delete_namespace(lab, n.operator_ns)
+        found.append(f"namespace {n.operator_ns}")
     c = vault.client(lab)
     mounts = c.sys.list_mounted_secrets_engines()["data"]
     if f"{n.db_mount}/" in mounts:
