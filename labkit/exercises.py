@@ -4,9 +4,6 @@ Each exercise is registered by its stage's module with :func:`exercise`: an id (
 ``exercise-<id>``, its checker cell calls ``check(lab, "<id>")``), the task, hints the learner asks for one at a
 time (``hint("<id>")``), and a checker that reads real state. The learner types the solution in the exercise cell;
 the text CI types is in ``notebooks/solutions/<notebook>.yaml`` (see :mod:`labkit._cells`).
-
-The numbered ``solve``/``check`` below are the old one-exercise-per-notebook form, kept until every notebook has
-moved to the registry.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pg, vault, vso
 from .display import Check
 from .errors import CheckFailed, ParameterError
 
@@ -73,11 +69,9 @@ def hint(id: str) -> str:
     return "\n".join(f"hint {i + 1}/{len(ex.hints)}: {h}" for i, h in enumerate(ex.hints[: ex.shown]))
 
 
-def check(lab: Any, id: str | int, namespace: dict[str, Any] | None = None, *, required: bool | None = None) -> Check:
+def check(lab: Any, id: str, namespace: dict[str, Any] | None = None, *, required: bool | None = None) -> Check:
     """Check exercise ``id`` against the lab's real state. With ``required`` (default: the notebook's
     ``EXERCISES_SOLVED``, which CI sets after typing the solutions in) a failed check fails the cell."""
-    if isinstance(id, int):
-        return _check_numbered(lab, id, namespace)
     ex = _get(id)
     ns = namespace if namespace is not None else {}
     result = Check(f"exercise {id}", ex.checker(lab, ns))
@@ -92,61 +86,4 @@ def check(lab: Any, id: str | int, namespace: dict[str, Any] | None = None, *, r
                                         f"Ask for a hint: `exercises.hint({id!r})`.",
                                         "Re-run the cells above this exercise, in order."])
     return result
-
-
-TASKS = {
-    5: "Rotate the transit key that encrypts VSO's client cache (a new key version), and check VSO still syncs.",
-    6: "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
-    7: "Ask PostgreSQL yourself which roles Vault created, and store the list in a variable named leftover_roles.",
-}
-
-
-def task(n: int) -> str:
-    return f"Try it yourself: {TASKS[n]}"
-
-
-def solve(lab: Any, n: int, params: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> str:
-    """Apply the solution of exercise ``n``; return the code a learner could have written."""
-    names = lab.names
-    if n == 5:
-        vault.client(lab).secrets.transit.rotate_key(names.transit_key, mount_point=names.transit_mount)
-        return "vault write -f demo-transit/keys/vso-client-cache/rotate"
-    if n == 6:
-        from . import static
-
-        refresh = "2s"
-        vso.apply(lab, static.static_secret(lab, refresh_after=refresh, instant_updates=True))
-        vso.wait_synced(lab, "VaultStaticSecret", names.static_vss, names.static_ns)
-        return ("kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp --type merge "
-                "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'")
-    if n == 7:
-        if namespace is not None:
-            namespace["leftover_roles"] = [r["role"] for r in pg.dynamic_roles(lab)]
-        return "leftover_roles = [r['role'] for r in labkit.pg.dynamic_roles(lab)]"
-    raise KeyError(n)
-
-
-def _check_numbered(lab: Any, n: int, namespace: dict[str, Any] | None = None) -> Check:
-    names = lab.names
-    if n == 5:
-        key = vault.client(lab).secrets.transit.read_key(names.transit_key, mount_point=names.transit_mount)["data"]
-        rows = [("the transit key has a second version", int(key.get("latest_version", 1)) >= 2,
-                 "vault write -f demo-transit/keys/vso-client-cache/rotate"),
-                ("the VaultDynamicSecret is still synced",
-                 vso.is_synced(vso.get(lab, "VaultDynamicSecret", names.dynamic_vds, names.dynamic_ns)),
-                 "VSO decrypts old cache entries with the older key version; check VSO's log")]
-    elif n == 6:
-        obj = vso.get(lab, "VaultStaticSecret", names.static_vss, names.static_ns) or {}
-        rows = [("refreshAfter is 2s", (obj.get("spec") or {}).get("refreshAfter") == "2s",
-                 "kubectl patch vaultstaticsecret vault-static-secret -n static-exampleapp ... refreshAfter=2s"),
-                ("the VaultStaticSecret is still synced", vso.is_synced(obj), "check its events")]
-    elif n == 7:
-        mine = (namespace or {}).get("leftover_roles")
-        actual = [r["role"] for r in pg.dynamic_roles(lab)]
-        rows = [("leftover_roles is defined", mine is not None, "assign the result of your query to leftover_roles"),
-                ("it matches PostgreSQL", mine is not None and sorted(mine) == sorted(actual),
-                 "select rolname from pg_roles where rolname like 'v-%'")]
-    else:
-        raise KeyError(n)
-    return Check(f"exercise {n}", rows)
 

@@ -2,7 +2,7 @@
 
 Everything the earlier notebooks create is applied by running those notebooks' own step cells
 (:func:`labkit._cells.run_steps`: the ``%%bash`` cells tagged ``step``, the learner's commands); everything later
-notebooks create is removed. Idempotent. A notebook not yet written as step cells falls back to its Python steps.
+notebooks create is removed. Idempotent.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cache, cleanup, instant
+from . import _cells, cleanup
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -27,41 +27,24 @@ NOTEBOOKS = [
 ]
 
 
-def apply_cache(lab: Any, p: dict[str, Any]) -> None:
-    cache.enable_transit(lab)
-    cache.create_key(lab)
-    cache.write_policy(lab)
-    cache.create_role(lab)
-    cache.enable_persistence(lab)
-
-
-def apply_instant(lab: Any, p: dict[str, Any]) -> None:
-    instant.update_policy(lab)
-    instant.enable_instant_updates(lab, p["REFRESH_AFTER"])
-
-
 def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, or None once the notebook's step cells do it; how to remove it)
-STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None] | None, Callable[[Any], Any]]] = {
-    1: (None, cleanup.undo_connect_and_operator),  # notebook 01's step cells
-    2: (None, cleanup.undo_static),  # notebook 02's step cells
-    3: (None, cleanup.undo_dynamic),  # notebook 03's step cells
-    4: (None, _noop),  # notebook 04's step cell: the database role's TTLs
-    5: (apply_cache, cleanup.undo_cache),
-    6: (apply_instant, cleanup.undo_instant),
+#: notebook number → how to remove what it creates (what it creates: its own step cells)
+STAGES: dict[int, Callable[[Any], Any]] = {
+    1: cleanup.undo_connect_and_operator,
+    2: cleanup.undo_static,
+    3: cleanup.undo_dynamic,
+    4: _noop,  # its one step changes the database role's TTLs, which stage 3's undo removes
+    5: cleanup.undo_cache,
+    6: cleanup.undo_instant,
 }
 
 
 def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
-    """Do what notebook ``k`` does: its step cells, or (not yet converted) its Python steps."""
-    python_steps = STAGES[k][0]
-    if python_steps is None or _cells.step_cells(_cells.read(_cells.notebook_path(k))):
-        _cells.run_steps(lab, k, p)
-    else:
-        python_steps(lab, p)
+    """Do what notebook ``k`` does: run its step cells."""
+    _cells.run_steps(lab, k, p)
 
 
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
@@ -83,7 +66,7 @@ def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> lis
     with lock(f"labkit stage {n}") if lock else contextlib.nullcontext():
         for k in sorted(STAGES, reverse=True):
             if k >= n:
-                STAGES[k][1](lab)
+                STAGES[k](lab)
         for k in sorted(STAGES):
             if k < n:
                 apply_stage(lab, k, p)

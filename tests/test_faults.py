@@ -27,7 +27,7 @@ import psutil
 import pytest
 from kubernetes import client as kclient
 
-from labkit import _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
+from labkit import _cells, _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
 from labkit._state import port_free
 from labkit.agent import PORT_ANNOTATION
 from labkit.local import LocalLab
@@ -265,8 +265,7 @@ def test_vso_killed_mid_rotation_without_cache_issues_new_credentials_and_restar
 
 def test_vso_killed_mid_rotation_with_the_persistent_cache_keeps_the_lease(lab: LocalLab) -> None:
     n = lab.names
-    for step in (cache.enable_transit, cache.create_key, cache.write_policy, cache.create_role, cache.enable_persistence):
-        step(lab)
+    _cells.run_steps(lab, 5, PARAMS)  # notebook 05's own cells: transit, policy, the operator's role, helm upgrade
     wait("VSO to store the dynamic secret's client in its encrypted cache", lambda: [
         s for s in cache.cache_secrets(lab) if s["labels"].get("encrypted") == "true"
         and s["labels"].get("auth/namespace") == n.dynamic_ns], 90)

@@ -13,9 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from labkit import _procs, cache, connect, helm, install, k8s, static
+from labkit import _cells, _procs, cache, connect, helm, install, k8s, static
 from labkit.helm_postrender import render
 from labkit.local import LocalLab
+from labkit.notebook import SPEC
 
 SELECTOR = "control-plane=controller-manager"
 RENDERED = """---
@@ -228,9 +229,8 @@ def test_kubectl_logs_prints_the_managers_log_and_the_previous_one_after_a_kill(
 @needs_tools
 def test_helm_upgrade_with_the_cache_values_replaces_the_pod_with_the_new_flag(lab: LocalLab) -> None:
     old = _ready_pod(lab)
-    for step in (cache.enable_transit, cache.create_key, cache.write_policy, cache.create_role):
-        step(lab)
-    lab.restart_operator(client_cache_persistence_model="direct-encrypted")  # helm upgrade, the same two files
+    # notebook 05's own cells: transit engine, key, policy, the operator's role, and its helm upgrade
+    _cells.run_steps(lab, 5, {k: d for k, (_, d) in SPEC.items()})
     new = _ready_pod(lab, not_uid=old.metadata.uid)
     assert new.metadata.uid != old.metadata.uid
     manager = next(c for c in new.spec.containers if c.name == "manager")

@@ -341,7 +341,7 @@ def test_clean_up_leaves_no_dynamic_role_and_no_lease(lab: LocalLab, recorder: R
     assert logins, "VSO's kubernetes logins hold leases before the clean-up"
     assert manual["username"] in roles and dynamic.read_secret(lab)["username"] in roles
 
-    cleanup.clean_all(lab)
+    print(cleanup.sweep(lab))
 
     assert pg.dynamic_roles(lab) == [], "dynamic PostgreSQL roles survived the clean-up"
     for lease in leases:
