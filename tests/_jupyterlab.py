@@ -91,11 +91,13 @@ def serve(root: Path, base: Path, env: dict[str, str] | None = None) -> Iterator
 
 
 def open_notebook(page: Any, url: str, token: str, name: str, timeout: float = 120) -> None:
-    """Open ``name`` and wait until its kernel is idle (the kernel has started and attached)."""
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    """Open ``name`` alone (``reset``: no notebook restored from an earlier page) and wait until it is the current
+    widget and its kernel is idle (started and attached)."""
+    page.goto(f"{url}/lab/tree/{name}?reset&token={token}")
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
-    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'",
-                           timeout=timeout * 1000)
+    page.wait_for_function("name => { const w = window.jupyterapp?.shell.currentWidget;"
+                           " return w?.context?.path === name && w.sessionContext?.session?.kernel?.status === 'idle'; }",
+                           arg=name, timeout=timeout * 1000)
 
 
 #: the current notebook panel's cells, from the app's model: type, source, execution count, outputs

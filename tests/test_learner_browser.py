@@ -226,6 +226,7 @@ def _recorder(state: Path, out: Path) -> Iterator[None]:
 @pytest.mark.lab
 @pytest.mark.browser
 @pytest.mark.learner
+@pytest.mark.timeout(5400)  # the series at its defaults, and the lab's start, on a slow machine
 def test_every_notebook_in_jupyterlab_at_defaults_with_typed_solutions(base: Path) -> None:
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     from labkit import _cells, install
