@@ -151,24 +151,32 @@ def errors(page: Any) -> list[str]:
             for o in c["outputs"] if o.get("output_type") == "error"]
 
 
-def widget_problems(page: Any) -> list[str]:
-    """Widget outputs that did not render: ipywidgets' error text, a view still loading, or an empty view."""
-    return page.evaluate("""([err, loading]) => {
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_outputs(model: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """``(cell, output)`` indexes of the widget views in the notebook's model (:func:`cells`)."""
+    return [(i, j) for i, c in enumerate(model) for j, o in enumerate(c["outputs"]) if WIDGET_MIME in (o.get("data") or {})]
+
+
+def widget_problems(page: Any, model: list[dict[str, Any]]) -> list[str]:
+    """The widget views in ``model`` that did not render on the page: ipywidgets' error text, a view still
+    loading, or no view inside its output (the manager's renderer has no mimetype attribute: found by position,
+    one ``.jp-OutputArea-child`` per output)."""
+    return page.evaluate("""([where, err, loading]) => {
+      const cells = [...document.querySelectorAll('.jp-Notebook .jp-Cell')];
       const bad = [];
-      document.querySelectorAll('.jp-Notebook .jp-Cell').forEach((cell, i) => {
-        cell.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']").forEach(o => {
-          const text = o.innerText;
-          if (text.includes(err)) bad.push(`cell ${i}: ${text.slice(0, 200)}`);
-          else if (text.includes(loading)) bad.push(`cell ${i}: still "${loading}"`);
-          else if (!o.querySelector('.lm-Widget, .jupyter-widgets, .widget-box')) bad.push(`cell ${i}: an empty widget view`);
-        });
-      });
+      for (const [i, j] of where) {
+        const child = cells[i]?.querySelectorAll('.jp-OutputArea-child')[j];
+        const out = child?.querySelector('.jp-OutputArea-output');
+        const text = out?.innerText ?? '';
+        if (!out) bad.push(`cell ${i}, output ${j}: not on the page`);
+        else if (text.includes(err)) bad.push(`cell ${i}, output ${j}: ${text.slice(0, 200)}`);
+        else if (text.includes(loading)) bad.push(`cell ${i}, output ${j}: still "${loading}"`);
+        else if (!out.querySelector('.lm-Widget')) bad.push(`cell ${i}, output ${j}: no widget view inside`);
+      }
       return bad;
-    }""", [WIDGET_ERROR, WIDGET_LOADING])
-
-
-def widget_count(page: Any) -> int:
-    return page.locator(".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']").count()
+    }""", [widget_outputs(model), WIDGET_ERROR, WIDGET_LOADING])
 
 
 def _active_line(page: Any) -> str:
