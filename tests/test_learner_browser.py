@@ -46,8 +46,8 @@ ARTIFACTS = Path(os.environ.get("VSOLAB_ARTIFACTS") or ROOT / "artifacts")
 #: generous: the defaults are minutes of live views and TTLs; notebook 00 starts the lab
 TIMEOUTS = {"00": 1200, "04": 1200}
 TIMEOUT = 900
-#: (notebook, file name, how to find it): a code cell by a piece of its source, a widget by its CSS class,
-#: or the first code cell whose output says PASS (an exercise's check cell first)
+#: (notebook, file name, how to find it): the code cell (source and output) with a piece of source, the one showing
+#: a widget (by its CSS class), or the first one whose output says PASS (an exercise's check cell first)
 SHOTS: list[tuple[str, str, tuple[str, str]]] = [
     ("01", "nb01-helm-install.png", ("source", "helm upgrade --install")),
     ("01", "nb01-pods.png", ("source", "kubectl get pods")),
@@ -55,7 +55,6 @@ SHOTS: list[tuple[str, str, tuple[str, str]]] = [
     ("02", "nb02-check-pass.png", ("pass", "")),
     ("03", "nb03-pipelineview.png", ("css", ".vsolab-pipelineview")),
     ("04", "nb04-leaseview.png", ("css", ".vsolab-leaseview")),
-    ("04", "nb04-timeline.png", ("css", ".vsolab-timeline")),
 ]
 
 
@@ -127,7 +126,7 @@ def _shoot(page: Any, cells: list[dict[str, Any]], number: str, folders: list[Pa
             continue
         target = None
         if how == "css":
-            loc = page.locator(f".jp-Notebook {what}")
+            loc = page.locator(f".jp-Notebook .jp-Cell:has({what})")
             target = loc.first if loc.count() else None
         else:
             if how == "source":
