@@ -247,7 +247,8 @@ def test_every_notebook_in_jupyterlab_at_defaults_with_typed_solutions(base: Pat
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shots = [out / "screenshots"] + ([Path(os.environ["VSOLAB_SCREENSHOTS"])] if os.environ.get("VSOLAB_SCREENSHOTS") else [])
-    env = {"VSOLAB_STATE": str(state)}
+    # the kernels import this checkout's labkit (an editable install may point at another one)
+    env = {"VSOLAB_STATE": str(state), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     os.environ.pop("VSOLAB_CI", None)  # the learner's defaults, not CI's short values (the kernels inherit this)
     timings: dict[str, float] = {}
     missing: list[str] = []
