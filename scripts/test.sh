@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set everything up and run every test: lint, unit, the local lab with real processes, the backend contract,
-# the browser, the README's main command (scripts/lab.sh) in a browser, then the whole notebook series twice
-# (papermill, then nbval) with a leak scan. Whatever happens, the lab this script started is stopped on exit.
+# the browser, the README's main command (scripts/lab.sh) in a browser, the learner's path (every notebook in
+# JupyterLab at its defaults, solutions typed), then the whole notebook series twice (papermill, then nbval), and a
+# leak scan of every run. Whatever happens, the lab this script started is stopped on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
@@ -25,9 +26,12 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
 step "unit and integration tests"
-pytest_step -q -p no:cacheprovider tests --ignore=tests/test_executed.py --ignore=tests/test_main_command.py --junitxml="$ART/junit.xml"
+pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
+  --junitxml="$ART/junit.xml"
 step "the README's main command: scripts/lab.sh in the background, notebook 00 in headless Chromium, a clean stop"
 pytest_step -q -p no:cacheprovider tests/test_main_command.py --junitxml="$ART/junit-main-command.xml"
+step "the learner's path: notebooks 00-07 in JupyterLab in headless Chromium at their defaults, each exercise's solution typed into its cell (a lab of its own; saved notebooks in $ART/browser)"
+pytest_step -q -s -p no:cacheprovider -m learner tests/test_learner_browser.py --junitxml="$ART/junit-learner.xml"
 
 step "notebooks, first run (papermill, CI parameters) with a secret recorder"
 if ! python3 -m labkit up; then
@@ -47,4 +51,6 @@ python3 -m labkit status > "$ART/status.txt" 2>&1
 VSOLAB_EXECUTED="$ART/executed" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider tests/test_executed.py
 VSOLAB_EXECUTED="$ART/executed-defaults" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
   tests/test_executed.py -k "executed_notebook"
+VSOLAB_EXECUTED="$ART/browser" VSOLAB_RECORDED="$ART/browser/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
+  tests/test_executed.py -k "executed_notebook or recorder"
 exit $status
