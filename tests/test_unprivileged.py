@@ -196,6 +196,7 @@ def test_up_series_and_down_as_an_unprivileged_user(learner: Learner) -> None:
     assert "node/" in tools.stdout
 
     out = Path(learner.user.pw_dir) / "executed"
+    shutil.rmtree(out, ignore_errors=True)  # no summary of an earlier run
     series = learner.timed("labkit run-notebooks --ci", ["labkit", "run-notebooks", "--ci", "--output", str(out)], timeout=1800)
     assert series.returncode == 0, series.stdout[-4000:] + series.stderr[-4000:]
     assert "| **total** | passed |" in (out / "summary.md").read_text()
