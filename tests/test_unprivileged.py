@@ -74,7 +74,7 @@ def _share_cache(dest: Path) -> None:
     for d, _dirs, files in os.walk(dest):
         os.chown(d, 0, 0)
         os.chmod(d, 0o755)
-        for f in files:
+        for f in files:  # a hard link shares its mode with the cache's file: made readable there too, as asked of an admin
             p = os.path.join(d, f)
             os.chmod(p, os.stat(p).st_mode & 0o777 | 0o444)
 
