@@ -17,142 +17,39 @@ the Go build cache of the first build makes it a link step, about half a minute)
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import threading
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _mirror import REAL, Mirror, mirror_env, serve
 
 from labkit import _prebuilt, install
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[1]
-REAL = install.cache_root()  # the machine's cache: read only here
 E, K, V = install.ETCD_VERSION, install.KUBE_VERSION, install.VSO_VERSION
 
 
-def _gomodcache() -> Path:
-    out = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True) if shutil.which("go") else None
-    return Path(out.stdout.strip()) if out and out.returncode == 0 else Path.home() / "go" / "pkg" / "mod"
-
-
-def _link(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _build_mirror(root: Path, arch: str) -> dict[str, Path]:
-    """The three release sites and a module proxy under ``root``; returns the served files by short name."""
-    files: dict[str, Path] = {}
-    kube_dir = root / "k8s" / "release" / f"v{K}" / "bin" / "linux" / arch
-    for b in _prebuilt.KUBE_BINARIES:
-        _link(REAL / f"kube-{K}" / b, kube_dir / b)
-        (kube_dir / f"{b}.sha256").write_text(_prebuilt.sha256_file(kube_dir / b))  # dl.k8s.io: the digest, no newline
-        files[b] = kube_dir / b
-    # etcd: etcd-v<E>-linux-<arch>.tar.gz holding etcd-v<E>-linux-<arch>/{etcd,etcdctl,etcdutl,README.md}
-    etcd_dir = root / "etcd" / f"v{E}"
-    etcd_dir.mkdir(parents=True)
-    top = f"etcd-v{E}-linux-{arch}"
-    tgz = etcd_dir / f"{top}.tar.gz"
-    with tarfile.open(tgz, "w:gz", compresslevel=1) as tf:
-        tf.add(REAL / f"etcd-{E}" / "etcd", f"{top}/etcd")
-        readme = b"# etcd\n"
-        info = tarfile.TarInfo(f"{top}/README.md")
-        info.size = len(readme)
-        tf.addfile(info, io.BytesIO(readme))
-    (etcd_dir / "SHA256SUMS").write_text(
-        f"{'0' * 64}  etcd-v{E}-darwin-arm64.zip\n{_prebuilt.sha256_file(tgz)}  {tgz.name}\n{'1' * 64}  etcd-v{E}-windows-amd64.zip\n")
-    files["etcd"] = tgz
-    # releases.hashicorp.com: the zip holds the binary (named after the product) and its licence
-    hc = root / "hashicorp" / "vault-secrets-operator" / V
-    hc.mkdir(parents=True)
-    vzip = hc / f"vault-secrets-operator_{V}_linux_{arch}.zip"
-    with zipfile.ZipFile(vzip, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        z.write(REAL / f"vso-{V}" / "vso-manager", "vault-secrets-operator")
-        z.writestr("LICENSE.txt", "Business Source License 1.1\n")
-    (hc / f"vault-secrets-operator_{V}_SHA256SUMS").write_text(
-        f"{_prebuilt.sha256_file(vzip)}  {vzip.name}\n{'2' * 64}  vault-secrets-operator_{V}_linux_arm64.zip\n")
-    files["vso"] = vzip
-    # the Go module proxy: the module zip exactly as proxy.golang.org serves it (from this machine's module cache)
-    at = root / "goproxy" / "github.com" / "hashicorp" / "vault-secrets-operator" / "@v"
-    for ext in ("zip", "mod", "info"):
-        _link(_gomodcache() / "cache" / "download" / "github.com" / "hashicorp" / "vault-secrets-operator" / "@v" / f"v{V}.{ext}",
-              at / f"v{V}.{ext}")
-    return files
-
-
-class _Mirror(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.overrides: dict[str, bytes | None] = {}  # URL path -> other content, or None: 404
-        self.requests: list[tuple[str, str]] = []
-        super().__init__(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    server: _Mirror
-
-    def send_head(self):  # noqa: ANN201
-        self.server.requests.append((self.command, self.path))
-        if self.path in self.server.overrides:
-            body = self.server.overrides[self.path]
-            if body is None:
-                self.send_error(404, "File not found")
-                return None
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return io.BytesIO(body)
-        return super().send_head()
-
-    def log_message(self, *_a: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Mirror, dict[str, Path]]]:
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mirror, dict[str, Path]]]:
     needed = [REAL / f"kube-{K}" / "kube-apiserver", REAL / f"etcd-{E}" / "etcd", REAL / f"vso-{V}" / "vso-manager"]
     if not all(p.exists() for p in needed):
         pytest.skip(f"the mirror is made from built binaries: run `labkit install` first ({REAL})")
     root = tmp_path_factory.mktemp("mirror")
-    files = _build_mirror(root, _prebuilt.machine_arch())
-    server = _Mirror(root)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, files = serve(root)
     yield server, files
     server.shutdown()
     server.server_close()
 
 
-def _install(server: _Mirror, cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _install(server: Mirror, cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != _prebuilt.SOURCE_ENV}
-    env.update(VSOLAB_CACHE=str(cache), VSOLAB_K8S_RELEASES=f"{server.url}/k8s/release", VSOLAB_ETCD_RELEASES=f"{server.url}/etcd",
-               VSOLAB_HASHICORP_RELEASES=f"{server.url}/hashicorp",
-               # VSO's module zip from the mirror; a build falls back to this machine's module cache, never the internet
-               GOPROXY=f"{server.url}/goproxy,{(_gomodcache() / 'cache' / 'download').as_uri()}", GOFLAGS="-mod=mod",
-               GONOSUMDB="*", GOSUMDB="off")
+    env.update(VSOLAB_CACHE=str(cache), **mirror_env(server))
     return subprocess.run([sys.executable, "-m", "labkit", "install", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -163,7 +60,7 @@ def _version(path: Path, flag: str = "--version") -> str:
     return out.stdout + out.stderr
 
 
-def test_auto_installs_the_release_binaries_from_the_mirror(mirror: tuple[_Mirror, dict[str, Path]], tmp_path: Path) -> None:
+def test_auto_installs_the_release_binaries_from_the_mirror(mirror: tuple[Mirror, dict[str, Path]], tmp_path: Path) -> None:
     server, _files = mirror
     server.overrides.clear()
     server.requests.clear()
@@ -201,7 +98,7 @@ def test_auto_installs_the_release_binaries_from_the_mirror(mirror: tuple[_Mirro
     assert f"etcd {E}: cached in {cache / f'etcd-{E}'} (prebuilt)" in again.stderr
 
 
-def test_a_corrupted_archive_is_refused(mirror: tuple[_Mirror, dict[str, Path]], tmp_path: Path) -> None:
+def test_a_corrupted_archive_is_refused(mirror: tuple[Mirror, dict[str, Path]], tmp_path: Path) -> None:
     server, files = mirror
     data = bytearray(files["kube-controller-manager"].read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte changed on the way
@@ -214,14 +111,14 @@ def test_a_corrupted_archive_is_refused(mirror: tuple[_Mirror, dict[str, Path]],
     assert first == [f"labkit install: Checked kube-controller-manager ({server.url}{path}) against its published checksum "
                      f"({server.url}{path}.sha256): it does not match, so it was refused."]
     assert f"expected {_prebuilt.sha256_file(files['kube-controller-manager'])}" in res.stderr
-    assert f"got {_sha(bytes(data))}" in res.stderr
+    assert f"got {hashlib.sha256(bytes(data)).hexdigest()}" in res.stderr
     assert "To fix it:" in res.stderr and "  3. " in res.stderr and "Traceback" not in res.stderr
     kube = cache / f"kube-{K}"
     assert not (kube / "kube-controller-manager").exists() and not (kube / "kube-apiserver").exists()  # nothing half-installed
     assert not (kube / ".prebuilt").exists()
 
 
-def test_a_missing_archive_is_built_from_source(mirror: tuple[_Mirror, dict[str, Path]], tmp_path: Path) -> None:
+def test_a_missing_archive_is_built_from_source(mirror: tuple[Mirror, dict[str, Path]], tmp_path: Path) -> None:
     if not shutil.which("go"):
         pytest.skip("building needs Go")
     server, _files = mirror
