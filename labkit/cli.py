@@ -22,7 +22,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from . import install
 
     t0 = time.monotonic()
-    paths = install.install(force=args.force, source=args.source)
+    paths = install.install(args.products or None, force=args.force, source=args.source)
     for name, p in sorted(paths.items()):
         print(f"{name:<24} {p}")
     print(f"install: done in {time.monotonic() - t0:.0f}s")
@@ -161,11 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local (default), minikube or external (VSOLAB_BACKEND)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("install", help="build or download, and cache, the lab's binaries")
+    s.add_argument("products", nargs="*", metavar="PRODUCT",
+                   help="only these: etcd, kube, vso, helm, kube-rbac-proxy (default: all)")
     s.add_argument("--force", action="store_true", help="rebuild (or download again) even when cached")
     s.add_argument("--source", choices=["auto", "build", "prebuilt"], default="auto",
                    help="build: from the Go module proxy; prebuilt: official release binaries, checksums verified; "
-                        "auto (default): prebuilt with build fallback below 3 GiB of memory or with "
-                        "VSOLAB_INSTALL_SOURCE=prebuilt, else build (docs/install.md)")
+                        "auto (default): prebuilt (build as fallback) when the release hosts answer, "
+                        "else build (docs/install.md)")
     s.set_defaults(func=cmd_install)
     s = sub.add_parser("up", help="start the lab, or repair it (idempotent)")
     s.add_argument("--no-operator", action="store_true",

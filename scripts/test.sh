@@ -27,7 +27,11 @@ step() { printf '\n== %s\n' "$*"; }
 step "lint"; python3 -m ruff check labkit tests || status=1
 step "unit and integration tests"
 pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
-  --junitxml="$ART/junit.xml"
+  --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --junitxml="$ART/junit.xml"
+step "labkit install from a local release mirror (loopback HTTP, made from the built binaries): prebuilt, a corrupted archive refused, a missing one built"
+pytest_step -q -p no:cacheprovider tests/test_install_mirror.py --junitxml="$ART/junit-install-mirror.xml"
+step "the unprivileged path: a learner's account with its own venv and the shared cache read-only runs up, the CI series and down"
+pytest_step -q -p no:cacheprovider -m unprivileged tests/test_unprivileged.py --junitxml="$ART/junit-unprivileged.xml"
 step "the README's main command: scripts/lab.sh in the background, notebook 00 in headless Chromium, a clean stop"
 pytest_step -q -p no:cacheprovider tests/test_main_command.py --junitxml="$ART/junit-main-command.xml"
 step "the learner's path: notebooks 00-07 in JupyterLab in headless Chromium at their defaults, each exercise's solution typed into its cell (a lab of its own; saved notebooks in $ART/browser)"
