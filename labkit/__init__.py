@@ -33,9 +33,10 @@ def get_lab(backend: str = "local", state: str | None = None):  # noqa: ANN201 -
     return get_backend(backend, state=state)
 
 
-def up(backend: str = "local", state: str | None = None) -> dict[str, str]:
-    """Start or repair the lab (``labkit up``); returns what each component did."""
-    return get_lab(backend, state).up()
+def up(backend: str = "local", state: str | None = None, operator: bool = True) -> dict[str, str]:
+    """Start or repair the lab (``labkit up``); returns what each component did. ``operator=False`` (``labkit up
+    --no-operator``) leaves VSO's Helm release uninstalled when it is missing: notebook 01 installs it."""
+    return get_lab(backend, state).up(operator=operator)
 
 
 def down(backend: str = "local", state: str | None = None, purge: bool = False) -> list[str]:

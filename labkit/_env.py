@@ -11,9 +11,11 @@ the same variables on the local lab, on minikube and on your own cluster:
 * ``HELM_CONFIG_HOME``/``HELM_CACHE_HOME``/``HELM_DATA_HOME`` in the state, so two labs' repositories never mix;
 * ``PREFIX``: the attendee prefix that cells put before every name (``${PREFIX}static-exampleapp``), empty on a
   lab of one's own;
+* ``VAULT_ADDR_FOR_CLUSTER``, ``KUBE_API_FOR_VAULT``, ``PG_ADDR_FOR_VAULT``, ``PG_HOST_FOR_PODS``/
+  ``PG_PORT_FOR_PODS``: the addresses as the other side reaches them (pods, Vault);
 * ``VSO_CHART_REPO``, ``LAB_HELM_VALUES`` and ``LAB_HELM_POSTRENDERER``: where the chart comes from, the values
-  file the backend needs and a post-renderer executable (a pass-through where the backend needs none), so that
-  the Helm cell is one command on every backend;
+  file the backend needs and a post-renderer executable (a pass-through where the backend needs none;
+  labkit/helm.py), so that the Helm cell is one command on every backend;
 * ``VSOLAB_SHARED_OPERATOR=1`` when VSO belongs to the team (a shared cluster): Helm cells then look and do not
   touch.
 """
@@ -23,11 +25,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-
-#: HashiCorp's chart repository (``helm repo add hashicorp …``)
-HASHICORP_CHART_REPO = "https://helm.releases.hashicorp.com"
-PASSTHROUGH = "#!/bin/sh\n# A Helm post-renderer that changes nothing: this backend needs no change to the chart.\nexec cat\n"
-EMPTY_VALUES = "# This backend adds nothing to the VSO chart's defaults.\n{}\n"
 
 
 def tool_targets() -> dict[str, Path]:
@@ -64,27 +61,12 @@ def ensure_tools(tools_dir: Path, targets: dict[str, Path] | None = None) -> Pat
     return tools_dir
 
 
-def helm_home(state: Any) -> dict[str, str]:
-    base = state.path("helm")
-    return {"HELM_CONFIG_HOME": str(base / "config"), "HELM_CACHE_HOME": str(base / "cache"),
-            "HELM_DATA_HOME": str(base / "data")}
+def lab_env(lab: Any, *, tools_dir: Path, helm_env: dict[str, str], shared_operator: bool) -> dict[str, str]:
+    """The variables for shells and kernels, from the contract's properties (see the module docstring);
+    ``helm_env`` is the backend's ``VSO_CHART_REPO``/``LAB_HELM_VALUES``/``LAB_HELM_POSTRENDERER``
+    (:func:`labkit.helm.env` on the local lab, :func:`labkit.helm.passthrough_env` elsewhere)."""
+    from . import helm
 
-
-def helm_files(state: Any, values: str = EMPTY_VALUES) -> tuple[Path, Path]:
-    """``<state>/helm/values.yaml`` and the pass-through post-renderer ``<state>/helm/postrender``, written once."""
-    state.ensure()
-    vals, post = state.path("helm", "values.yaml"), state.path("helm", "postrender")
-    if not vals.exists() or vals.read_text() != values:
-        state.write_private("helm/values.yaml", values)
-    if not post.exists() or post.read_text() != PASSTHROUGH:
-        state.write_private("helm/postrender", PASSTHROUGH)
-    post.chmod(0o700)
-    return vals, post
-
-
-def lab_env(lab: Any, *, tools_dir: Path, chart_repo: str, helm_values: Path, post_renderer: Path,
-            shared_operator: bool) -> dict[str, str]:
-    """The variables for shells and kernels, from the contract's properties (see the module docstring)."""
     host, port = lab.pg_address
     rest = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and p != str(tools_dir)]
     token = lab.vault_token
@@ -93,11 +75,16 @@ def lab_env(lab: Any, *, tools_dir: Path, chart_repo: str, helm_values: Path, po
         "KUBECONFIG": str(lab.kubeconfig),
         "PGHOST": str(host), "PGPORT": str(port), "PGUSER": str(lab.pg_admin_user), "PGDATABASE": "postgres",
         "PGPASSWORD": str(lab.pg_admin_password),
+        # the addresses as the cluster's side reaches them: the VaultConnection (01), Vault's TokenReview (01),
+        # Vault's database connection (03) and the app's DB_HOST/DB_PORT (03)
+        "VAULT_ADDR_FOR_CLUSTER": lab.vault_addr_for_cluster, "KUBE_API_FOR_VAULT": lab.kube_api_for_vault,
+        "PG_ADDR_FOR_VAULT": "{}:{}".format(*lab.pg_address_for_vault),
+        "PG_HOST_FOR_PODS": str(lab.pg_address_for_pods[0]), "PG_PORT_FOR_PODS": str(lab.pg_address_for_pods[1]),
         "VSOLAB_BACKEND": lab.backend, "VSOLAB_STATE": str(lab.state.root),
-        **helm_home(lab.state),
+        **helm.helm_home(lab),
         "PATH": os.pathsep.join([str(tools_dir), *rest]),
         "PREFIX": lab.names.prefix,
-        "VSO_CHART_REPO": chart_repo, "LAB_HELM_VALUES": str(helm_values), "LAB_HELM_POSTRENDERER": str(post_renderer),
+        **helm_env,
     }
     if shared_operator:
         env["VSOLAB_SHARED_OPERATOR"] = "1"

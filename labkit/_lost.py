@@ -20,7 +20,8 @@ from .errors import LostConnection
 
 #: component names as ``labkit status`` shows them, by the port name in state.json
 _COMPONENTS = {"apiserver": "the Kubernetes API server (kube-apiserver)", "openbao": "Vault (OpenBao)",
-               "postgres": "PostgreSQL", "etcd": "etcd", "agent": "the node agent", "vso_probe": "the VSO manager"}
+               "postgres": "PostgreSQL", "etcd": "etcd", "agent": "the node agent",
+               "operator_probe": "the VSO manager (the operator's pod)"}
 
 
 def _psycopg_errors() -> tuple[type[BaseException], ...]:
@@ -116,9 +117,11 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
     what = _COMPONENTS.get(name or "", "a part of the lab") + (f" at 127.0.0.1:{port}" if port else "")
     fixes = ["Run `labkit status` to see which part of the lab is down.",
              f"Run `labkit up` to start it again (data is kept), then run {command} again."]
-    if state is not None and name:
-        log = state.path("logs", f"{'vso' if name == 'vso_probe' else name}.log")
-        fixes.append(f"If it stops again, read its log: {log}")
+    if name == "operator_probe":
+        fixes.append("If it stops again, read its log: `kubectl logs -n vault-secrets-operator "
+                     "deploy/vault-secrets-operator-controller-manager -c manager --previous`")
+    elif state is not None and name:
+        fixes.append(f"If it stops again, read its log: {state.path('logs', f'{name}.log')}")
     else:
         fixes.append("Run `labkit doctor` if `labkit up` fails.")
     return LostConnection(f"Checked the lab while running {command}: {what} stopped answering "

@@ -148,7 +148,13 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     api = lab.kube
     n = lab.names
     custom = kclient.CustomObjectsApi(api)
-    for obj in custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1", "vaultconnections")["items"]:
+    try:
+        connections = custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1", "vaultconnections")["items"]
+    except ApiException as exc:  # 404: VSO's CRDs are not installed yet (they come with the operator, after this)
+        if exc.status != 404:
+            raise
+        connections = []
+    for obj in connections:
         if _outdated(obj.get("spec", {}).get("address"), "openbao", old, lab.vault_addr_for_cluster):
             m = obj["metadata"]
             custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", m["namespace"], "vaultconnections",

@@ -8,17 +8,10 @@ from typing import Any
 
 from kubernetes import client as kclient
 
-from . import app, dynamic, k8s, vault, vso
+from . import app, dynamic, exercises, k8s, vault, vso
 from .connect import connection_ref
-from .display import Check, Done
+from .display import Check
 
-TRANSIT_POLICY = """path "{mount}/encrypt/{key}" {{
-  capabilities = ["create", "update"]
-}}
-path "{mount}/decrypt/{key}" {{
-  capabilities = ["create", "update"]
-}}
-"""
 HELM_VALUES = """controller:
   manager:
     clientCache:
@@ -36,78 +29,16 @@ HELM_VALUES = """controller:
 """
 
 
-def enable_transit(lab: Any) -> Done:
-    return vault.enable_secrets_engine(lab, "transit", lab.names.transit_mount)
-
-
-def create_key(lab: Any) -> Done:
-    return vault.create_transit_key(lab, lab.names.transit_key, mount=lab.names.transit_mount)
-
-
-def transit_policy(lab: Any) -> str:
-    n = lab.names
-    return TRANSIT_POLICY.format(mount=n.transit_mount, key=n.transit_key)
-
-
-def write_policy(lab: Any) -> Done:
-    return vault.write_policy(lab, lab.names.transit_policy, transit_policy(lab))
-
-
-def create_role(lab: Any) -> Done:
-    n = lab.names
-    return vault.create_kubernetes_role(lab, n.transit_role, bound_service_account_names=[n.operator_sa],
-                                        bound_service_account_namespaces=[n.operator_ns], policies=[n.transit_policy],
-                                        ttl="1h", mount=n.k8s_auth_mount, token_period="1h")
-
-
 def helm_values(lab: Any) -> str:
     n = lab.names
     return HELM_VALUES.format(connection=connection_ref(lab), key=n.transit_key, mount=n.transit_mount,
                               auth_mount=n.k8s_auth_mount, role=n.transit_role, sa=n.operator_sa)
 
 
-def transit_vault_auth(lab: Any) -> dict:
-    """The labelled VaultAuth the Helm chart renders for direct-encrypted persistence."""
-    n = lab.names
-    return vso.vault_auth(n.transit_auth, n.operator_ns, role=n.transit_role, service_account=n.operator_sa,
-                          connection_ref=connection_ref(lab), mount=n.k8s_auth_mount,
-                          storage_encryption={"mount": n.transit_mount, "keyName": n.transit_key},
-                          labels={"cacheStorageEncryption": "true"})
-
-
 def shared(lab: Any) -> bool:
-    """VSO belongs to the team (``VSOLAB_SHARED_OPERATOR=1``): this stage shows the Helm upgrade and changes nothing."""
+    """VSO belongs to the team (``VSOLAB_SHARED_OPERATOR=1``): the notebook's Helm cell only shows the release,
+    and nothing here restarts it."""
     return bool(getattr(lab, "shared_operator", False))
-
-
-def _looked(lab: Any, command: str) -> Done:
-    model = lab.operator_settings()["client_cache_persistence_model"]
-    return Done(f"VSO is the team's (shared): not changed; it runs with client-cache persistence {model}. The "
-                "instructor runs this once for everybody", command)
-
-
-def enable_persistence(lab: Any) -> Done:
-    """Turn on ``direct-encrypted`` client-cache persistence and restart VSO with it."""
-    if shared(lab):
-        return _looked(lab, ENABLE_COMMAND + helm_values(lab).rstrip())
-    if not getattr(lab, "helm_managed_operator", False):
-        vso.apply(lab, transit_vault_auth(lab))
-    lab.restart_operator(client_cache_persistence_model="direct-encrypted")
-    return Done("VSO restarted with --client-cache-persistence-model=direct-encrypted (transit key "
-                f"{lab.names.transit_mount}/{lab.names.transit_key})", ENABLE_COMMAND + helm_values(lab).rstrip())
-
-
-ENABLE_COMMAND = ("helm upgrade vault-secrets-operator hashicorp/vault-secrets-operator -n vault-secrets-operator "
-                  "--reuse-values -f vso-values.yaml\n# vso-values.yaml:\n")
-DISABLE_COMMAND = ("helm upgrade vault-secrets-operator hashicorp/vault-secrets-operator -n vault-secrets-operator "
-                   "--reuse-values --set controller.manager.clientCache.persistenceModel=none")
-
-
-def disable_persistence(lab: Any) -> Done:
-    if shared(lab):
-        return _looked(lab, DISABLE_COMMAND)
-    lab.restart_operator(client_cache_persistence_model="none")
-    return Done("VSO restarted with client-cache persistence off (the default)", DISABLE_COMMAND)
 
 
 def cache_secrets(lab: Any) -> list[dict[str, Any]]:
@@ -118,15 +49,43 @@ def cache_secrets(lab: Any) -> list[dict[str, Any]]:
 
 
 def wait_for_cache(lab: Any, timeout: float = 90) -> list[dict[str, Any]]:
-    if shared(lab):  # the team's VSO: its cache is whatever the team configured; nothing to wait for
-        return [s for s in cache_secrets(lab) if s["labels"].get("encrypted") == "true"]
     return k8s.wait_for("VSO to store its client cache as vso-cc-* Secrets",
                         lambda: [s for s in cache_secrets(lab) if s["labels"].get("encrypted") == "true"], timeout,
                         hint="check the transit VaultAuth (`kubectl get vaultauth -n vault-secrets-operator`) and the VSO log")
 
 
-def restart_experiment(lab: Any, *, settle: float = 8.0) -> dict[str, Any]:
-    """Restart VSO with its current settings; report whether the lease and the app pods survived.
+def _seconds_to_rotation(lab: Any) -> float | None:
+    """How long the VaultDynamicSecret's lease has before Vault cuts it short at the role's ``max_ttl``."""
+    n = lab.names
+    lid = dynamic.lease(lab)["lease_id"]
+    if not lid:
+        return None
+    import datetime as dt
+
+    issued = vault.read_lease(lab, lid).get("issue_time", "")
+    max_ttl = int(vault.read_database_role(lab, n.db_role, mount=n.db_mount).get("max_ttl") or 0)
+    if not issued or not max_ttl:
+        return None
+    start = dt.datetime.strptime(issued[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    return start.timestamp() + max_ttl - time.time()
+
+
+def _wait_for_room(lab: Any, room: float) -> None:
+    """Wait until the lease has ``room`` seconds before its ``max_ttl`` rotation (a rotation first, if need be)."""
+    left = _seconds_to_rotation(lab)
+    if left is None or left >= room:
+        return
+    before = dynamic.lease(lab)["lease_id"]
+    k8s.wait_for("the lease's scheduled rotation, so that it cannot fall inside the restart experiment",
+                 lambda: dynamic.lease(lab)["lease_id"] != before, left + 60, interval=0.5,
+                 hint="check the VaultDynamicSecret's events: `kubectl describe vaultdynamicsecret ...`")
+    dynamic.wait_steady(lab)
+
+
+def restart_experiment(lab: Any, *, settle: float = 8.0, room: float = 30.0) -> dict[str, Any]:
+    """Restart VSO's pod (``kubectl rollout restart``) with its current settings; report whether the lease and the
+    app pods survived. Starts only with ``room`` seconds before the lease's ``max_ttl`` rotation, so that a
+    scheduled rotation is not counted as the restart's doing.
 
     On a shared VSO nothing is restarted: the result says so (``restarted`` False, the other fields None)."""
     n = lab.names
@@ -134,6 +93,7 @@ def restart_experiment(lab: Any, *, settle: float = 8.0) -> dict[str, Any]:
         return {"persistence": lab.operator_settings()["client_cache_persistence_model"], "restarted": False,
                 "lease_kept": None, "app_restarted": None, "seconds": 0.0}
     dynamic.wait_steady(lab)
+    _wait_for_room(lab, room)
     lease_before = dynamic.lease(lab)["lease_id"]
     pods_before = sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
     t0 = time.monotonic()
@@ -158,6 +118,17 @@ def restart_experiment(lab: Any, *, settle: float = 8.0) -> dict[str, Any]:
     }
 
 
+def operator_pod(lab: Any) -> str:
+    """The name of the operator's running pod ("" when none runs)."""
+    pods = k8s.ready_pods(lab.kube, lab.names.operator_ns, "control-plane=controller-manager")
+    return pods[0].metadata.name if pods else ""
+
+
+def snapshot(lab: Any) -> dict[str, str]:
+    """What exercise ``restart-kept`` compares against: the operator's pod and the VaultDynamicSecret's lease."""
+    return {"operator_pod": operator_pod(lab), "lease_id": dynamic.lease(lab)["lease_id"]}
+
+
 def _shared_check(lab: Any) -> Check:
     """On a shared VSO: this attendee's half of the stage (transit key, policy, role) is in place and VSO answers."""
     from hvac import exceptions as hvexc
@@ -172,12 +143,13 @@ def _shared_check(lab: Any) -> Check:
     except hvexc.InvalidPath:
         role = {}
     policy = vault.read_policy(lab, n.transit_policy) or ""
-    return Check("client cache, on the team's VSO (the stage looks and does not restart it)", [
-        (f"the transit key {n.transit_mount}/{n.transit_key} exists", key, "run enable_transit and create_key"),
-        (f"the policy {n.transit_policy} allows encrypt and decrypt with it", f"{n.transit_mount}/encrypt/{n.transit_key}" in policy,
-         "run write_policy(lab)"),
+    return Check("client cache, on the team's VSO (the Helm cell looked and did not change it)", [
+        (f"the transit key {n.transit_mount}/{n.transit_key} exists", key,
+         "run the cells that enable the transit engine and create the key"),
+        (f"the policy {n.transit_policy} allows encrypt and decrypt with it",
+         f"{n.transit_mount}/encrypt/{n.transit_key}" in policy, "run the `vault policy write` cell"),
         (f"the role {n.transit_role} binds {n.operator_sa} in {n.operator_ns}",
-         n.operator_sa in (role or {}).get("bound_service_account_names", []), "run create_role(lab)"),
+         n.operator_sa in (role or {}).get("bound_service_account_names", []), "run the operator's role cell"),
         ("the team's VSO is ready", lab.operator().ready, "ask the instructor: `kubectl get pods -n vault-secrets-operator`"),
     ])
 
@@ -191,9 +163,56 @@ def check(lab: Any) -> Check:
     return Check("persistent, encrypted client cache", [
         ("VSO runs with client-cache persistence direct-encrypted",
          lab.operator_settings()["client_cache_persistence_model"] == "direct-encrypted",
-         "run enable_persistence(lab) (on minikube: helm upgrade with the cache values)"),
+         "run the Helm upgrade cell (persistenceModel: direct-encrypted), then `kubectl rollout status`"),
         (f"the transit VaultAuth {n.operator_ns}/{n.transit_auth} is valid", bool(va and (va.get("status") or {}).get("valid")),
-         f"check the role {n.transit_role} binds {n.operator_sa} in {n.operator_ns}, and the transit policy"),
+         f"check the role {n.transit_role} binds {n.operator_sa} in {n.operator_ns}, and the transit policy "
+         f"(`kubectl describe vaultauth {n.transit_auth} -n {n.operator_ns}`)"),
         ("VSO stored encrypted vso-cc-* Secrets", bool(encrypted),
          "VSO writes them once it has authenticated for a VaultStaticSecret/VaultDynamicSecret; wait a little"),
     ])
+
+
+@exercises.exercise(
+    "restart-kept", 5,
+    "Restart the operator with kubectl rollout restart and show that the dynamic secret's lease survives.",
+    ["`kubectl rollout restart deployment/<name> -n <namespace>` gives the Deployment a new pod.",
+     "`kubectl rollout status deployment/vault-secrets-operator-controller-manager -n vault-secrets-operator` "
+     "waits for it.",
+     "Run the cell that records `before_restart` first, then restart; the checker compares with it."])
+def _check_restart_kept(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    before = ns.get("before_restart") or {}
+    now = snapshot(lab)
+    return [
+        ("the recording cell ran (before_restart)", bool(before.get("operator_pod")),
+         "run the cell with `before_restart = cache.snapshot(lab)` first"),
+        ("a new operator pod runs", bool(before) and bool(now["operator_pod"]) and
+         now["operator_pod"] != before.get("operator_pod"),
+         "kubectl rollout restart deployment/vault-secrets-operator-controller-manager -n vault-secrets-operator"),
+        ("the VaultDynamicSecret holds the same lease as before", bool(before.get("lease_id")) and
+         now["lease_id"] == before.get("lease_id"),
+         "the cache keeps the lease only with persistenceModel direct-encrypted (section 5); a scheduled rotation "
+         "at max_ttl also changes it: record again and retry"),
+    ]
+
+
+@exercises.exercise(
+    "rotate-key", 5,
+    "Rotate the transit key vso-client-cache (a new key version), and check VSO still syncs.",
+    ["Transit keys rotate with `vault write -f <mount>/keys/<name>/rotate`.",
+     "The mount is ${PREFIX}demo-transit and the key vso-client-cache.",
+     "`vault read -field=latest_version ${PREFIX}demo-transit/keys/vso-client-cache` shows the version."])
+def _check_rotate_key(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    from hvac import exceptions as hvexc
+
+    try:
+        key = vault.client(lab).secrets.transit.read_key(n.transit_key, mount_point=n.transit_mount)["data"]
+    except hvexc.InvalidPath:
+        key = {}
+    return [
+        ("the transit key has a second version", int(key.get("latest_version", 0)) >= 2,
+         f"vault write -f {n.transit_mount}/keys/{n.transit_key}/rotate"),
+        ("the VaultDynamicSecret is still synced",
+         vso.is_synced(vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)),
+         "VSO decrypts older cache entries with the older key version; check the manager's log"),
+    ]

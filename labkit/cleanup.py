@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from hvac import exceptions as hvexc
+from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
-from . import k8s, pg, vault, vso
+from . import exercises, k8s, pg, vault, vso
 from .display import Check, Done, Steps
 
 
@@ -172,8 +173,103 @@ def undo_connect(lab: Any) -> Done:
                 f"vault auth disable {n.k8s_auth_mount}")
 
 
-def clean_all(lab: Any) -> Steps:
-    return Steps([undo_instant(lab), undo_cache(lab), undo_dynamic(lab), undo_static(lab), undo_connect(lab)])
+def install_operator(lab: Any) -> Done:
+    """Notebook 01's first step, for ``labkit stage N`` (N ≥ 2) on the local lab: VSO's Helm release, if missing."""
+    if not hasattr(lab, "operator_installed") or lab.operator_installed():
+        return Done("VSO is installed", "")
+    lab.install_operator()
+    from .helm import INSTALL_COMMAND
+
+    return Done("installed VSO's Helm release", INSTALL_COMMAND)
+
+
+def undo_operator(lab: Any) -> Done:
+    """Back to before notebook 01 on the local lab: VSO's Helm release uninstalled (notebook 01 installs it).
+
+    The release's own VaultAuths and VaultConnections are deleted first, while the manager still runs to remove
+    their finalizers; ``helm uninstall`` alone would leave them stuck (see :func:`labkit.helm.uninstall_release`).
+    Other backends keep their operator (``labkit up`` installs it there)."""
+    if not hasattr(lab, "uninstall_operator"):
+        return Done("VSO kept (this backend's `labkit up` installs it)", "")
+    from .helm import UNINSTALL_COMMAND
+
+    steps = lab.uninstall_operator()
+    return Done("; ".join(steps) or "VSO's Helm release was not installed", UNINSTALL_COMMAND if steps else "")
+
+
+def undo_connect_and_operator(lab: Any) -> Steps:
+    """Stage 1's undo: notebook 01 connects VSO to Vault after installing it, so the connection goes first."""
+    return Steps([undo_connect(lab), undo_operator(lab)])
+
+
+def _strip_vso_finalizers(lab: Any, ns: str) -> int:
+    """With no operator running, nothing removes VSO's finalizers: remove them, so the namespace can go."""
+    custom = kclient.CustomObjectsApi(lab.kube)
+    count = 0
+    for plural in ("vaultdynamicsecrets", "vaultstaticsecrets", "vaultauths", "vaultconnections"):
+        for obj in custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural).get("items", []):
+            if obj["metadata"].get("finalizers"):
+                custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural,
+                                                      obj["metadata"]["name"], {"metadata": {"finalizers": None}})
+                count += 1
+    return count
+
+
+def _operator_runs(lab: Any) -> bool:
+    return bool(k8s.ready_pods(lab.kube, lab.names.operator_ns, "control-plane=controller-manager"))
+
+
+def sweep(lab: Any) -> Done:
+    """Find what notebook 07's steps (or a learner who skipped some) left behind; remove it and say what it was.
+
+    Nothing is touched that is already gone, so after a complete clean-up the sweep reports that it found nothing.
+    """
+    n = lab.names
+    found: list[str] = []
+    shared = lab.env().get("VSOLAB_SHARED_OPERATOR") == "1"  # the team's operator: never uninstalled here
+    for ns in (n.dynamic_ns, n.static_ns, n.vault_ns):
+        if k8s.namespace_gone(lab.kube, ns):
+            continue
+        if not _operator_runs(lab) and _strip_vso_finalizers(lab, ns):
+            found.append(f"VSO objects in {ns} with finalizers no operator would remove")
+        _delete_namespace(lab, ns)
+        found.append(f"namespace {ns}")
+    if k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding) is not None:
+        k8s.delete(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
+        found.append(f"ClusterRoleBinding {n.reviewer_binding}")
+    if not shared and hasattr(lab, "operator_installed") and lab.operator_installed():
+        lab.uninstall_operator()
+        found.append("VSO's Helm release")
+    if not shared and hasattr(lab, "operator_installed") and not lab.operator_installed() and \
+            not k8s.namespace_gone(lab.kube, n.operator_ns):
+        # helm leaves the namespace --create-namespace made, and what VSO wrote there (its cache's HMAC key)
+        _delete_namespace(lab, n.operator_ns)
+        found.append(f"namespace {n.operator_ns}")
+    c = vault.client(lab)
+    mounts = c.sys.list_mounted_secrets_engines()["data"]
+    if f"{n.db_mount}/" in mounts:
+        leases = _leases(c, f"{n.db_mount}/creds/{n.db_role}/")
+        if leases:
+            c.sys.revoke_prefix(f"{n.db_mount}/creds/{n.db_role}")
+            found.append(f"{len(leases)} lease(s) under {n.db_mount}/creds/{n.db_role}")
+    for mount in (n.db_mount, n.kv_mount, n.transit_mount):
+        if f"{mount}/" in mounts:
+            c.sys.disable_secrets_engine(mount)
+            found.append(f"secrets engine {mount}/")
+    if f"{n.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]:
+        c.sys.disable_auth_method(n.k8s_auth_mount)
+        found.append(f"auth method {n.k8s_auth_mount}/")
+    for policy in (n.kv_policy, n.db_policy, n.transit_policy):
+        if vault.read_policy(lab, policy):
+            c.sys.delete_policy(policy)
+            found.append(f"policy {policy}")
+    roles = [r["role"] for r in pg.dynamic_roles(lab)]
+    if roles:
+        found.append(f"{len(roles)} PostgreSQL role(s) Vault made: {', '.join(roles)}")
+    if not found:
+        return Done("the sweep found nothing left over")
+    return Done("the sweep found and removed what was left over: " + "; ".join(found),
+                details={"left over": len(found)})
 
 
 def check(lab: Any) -> Check:
@@ -181,10 +277,43 @@ def check(lab: Any) -> Check:
     roles = pg.lab_roles(lab)
     leases = vault.list_leases(lab, f"{n.db_mount}/creds/{n.db_role}")
     left = [ns for ns in (n.static_ns, n.dynamic_ns, n.vault_ns) if not k8s.namespace_gone(lab.kube, ns)]
+    mounts = [m for m in (n.db_mount, n.kv_mount, n.transit_mount)
+              if f"{m}/" in vault.client(lab).sys.list_mounted_secrets_engines()["data"]]
     return Check("clean-up: nothing the lab created is left", [
         ("no dynamic PostgreSQL role is left", not roles,
          f"{len(roles)} role(s) remain: revoke the leases (`vault lease revoke -prefix {n.db_mount}/creds/{n.db_role}`)"),
         ("Vault has no outstanding lease for the lab's database role", not leases,
          "revoke them by prefix, or disable the database engine"),
         ("the lab's namespaces are gone", not left, f"still there: {left}; a namespace waits for its pods to stop"),
+        ("the lab's secrets engines are disabled", not mounts, f"still enabled: {mounts}: `vault secrets disable`"),
+        (f"the ClusterRoleBinding {n.reviewer_binding} is gone",
+         k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding) is None,
+         f"kubectl delete clusterrolebinding {n.reviewer_binding}"),
     ])
+
+
+@exercises.exercise(
+    "transit-gone", 7, "Disable the client cache's transit engine and delete its policy.",
+    ["Engines go with `vault secrets disable <path>`, policies with `vault policy delete <name>`.",
+     "vault secrets disable ${PREFIX}demo-transit; vault policy delete ${PREFIX}vso-transit-policy"])
+def _check_transit_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    mounts = vault.client(lab).sys.list_mounted_secrets_engines()["data"]
+    return [(f"the transit engine {n.transit_mount}/ is disabled", f"{n.transit_mount}/" not in mounts,
+             f"vault secrets disable {n.transit_mount}"),
+            (f"the policy {n.transit_policy} is deleted", not vault.read_policy(lab, n.transit_policy),
+             f"vault policy delete {n.transit_policy}")]
+
+
+@exercises.exercise(
+    "binding-gone", 7, "Delete the token reviewer's ClusterRoleBinding, which outlived its namespace.",
+    ["ClusterRoleBindings are cluster-scoped: `kubectl get clusterrolebindings` (no -n).",
+     "Its name ends in vault-to-k8s-sa-auth-delegator (notebook 01).",
+     "kubectl delete clusterrolebinding ${PREFIX}vault-to-k8s-sa-auth-delegator"])
+def _check_binding_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    crb = k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
+    return [(f"the ClusterRoleBinding {n.reviewer_binding} is gone", crb is None,
+             f"kubectl delete clusterrolebinding {n.reviewer_binding}"),
+            (f"the namespace {n.vault_ns} is gone too", k8s.namespace_gone(lab.kube, n.vault_ns),
+             f"kubectl delete namespace {n.vault_ns} (section 2)")]

@@ -22,7 +22,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from . import install
 
     t0 = time.monotonic()
-    paths = install.install(force=args.force, source=args.source)
+    paths = install.install(args.products or None, force=args.force, source=args.source)
     for name, p in sorted(paths.items()):
         print(f"{name:<24} {p}")
     print(f"install: done in {time.monotonic() - t0:.0f}s")
@@ -45,7 +45,7 @@ def _lab_or_none(args: argparse.Namespace):  # noqa: ANN202
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
     t0 = time.monotonic()
-    actions = lab.up()
+    actions = lab.up(**({"operator": False} if args.no_operator else {}))
     changed = {k: v for k, v in actions.items() if v != "reused"}
     print(f"up: lab ready in {time.monotonic() - t0:.1f}s" + ("" if changed else " (everything was already running)"))
     print(_status_text(lab))
@@ -54,7 +54,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _status_text(lab) -> str:  # noqa: ANN001
-    rows = [[h.component, str(h.pid or "-"), h.address, "healthy" if h.healthy else f"DOWN {h.detail}".strip(), h.version]
+    rows = [[h.component, str(h.pid or "-"), h.address,
+             (f"healthy ({h.detail})" if h.detail else "healthy") if h.healthy else f"DOWN {h.detail}".strip(), h.version]
             for h in lab.status()]
     return _table(rows, ["component", "pid", "address", "health", "version"])
 
@@ -81,18 +82,20 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    """`labkit operator install|uninstall`: VSO as the pod of a Helm release (local backend), or as a host process."""
+    """`labkit operator install|uninstall`: VSO's Helm release on the local lab (the notebook's command, run by labkit)."""
     lab = _lab(args)
-    if not hasattr(lab, "install_operator"):
+    if lab.backend != "local":
         raise ParameterError(f"Checked the {lab.backend} backend for `labkit operator`: only the local lab has it.",
                              ["Use the local backend (VSOLAB_BACKEND=local).",
                               "On minikube, run `helm install` as the tutorial shows."])
     if args.action == "install":
         lab.install_operator(client_cache_persistence_model=args.client_cache_persistence_model)
-        print("operator: VSO runs as the Helm release vault-secrets-operator (kubectl get pods -n vault-secrets-operator)")
+        print("operator: VSO runs as the pod of the Helm release vault-secrets-operator "
+              "(kubectl get pods -n vault-secrets-operator)")
     else:
-        lab.uninstall_operator()
-        print("operator: the Helm release is uninstalled; VSO runs as a host process again")
+        for step in lab.uninstall_operator():
+            print(f"operator: {step}")
+        print("operator: the Helm release is uninstalled; no operator runs (`labkit operator install` brings it back)")
     return 0
 
 
@@ -158,13 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local (default), minikube or external (VSOLAB_BACKEND)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("install", help="build or download, and cache, the lab's binaries")
+    s.add_argument("products", nargs="*", metavar="PRODUCT",
+                   help="only these: etcd, kube, vso, helm, kube-rbac-proxy (default: all)")
     s.add_argument("--force", action="store_true", help="rebuild (or download again) even when cached")
     s.add_argument("--source", choices=["auto", "build", "prebuilt"], default="auto",
                    help="build: from the Go module proxy; prebuilt: official release binaries, checksums verified; "
-                        "auto (default): prebuilt with build fallback below 3 GiB of memory or with "
-                        "VSOLAB_INSTALL_SOURCE=prebuilt, else build (docs/install.md)")
+                        "auto (default): prebuilt (build as fallback) when the release hosts answer, "
+                        "else build (docs/install.md)")
     s.set_defaults(func=cmd_install)
-    sub.add_parser("up", help="start the lab, or repair it (idempotent)").set_defaults(func=cmd_up)
+    s = sub.add_parser("up", help="start the lab, or repair it (idempotent)")
+    s.add_argument("--no-operator", action="store_true",
+                   help="local lab: do not install VSO's Helm release when it is missing (notebook 01 installs it)")
+    s.set_defaults(func=cmd_up)
     sub.add_parser("status", help="a table of components and their health").set_defaults(func=cmd_status)
     s = sub.add_parser("down", help="stop the lab (state kept)")
     s.add_argument("--purge", action="store_true", help="also wipe the state: Vault data, leases, database")
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_down)
     sub.add_parser("env", help="print export lines for VAULT_ADDR, VAULT_TOKEN, KUBECONFIG, PG*").set_defaults(func=cmd_env)
     sub.add_parser("doctor", help="check prerequisites and say how to fix them").set_defaults(func=cmd_doctor)
-    s = sub.add_parser("operator", help="local lab: run VSO as a Helm release's pod (install) or a host process (uninstall)")
+    s = sub.add_parser("operator", help="local lab: helm upgrade --install (install) or helm uninstall VSO's release")
     s.add_argument("action", choices=["install", "uninstall"])
     s.add_argument("--client-cache-persistence-model", default=None, choices=["none", "direct-unencrypted", "direct-encrypted"])
     s.set_defaults(func=cmd_operator)
@@ -181,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("run-notebooks", help="run every notebook in order with papermill")
     s.add_argument("--output", default="executed", help="folder for executed notebooks")
-    s.add_argument("--ci", action="store_true", help="short TTLs and live views (CI parameters)")
+    s.add_argument("--ci", action="store_true", help="short TTLs and live views (CI parameters), with the exercises' solutions typed in")
     s.add_argument("--only", nargs="*", help="notebook numbers to run")
-    s.add_argument("--solutions", action="store_true", help="apply the exercise solutions")
+    s.add_argument("--solutions", action="store_true", help="type each exercise's solution (notebooks/solutions/) into its cell first; "
+                   "checks must pass (--ci implies it)")
     s.set_defaults(func=cmd_run_notebooks)
     s = sub.add_parser("lab", help="start the lab and open JupyterLab on the notebooks")
     s.add_argument("--no-browser", action="store_true")

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubernetes import client as kclient
 
-from . import k8s, vault, vso
-from .display import Check, Done, mask
+from . import exercises, k8s, vault, vso
+from .display import Check, Done
+
+OPERATOR_RELEASE = "vault-secrets-operator"
 
 
 def create_vault_namespace(lab: Any) -> Done:
@@ -65,18 +68,6 @@ def read_token_reviewer(lab: Any) -> dict[str, str]:
     return {"ca.crt": data.get("ca.crt", ""), "token": data.get("token", ""), "namespace": data.get("namespace", "")}
 
 
-def describe_token_reviewer(lab: Any, reveal: bool = False) -> Done:
-    d = read_token_reviewer(lab)
-    ca = d["ca.crt"].strip().splitlines()
-    return Done(
-        "decoded vault-auth-secret",
-        "KUBE_CA_CERT=$(kubectl get secret vault-auth-secret -n vault -o jsonpath='{.data.ca\\.crt}' | base64 -d)\n"
-        "TOKEN_REVIEW_JWT=$(kubectl get secret vault-auth-secret -n vault -o jsonpath='{.data.token}' | base64 -d)",
-        {"ca.crt": f"{ca[0]} … {ca[-1]} ({len(ca)} lines, public: safe to show)" if ca else "(missing)",
-         "token": mask(d["token"], reveal)},
-    )
-
-
 def enable_kubernetes_auth(lab: Any) -> Done:
     """Enable auth/kubernetes and point it at the cluster's API with the reviewer's token."""
     n = lab.names
@@ -105,12 +96,85 @@ def check(lab: Any) -> Check:
         cfg = {}
     return Check("VSO can reach Vault, and Vault can review Kubernetes tokens", [
         (f"VaultConnection {n.vault_ns}/{n.vault_connection} is valid", valid,
-         "VSO could not reach Vault at that address: check spec.address and that Vault is up (`labkit status`)."),
+         "VSO could not reach Vault at that address: check spec.address (`kubectl describe vaultconnection "
+         f"{n.vault_connection} -n {n.vault_ns}` shows VSO's reason) and that Vault is up (`labkit status`)."),
         (f"Secret {n.vault_ns}/{n.reviewer_secret} holds a token and ca.crt", bool(d["token"] and d["ca.crt"]),
-         "create the Secret with type kubernetes.io/service-account-token and the service-account.name annotation"),
+         "apply the token-reviewer cell again: the Secret needs type kubernetes.io/service-account-token and the "
+         "kubernetes.io/service-account.name annotation"),
         (f"ClusterRoleBinding {n.reviewer_binding} grants system:auth-delegator", binding_ok,
          "without it Vault's TokenReview calls get 403"),
         (f"auth/{n.k8s_auth_mount}/config points at {lab.kube_api_for_vault}",
          cfg.get("kubernetes_host") == lab.kube_api_for_vault,
-         "run enable_kubernetes_auth(lab) to enable and configure the auth method"),
+         f"run the `vault auth enable` and `vault write auth/{n.k8s_auth_mount}/config` cells again "
+         "(kubernetes_host=\"$KUBE_API_FOR_VAULT\")"),
     ])
+
+
+TYPO_CONNECTION = "vault-connection-typo"
+
+
+@exercises.exercise(
+    "connection-typo", 1,
+    "Apply a second VaultConnection, vault-connection-typo, whose address has a wrong port, and find VSO's reason.",
+    ["Copy the VaultConnection cell's manifest; change metadata.name to vault-connection-typo and spec.address to "
+     "http://127.0.0.1:1.",
+     "kubectl apply accepts it: the API server checks the manifest's shape, not whether Vault answers there. "
+     "VSO checks that, a moment later.",
+     "`kubectl describe vaultconnection vault-connection-typo -n ${PREFIX}vault`: status.valid is false, and the "
+     "events at the bottom carry VSO's reason (VaultClientError: Failed to check Vault seal status …)."])
+def _check_connection_typo(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The learner's VaultConnection exists with another address than the lab's, and VSO has judged it invalid."""
+    n = lab.names
+    deadline = time.monotonic() + 15  # VSO reconciles a new VaultConnection within a second or two
+    while True:
+        obj = vso.get(lab, "VaultConnection", TYPO_CONNECTION, n.vault_ns)
+        status = (obj or {}).get("status") or {}
+        ping = vso.conditions(obj).get("VaultPing") or {}
+        if obj is None or ping or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    address = ((obj or {}).get("spec") or {}).get("address", "")
+    return [
+        (f"VaultConnection {n.vault_ns}/{TYPO_CONNECTION} exists", obj is not None,
+         "apply it with kubectl, in the ${PREFIX}vault namespace"),
+        ("its address is not Vault's", bool(address) and address.rstrip("/") != lab.vault_addr_for_cluster.rstrip("/"),
+         f"give it a wrong port, e.g. http://127.0.0.1:1 (Vault is at {lab.vault_addr_for_cluster})"),
+        ("VSO tried it and set status.valid to false", obj is not None and status.get("valid") is False
+         and ping.get("status") == "False",
+         "wait a few seconds for VSO, then `kubectl describe vaultconnection " + TYPO_CONNECTION + " -n " + n.vault_ns + "`"),
+    ]
+
+
+@exercises.exercise(
+    "operator-debug-log", 1,
+    "Upgrade the Helm release so that VSO logs at the debug level; predict what happens to its pod.",
+    ["The chart's values: `helm show values hashicorp/vault-secrets-operator --version 1.5.0 | grep -n -A8 ' logging:'`"
+     " — the key is under controller.manager.",
+     "`--set controller.manager.logging.level=debug` with `--reuse-values` keeps your other values; pass "
+     "-f \"$LAB_HELM_VALUES\" and --post-renderer \"$LAB_HELM_POSTRENDERER\" again (Helm does not store the "
+     "post-renderer).",
+     "The chart turns the value into the manager's flag --zap-log-level=debug: a new pod template, so Kubernetes "
+     "replaces the pod (new name, age a few seconds). `kubectl logs … -c manager` then shows debug lines."])
+def _check_operator_debug_log(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The release's Deployment runs the manager with --zap-log-level=debug, and it is available again."""
+    from kubernetes import client as kclient
+    from kubernetes.client.exceptions import ApiException
+
+    n = lab.names
+    try:
+        dep = kclient.AppsV1Api(lab.kube).read_namespaced_deployment(f"{OPERATOR_RELEASE}-controller-manager", n.operator_ns)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        dep = None
+    manager = next((c for c in (dep.spec.template.spec.containers if dep else []) if c.name == "manager"), None)
+    args = list((manager.args or []) if manager else [])
+    ready = bool(dep and (dep.status.available_replicas or 0) >= 1
+                 and (dep.status.updated_replicas or 0) >= 1 and dep.status.observed_generation == dep.metadata.generation)
+    return [
+        ("VSO's Deployment exists (the Helm release)", dep is not None, "install VSO with the Helm cell at the top first"),
+        ("its manager runs with --zap-log-level=debug", "--zap-log-level=debug" in args,
+         "set controller.manager.logging.level=debug in a `helm upgrade`; see the hints"),
+        ("the new operator pod is available", ready, "`helm upgrade … --wait` waits for it; or "
+         "`kubectl rollout status deploy/vault-secrets-operator-controller-manager -n vault-secrets-operator`"),
+    ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import app, k8s, pg, vault, vso
+from . import app, exercises, k8s, pg, vault, vso
 from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
+from .notebook import duration_seconds
 
 CREATION = [
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
@@ -169,6 +170,27 @@ def wait_steady(lab: Any, quiet: float = 3.0, timeout: float = 90) -> None:
     k8s.wait_for("the dynamic secret and the app to settle", probe, timeout, interval=0.3)
 
 
+def app_pods(lab: Any) -> list[str]:
+    """The names of the app's pods (a restart shows as a new name)."""
+    n = lab.names
+    return sorted(p.metadata.name for p in k8s.pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
+
+
+def restarted(lab: Any, pods_before: list[str], timeout: float = 30) -> bool:
+    """Whether a Ready app pod exists that was not there before (waits up to ``timeout`` for the rollout)."""
+    import time
+
+    n = lab.names
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}")}
+        if ready - set(pods_before):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def deploy_app(lab: Any) -> Done:
     n = lab.names
     return app.deploy(lab, n.dynamic_ns, n.dynamic_secret, n.app)
@@ -205,3 +227,71 @@ def check(lab: Any) -> Check:
         ("the app's /status connects with those credentials", app_ok,
          "deploy the app (deploy_app) after the VaultDynamicSecret; check DB_HOST/DB_PORT and the pod's log"),
     ])
+
+
+# -- exercises (notebook 03) ------------------------------------------------------------------------------------------
+
+def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
+    missing = [x for x in names if not ns.get(x)]
+    return not missing, f"run the cell that records {', '.join(missing)} first (just above the exercise)" if missing else ""
+
+
+@exercises.exercise(
+    "secret-label", 3,
+    "Add the label team=hashicups to VSO's Secret through the VaultDynamicSecret's spec.destination.labels; "
+    "predict the side effects (a new lease? a restart?).",
+    ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge -p '…'` "
+     "changes one field; re-applying the whole manifest with the label added works too.",
+     'The patch is {"spec":{"destination":{"labels":{"team":"hashicups"}}}}.',
+     "Any spec change bumps metadata.generation; VSO then syncs with reason ResourceUpdated: a new lease, the Secret "
+     "rewritten, the app restarted. The old lease is not revoked: `vault list sys/leases/lookup/${PREFIX}database/"
+     "creds/vault-role-dynamic-exampleapp/` shows both until the old one's TTL ends."])
+def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    from kubernetes import client as kclient
+    from kubernetes.client.exceptions import ApiException
+
+    n = lab.names
+    try:
+        labels = kclient.CoreV1Api(lab.kube).read_namespaced_secret(n.dynamic_secret, n.dynamic_ns).metadata.labels or {}
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        labels = {}
+    ok, note = _recorded(ns, "lease_before", "pods_before")
+    now = lease(lab)["lease_id"]
+    return [
+        (f"the Secret {n.dynamic_secret} carries the label team=hashicups", labels.get("team") == "hashicups",
+         "set spec.destination.labels in the VaultDynamicSecret: VSO copies them onto the Secret it writes"),
+        ("VSO fetched a new lease for the changed spec", ok and bool(now) and now != ns["lease_before"],
+         note or "a spec change makes VSO sync anew; check `kubectl describe vaultdynamicsecret …` for SecretSynced"),
+        ("the app restarted (a new Ready pod)", ok and restarted(lab, ns["pods_before"]),
+         note or "rolloutRestartTargets names the Deployment; look for RolloutRestart events"),
+    ]
+
+
+@exercises.exercise(
+    "role-ttl", 3,
+    "Give the database role a default_ttl of 2m, keeping its statements and max_ttl; predict how long a new "
+    "credential lasts and what VSO's current lease gets at its next renewal.",
+    ["`vault write ${PREFIX}database/roles/vault-role-dynamic-exampleapp …` replaces the whole role: copy the command "
+     "from the role section and change default_ttl.",
+     "Keep max_ttl=$MAX_TTL. A credential lasts min(default_ttl, max_ttl): read one with "
+     "`vault read -format=json …/creds/… | python3 -c '…[\"lease_duration\"]'` (never print the password).",
+     "VSO's lease keeps its duration at renewals (VSO asks for the duration it has); the new default_ttl applies from "
+     "VSO's next new lease."])
+def _check_role_ttl(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
+    create = " ".join(role.get("creation_statements") or []).upper()
+    revoke = " ".join(role.get("revocation_statements") or []).upper()
+    max_ttl = duration_seconds(str(ns.get("MAX_TTL", "3m")))
+    return [
+        ("default_ttl is 2m (120 s)", int(role.get("default_ttl") or 0) == 120,
+         "vault write …/roles/vault-role-dynamic-exampleapp … default_ttl=2m"),
+        (f"max_ttl is still {ns.get('MAX_TTL', '3m')} ({max_ttl:.0f} s)", int(role.get("max_ttl") or 0) == int(max_ttl),
+         "pass max_ttl=$MAX_TTL again: writing a role replaces every field"),
+        ("the creation statements still create a login and grant SELECT", "CREATE ROLE" in create and "GRANT SELECT" in create,
+         "pass both creation_statements=… arguments again"),
+        ("the revocation statements still drop the login", "DROP ROLE" in revoke,
+         "pass both revocation_statements=… arguments again"),
+    ]

@@ -31,7 +31,7 @@ import port_for
 import requests
 import yaml
 
-from . import _env, _procs, install, k8s
+from . import _env, _procs, helm, install, k8s
 from ._state import DEFAULT_STATE, State, listening
 from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
@@ -352,9 +352,8 @@ class ClusterLab:
         """What ``labkit env`` prints and notebook kernels get (labkit/_env.py: the same on every backend)."""
         self.state.ensure()
         _env.ensure_tools(self.tools_dir)
-        values, post = _env.helm_files(self.state)
-        return _env.lab_env(self, tools_dir=self.tools_dir, chart_repo=self.chart_repo, helm_values=values,
-                            post_renderer=post, shared_operator=self.shared_operator)
+        return _env.lab_env(self, tools_dir=self.tools_dir, shared_operator=self.shared_operator,
+                            helm_env=helm.passthrough_env(self.state, self.vault_addr_for_cluster, self.chart_repo))
 
     def app_url(self, namespace: str, name: str) -> str:
         """A loopback URL to the newest Ready pod of Deployment ``name``.
@@ -637,8 +636,9 @@ class ExternalLab(ClusterLab):
         return {**super().env(), "VSOLAB_PREFIX": self.prefix}
 
     # -- life cycle ----------------------------------------------------------------------------------------
-    def up(self, progress: Any = None) -> dict[str, str]:
-        """Check Vault, the cluster and PostgreSQL answer; find VSO or install it. Creates nothing else."""
+    def up(self, progress: Any = None, operator: bool = True) -> dict[str, str]:
+        """Check Vault, the cluster and PostgreSQL answer; find VSO or install it. Creates nothing else.
+        (``operator`` is the contract's; a shared cluster's operator is found or installed either way.)"""
         from . import pg, vault
 
         say = progress or (lambda m: print(m, flush=True))

@@ -8,54 +8,8 @@ import statistics
 import time
 from typing import Any
 
-from . import k8s, static, vault, vso
+from . import exercises, k8s, static, vault, vso
 from .display import Check, Done
-
-EVENTS_POLICY = """path "{mount}/data/{path}" {{
-  capabilities = ["read", "list", "subscribe"]
-  subscribe_event_types = ["kv*"]
-}}
-path "sys/events/subscribe/kv*" {{
-  capabilities = ["read"]
-}}
-"""
-
-
-NO_EVENTS_POLICY = """path "{mount}/data/{path}" {{
-  capabilities = ["read", "list"]
-}}
-"""
-
-
-def events_policy(lab: Any, with_events: bool = True) -> str:
-    """The policy instant updates need; ``with_events=False`` drops what only Vault Enterprise parses."""
-    n = lab.names
-    return (EVENTS_POLICY if with_events else NO_EVENTS_POLICY).format(mount=n.kv_mount, path=n.kv_path)
-
-
-def update_policy(lab: Any) -> Done:
-    """Add ``subscribe`` and ``list`` on the secret, and read on the event stream, to exampleapp-kv-read.
-
-    Vault without event notifications (OpenBao, Vault Community before 1.16) rejects the
-    ``subscribe`` capability and ``subscribe_event_types``; there the lab writes the policy
-    without them and says so.
-    """
-    supported, why = lab.events_supported()
-    done = vault.write_policy(lab, lab.names.kv_policy, events_policy(lab, supported))
-    if not supported:
-        done.what += " without the subscribe lines: " + why
-        done.command = (f"vault policy write {lab.names.kv_policy} - <<EOF\n{events_policy(lab).strip()}\nEOF"
-                        "\n# (on Vault Enterprise 1.16.3+; this Vault rejects subscribe, so the lab wrote read+list only)")
-    return done
-
-
-def enable_instant_updates(lab: Any, refresh_after: str = "10s") -> Done:
-    n = lab.names
-    done = vso.apply(lab, static.static_secret(lab, refresh_after=refresh_after, instant_updates=True))
-    done.what = f"VaultStaticSecret {n.static_ns}/{n.static_vss} now has syncConfig.instantUpdates=true"
-    done.command = (f"kubectl patch vaultstaticsecret {n.static_vss} -n {n.static_ns} --type merge "
-                    "-p '{\"spec\":{\"syncConfig\":{\"instantUpdates\":true}}}'")
-    return done
 
 
 def watcher_events(lab: Any) -> list[tuple[str, str, str]]:
@@ -76,7 +30,8 @@ def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list
     for _ in range(samples):
         password = _secrets.token_urlsafe(12)
         t0 = time.monotonic()
-        vault.kv_put(lab, n.kv_mount, n.kv_path, {"username": "static-user", "password": password})
+        # `vault kv patch`: only the password changes, every other key stays
+        vault.client(lab).secrets.kv.v2.patch(n.kv_path, {"password": password}, mount_point=n.kv_mount)
         k8s.wait_for("the Kubernetes Secret to follow the Vault update",
                      lambda pw=password: static.read_secret(lab).get("password") == pw, timeout, interval=0.05)
         out.append(round(time.monotonic() - t0, 2))
@@ -95,8 +50,8 @@ def describe(times: list[float], refresh_after_s: float | None = None) -> Done:
         what += (f"; after the first, median {statistics.median(later) / refresh_after_s:.2f} × refreshAfter "
                  f"({refresh_after_s:g}s; polling predicts 0.8–0.9×)")
     return Done(what,
-                "vault kv put static/exampleapp/creds username=static-user password=<new>\n"
-                "kubectl get secret vso-static-creds-from-vault -n static-exampleapp -o jsonpath='{.data.password}' | base64 -d",
+                "vault kv patch ${PREFIX}static/exampleapp/creds password=<new>\n"
+                "kubectl get secret vso-static-creds-from-vault -n ${PREFIX}static-exampleapp -o jsonpath='{.data.password}'",
                 {"seconds": times})
 
 
@@ -106,7 +61,8 @@ def check(lab: Any, times: list[float], refresh_after_s: float) -> Check:
     reasons = {e[1] for e in events}
     vss = vso.get(lab, "VaultStaticSecret", lab.names.static_vss, lab.names.static_ns) or {}
     on = ((vss.get("spec") or {}).get("syncConfig") or {}).get("instantUpdates") is True
-    rows = [("the VaultStaticSecret asks for instant updates", on, "run enable_instant_updates(lab)")]
+    rows = [("the VaultStaticSecret asks for instant updates", on,
+             "run the cell that applies the VaultStaticSecret with syncConfig.instantUpdates: true")]
     if supported:
         rows += [
             ("VSO started its event watcher", "EventWatcherStarted" in reasons,
@@ -122,3 +78,68 @@ def check(lab: Any, times: list[float], refresh_after_s: float) -> Check:
              bool(times) and max(times) <= refresh_after_s + 1.0, "check refreshAfter on the VaultStaticSecret"),
         ]
     return Check("instant updates" + ("" if supported else " (fallback: polling)"), rows)
+
+
+def refresh_after(lab: Any) -> str:
+    """The VaultStaticSecret's ``spec.refreshAfter`` as it is now."""
+    n = lab.names
+    return str(((vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns) or {}).get("spec") or {}).get("refreshAfter", ""))
+
+
+def kv_version(lab: Any) -> int:
+    """The KV v2 secret's current version (``vault kv metadata get``)."""
+    n = lab.names
+    meta = vault.client(lab).secrets.kv.v2.read_secret_metadata(n.kv_path, mount_point=n.kv_mount)["data"]
+    return int(meta.get("current_version") or 0)
+
+
+def _synced_soon(lab: Any, timeout: float = 20) -> bool:
+    """The VaultStaticSecret reports its current spec synced within ``timeout`` (VSO reconciles a change at once)."""
+    n = lab.names
+    deadline = time.monotonic() + timeout
+    while not vso.is_synced(vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+@exercises.exercise(
+    "refresh-2s", 6, "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
+    ["Only spec.refreshAfter changes: `kubectl patch ... --type merge -p '{\"spec\":{...}}'`, or re-apply the manifest.",
+     "kubectl patch vaultstaticsecret vault-static-secret -n ${PREFIX}static-exampleapp --type merge "
+     "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'"])
+def _check_refresh(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    obj = vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns) or {}
+    return [("refreshAfter is 2s", (obj.get("spec") or {}).get("refreshAfter") == "2s",
+             f"kubectl patch vaultstaticsecret {n.static_vss} -n {n.static_ns} --type merge "
+             "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'"),
+            ("the VaultStaticSecret is still synced", _synced_soon(lab),
+             f"kubectl describe vaultstaticsecret {n.static_vss} -n {n.static_ns}")]
+
+
+@exercises.exercise(
+    "patch-password", 6,
+    "Give the KV secret a new password with vault kv patch (keeping username) and wait for the Kubernetes Secret.",
+    ["`vault kv patch` changes only the keys you name; `vault kv put` would drop username.",
+     "vault kv patch ${PREFIX}static/exampleapp/creds password=\"$(openssl rand -hex 12)\"",
+     "Wait up to refreshAfter, then compare: `vault kv get -field=password ...` against the Secret's "
+     "`.data.password` (base64 -d); print only whether they match."])
+def _check_patch(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    before = ns.get("version_before")
+    data = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
+    synced = False
+    deadline = time.monotonic() + 30  # at most one poll (refreshAfter) behind
+    while data.get("password") and not synced and time.monotonic() < deadline:
+        synced = static.read_secret(lab).get("password") == data["password"]
+        if not synced:
+            time.sleep(0.5)
+    return [("the recording cell ran (version_before)", isinstance(before, int),
+             "run the cell with `version_before = instant.kv_version(lab)` first"),
+            ("Vault has a newer version of the secret", isinstance(before, int) and kv_version(lab) > before,
+             f"vault kv patch {n.kv_mount}/{n.kv_path} password=..."),
+            ("username is still there", "username" in data, "`vault kv put` replaces every key; use `vault kv patch`"),
+            ("the Kubernetes Secret has Vault's password", bool(synced),
+             "wait up to refreshAfter; check `kubectl describe vaultstaticsecret` for errors")]

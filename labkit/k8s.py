@@ -174,6 +174,15 @@ def ready_pods(api: kclient.ApiClient, namespace: str, selector: str) -> list[An
     return out
 
 
+def rollout_restart(api: kclient.ApiClient, namespace: str, name: str) -> None:
+    """``kubectl rollout restart deployment/<name>``: a new pod template annotation, so the Deployment replaces its pods."""
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat()  # to the microsecond: two restarts in a second differ
+    kclient.AppsV1Api(api).patch_namespaced_deployment(name, namespace, {"spec": {"template": {"metadata": {
+        "annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}})
+
+
 def reachable(api: kclient.ApiClient) -> bool:
     try:
         kclient.VersionApi(api).get_code(_request_timeout=3)

@@ -1,5 +1,6 @@
 """The local lab: etcd, kube-apiserver, kube-controller-manager, PostgreSQL,
-OpenBao, the node agent and the VSO manager, as processes on 127.0.0.1.
+OpenBao, the node agent and the chart repository, as processes on 127.0.0.1; VSO
+is the pod of a Helm release (labkit/helm.py) that the node agent runs.
 
 ``LocalLab.up()`` is idempotent: healthy components are reused, dead ones are
 started again from the state directory, so Vault data, leases and PostgreSQL
@@ -9,7 +10,6 @@ roles survive ``down`` followed by ``up``. ``down(purge=True)`` wipes the state.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import pwd
 import shutil
@@ -33,17 +33,17 @@ import urllib3
 from . import _procs, _repair, _runas, install
 from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
-from .errors import ComponentError, NotRunning, ParameterError, StateError, SyncError
+from .errors import ComponentError, NotRunning, StateError, SyncError
 from .names import Names
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 OPERATOR_NAMESPACE = "vault-secrets-operator"
-OPERATOR_SA = "vault-secrets-operator-controller-manager"
-TOKEN_SECRET = f"{OPERATOR_SA}-token"
-#: API paths whose presence means "bootstrapped" (checked without importing the kubernetes client, which is slow)
+#: the operator release's objects, read over plain HTTPS (without the kubernetes client, which is slow to import)
+RELEASE_CHECK = ("/api/v1/namespaces/vault-secrets-operator/secrets"
+                 "?labelSelector=owner%3Dhelm,name%3Dvault-secrets-operator,status%3Ddeployed")
 CRD_CHECK = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/vaultstaticsecrets.secrets.hashicorp.com"
-TOKEN_CHECK = f"/api/v1/namespaces/vault-secrets-operator/secrets/{TOKEN_SECRET}"
+OPERATOR_PODS = "/api/v1/namespaces/vault-secrets-operator/pods?labelSelector=control-plane%3Dcontroller-manager"
 NODE_NAME = "vsolab-node"
 KCM_CONTROLLERS = ",".join([
     "serviceaccount-token-controller", "serviceaccount-controller", "namespace-controller",
@@ -632,54 +632,6 @@ class NodeAgent(Component):
         return __version__
 
 
-class VSO(Component):
-    """The real VSO manager, outside the cluster, as the Helm chart's service account."""
-
-    name = "vso"
-    extra_ports = ("vso_metrics",)
-
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.lab.ports['vso_probe']}"
-
-    @property
-    def port(self) -> int:
-        return self.lab.ports["vso_probe"]
-
-    def command(self) -> list[str]:
-        settings = self.state.read().get("vso", {})
-        cmd = [
-            str(self.lab.bin["vso-manager"]), f"--kubeconfig={self.state.path('kube', 'vso.kubeconfig')}",
-            "--leader-elect=false",
-            f"--metrics-bind-address=127.0.0.1:{self.lab.ports['vso_metrics']}",
-            f"--health-probe-bind-address=127.0.0.1:{self.port}",
-            f"--client-cache-persistence-model={settings.get('client_cache_persistence_model', 'none')}",
-            "--backoff-initial-interval=1s", "--backoff-max-interval=10s",
-            "--zap-log-level=info", "--zap-encoder=console",
-        ]
-        return cmd
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "VSO_"))}
-        env.pop("KUBECONFIG", None)
-        env.update(
-            OPERATOR_NAMESPACE=OPERATOR_NAMESPACE,
-            OPERATOR_POD_NAME="vault-secrets-operator-controller-manager-local",
-            OPERATOR_POD_UID=self.state.read().get("vso_pod_uid", ""),
-            KUBERNETES_CLUSTER_DOMAIN="cluster.local",
-        )
-        return env
-
-    def prepare(self) -> None:
-        # Each start is a new "pod" of the operator, as a restarted Deployment pod would be.
-        self.state.update(vso_pod_uid=str(uuid.uuid4()))
-
-    def healthy(self) -> bool:
-        return requests.get(f"{self.address()}/readyz", timeout=2).ok
-
-    def version(self) -> str:
-        return f"v{install.VSO_VERSION}"
-
-
 class ChartRepo(Component):
     """The lab's Helm chart repository (the VSO chart ``labkit install`` packaged), on 127.0.0.1; see labkit/_chartrepo.py."""
 
@@ -705,7 +657,7 @@ class ChartRepo(Component):
         return f"vault-secrets-operator {install.VSO_VERSION}" if install.TOOLS["helm"].built() else "empty (labkit install)"
 
 
-ORDER: list[type[Component]] = [Etcd, APIServer, ControllerManager, Postgres, OpenBao, NodeAgent, VSO, ChartRepo]
+ORDER: list[type[Component]] = [Etcd, APIServer, ControllerManager, Postgres, OpenBao, NodeAgent, ChartRepo]
 
 
 class LocalLab:
@@ -775,21 +727,13 @@ class LocalLab:
         return "127.0.0.1", self.ports["postgres"]
 
     def env(self) -> dict[str, str]:
+        """What ``labkit env`` prints and notebook kernels get: labkit/_env.py's variables, as on every backend
+        (``PREFIX`` empty: a lab of one's own), with the lab's own Helm files (labkit/helm.py)."""
         self.vault_token  # noqa: B018 - before the lab is up: explain, and choose no ports
-        return {
-            "VAULT_ADDR": self.vault_addr, "BAO_ADDR": self.vault_addr, "VAULT_TOKEN": self.vault_token,
-            "BAO_TOKEN": self.vault_token, "KUBECONFIG": str(self.kubeconfig),
-            "PGHOST": "127.0.0.1", "PGPORT": str(self.ports["postgres"]), "PGUSER": "root", "PGDATABASE": "postgres",
-            "PGPASSWORD": self.pg_admin_password,
-            "VSOLAB_STATE": str(self.state.root),
-            "PREFIX": self.names.prefix,  # cells write ${PREFIX}static-exampleapp: empty on a lab of one's own
-            # helm's repositories and cache in the lab's state: two labs' `vsolab` chart repos never mix
-            "HELM_CONFIG_HOME": str(self.state.path("helm", "config")),
-            "HELM_CACHE_HOME": str(self.state.path("helm", "cache")),
-            "HELM_DATA_HOME": str(self.state.path("helm", "data")),
-            # `vault` is OpenBao's CLI here (same arguments), so the tutorial's commands run as written
-            "PATH": f"{self.tools_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-        }
+        from . import _env, helm
+
+        # `vault` is OpenBao's CLI here (same arguments), so the tutorial's commands run as written
+        return _env.lab_env(self, tools_dir=self.tools_dir, helm_env=helm.env(self), shared_operator=False)
 
     @property
     def tools_dir(self) -> Path:
@@ -797,32 +741,24 @@ class LocalLab:
         return self.state.path("bin")
 
     def _ensure_tools(self) -> None:
-        from .install import bao_binary, kubectl_binary
+        from . import _env
 
-        self.tools_dir.mkdir(mode=0o700, exist_ok=True)
-        targets = {"vault": bao_binary(), "bao": bao_binary(), "kubectl": kubectl_binary()}
-        if install.TOOLS["helm"].built():
-            targets["helm"] = install.TOOLS["helm"].paths()["helm"]
-        for name, target in targets.items():
-            link = self.tools_dir / name
-            if target is None or (link.is_symlink() and os.readlink(link) == str(target)):
-                continue
-            tmp = self.tools_dir / f".{name}.tmp"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(target)
-            tmp.replace(link)
+        _env.ensure_tools(self.tools_dir)
 
     # -- life cycle --------------------------------------------------------------------------------
-    def up(self, progress: Callable[[str], None] | None = None) -> dict[str, str]:
-        """Start or repair every component, then bootstrap the cluster. Idempotent."""
+    def up(self, progress: Callable[[str], None] | None = None, *, operator: bool = True) -> dict[str, str]:
+        """Start or repair every component; with ``operator``, install VSO's Helm release if it is missing (else
+        wait for its pod, which the node agent brings back). Idempotent. ``operator=False`` (``labkit up
+        --no-operator``) leaves a missing release uninstalled: notebook 01 installs it."""
         say = progress or (lambda m: print(m, flush=True))
-        if not all(p.built() for p in install.PRODUCTS.values()):
+        products = [*install.PRODUCTS.values(), *(install.TOOLS.values() if operator else ())]
+        if not all(p.built() for p in products):
             say("Some binaries are not built yet; running `labkit install` first.")
             install.install()
         with self.state.lock("labkit up"):
-            return self._up(say)
+            return self._up(say, operator)
 
-    def _up(self, say: Callable[[str], None]) -> dict[str, str]:
+    def _up(self, say: Callable[[str], None], operator: bool = True) -> dict[str, str]:
         self.state.ensure()
         self._ports, self._kube = None, None  # another process may have changed them while this one waited
         _repair.check_secrets(self)
@@ -837,9 +773,6 @@ class LocalLab:
         self._write_admin_kubeconfig()
         actions: dict[str, str] = {}
         found_running = {name for name, comp in self.components.items() if comp.pid()}
-        # Importing the kubernetes client takes about a second: do it while the processes start.
-        warm = threading.Thread(target=importlib.import_module, args=("labkit._bootstrap",), daemon=True)
-        warm.start()
 
         def ensure(name: str) -> None:
             t0 = time.monotonic()
@@ -858,39 +791,81 @@ class LocalLab:
             _parallel(chain("etcd", "apiserver", "kcm"), chain("postgres", "openbao"), chain("agent", "charts"), abort=self._abort)
             if "ca" in old:
                 _repair.retoken(self)
-            if {"ca", "apiserver"} & set(old):
-                self.state.update(bootstrapped=None)  # VSO's kubeconfig names the old address or holds an old token
-                self.components["vso"].stop()
-            helm_release = self.state.read().get("operator") == "helm"  # VSO runs as the Helm release's pod
-            if not helm_release and not self._bootstrapped():
-                warm.join()
-                from . import _bootstrap
-
-                _bootstrap.cluster(self)
-            if not helm_release:
-                ensure("vso")
+            self._ensure_crds()  # helm installs them too, but the lab's code needs the kinds before notebook 01
             if old:
+                self._ensure_crds()  # propagate lists VaultConnections (a fresh lab's new CA reads as "old" too)
                 _repair.propagate(self, old, say)
+            action = self._ensure_operator(say, install_missing=operator)
+            if action:
+                actions["operator"] = action
         except BaseException:
             # Leave the lab as this call found it: stop what it started (state and data are kept).
             for name in reversed(list(self.components)):
                 if name not in found_running:
                     self.components[name].stop()
             raise
-        actions = {name: actions[name] for name in self.components if name in actions}
+        actions = {name: actions[name] for name in [*self.components, "operator"] if name in actions}
         self.state.update(last_up=time.time(), applied=_repair.applied(self))
         return actions
 
-    def _bootstrapped(self) -> bool:
-        """VSO's CRDs and identity are in place (checked over plain HTTPS, without the kubernetes client)."""
-        if self.state.read().get("bootstrapped") != self.state.lab_id or not self.state.path("kube", "vso.kubeconfig").exists():
-            return False
+    def operator_installed(self) -> bool:
+        """VSO's Helm release is installed (``helm list`` would show it)."""
+        return self._release_installed()
+
+    def _release_installed(self) -> bool:
+        """VSO's Helm release is deployed (its release Secret, read over plain HTTPS)."""
         api = self.components["apiserver"]
         assert isinstance(api, APIServer)
-        try:
-            return all(api._get(p).ok for p in (CRD_CHECK, TOKEN_CHECK))
-        except requests.RequestException:
-            return False
+        r = api._get(RELEASE_CHECK)
+        r.raise_for_status()
+        return bool(r.json().get("items"))
+
+    def _ensure_crds(self) -> None:
+        """VSO's CRDs (the chart's ``crds/``; ``helm install`` skips CRDs that exist), so that the lab's code and
+        ``kubectl get vaultstaticsecrets`` know the kinds before notebook 01 installs the operator."""
+        api = self.components["apiserver"]
+        assert isinstance(api, APIServer)
+        if api._get(CRD_CHECK).ok:
+            return
+        from . import k8s
+
+        k8s.apply(self.kube, [d for f in sorted(self.bin["vso-crds"].glob("*.yaml")) for d in k8s.load_yaml(f.read_text())])
+
+    def _operator_pods(self) -> list[dict[str, Any]]:
+        api = self.components["apiserver"]
+        assert isinstance(api, APIServer)
+        r = api._get(OPERATOR_PODS)
+        r.raise_for_status()
+        return [p for p in r.json().get("items", []) if not p["metadata"].get("deletionTimestamp")]
+
+    def _ensure_operator(self, say: Callable[[str], None], *, install_missing: bool) -> str:
+        """The release's pod Ready (the agent restarts it; helm is not run again), or the release installed."""
+        from . import helm
+
+        if not install.TOOLS["helm"].built():  # `up --no-operator` before `labkit install` built helm
+            return ""
+        changed = helm.write_lab_files(self)  # $LAB_HELM_VALUES and $LAB_HELM_POSTRENDERER, for the lab's ports
+        t0 = time.monotonic()
+        if not self._release_installed():
+            if not install_missing:
+                return ""
+            helm.install_release(self)
+            say(f"  operator   installed (helm upgrade --install) in {time.monotonic() - t0:.1f}s")
+            return "installed"
+        if changed:  # the lab's ports moved since the release was installed: the same values, new ports
+            helm.install_release(self)
+            say(f"  operator   upgraded to the lab's new ports in {time.monotonic() - t0:.1f}s")
+            return "upgraded"
+        deadline = time.monotonic() + 120
+        while not any(_pod_ready(p) for p in self._operator_pods()):
+            if self._abort.is_set() or time.monotonic() > deadline:
+                raise ComponentError(
+                    "Checked VSO's Helm release after starting the lab: its manager pod did not become Ready in 120s.",
+                    [f"Read the manager's log: `kubectl logs -n {OPERATOR_NAMESPACE} deploy/{helm.DEPLOYMENT} -c manager`.",
+                     f"Read the pod's events: `kubectl describe pod -n {OPERATOR_NAMESPACE} -l {helm.SELECTOR}`.",
+                     "Run `labkit up` again; or reinstall: `labkit operator uninstall`, then `labkit operator install`."])
+            time.sleep(0.1)
+        return "reused"
 
     def _preflight(self) -> None:
         """Before starting anything: every binary can run, every port of a stopped component is free, disk is free."""
@@ -908,7 +883,7 @@ class LocalLab:
                      "Check that VSOLAB_CACHE points at a complete cache built for this machine (`labkit doctor`).",
                      f"Check the file: `ls -l {program}` and `file {program}`."],
                 )
-            for name in (comp.name if comp.name != "vso" else "vso_probe", *comp.extra_ports):
+            for name in (comp.name, *comp.extra_ports):
                 self.state.check_port_free(name, self.ports[name], f"See {comp.log}.")
 
     def down(self, purge: bool = False) -> list[str]:
@@ -964,65 +939,106 @@ class LocalLab:
         return stopped
 
     def status(self) -> list[Health]:
-        """Read-only: nothing is written, not even ports (before the first ``up`` there are none)."""
+        """Read-only: nothing is written, not even ports (before the first ``up`` there are none).
+
+        The last row, ``operator``, is VSO's Helm release: its manager pod (Running/Ready, restarts), or "not
+        installed", which is healthy (a lab before notebook 01, or ``up --no-operator``)."""
         if not self.state.root.exists():
-            return [Health(n, None, "", False, "", "no state") for n in self.components]
+            return [Health(n, None, "", False, "", "no state") for n in [*self.components, "operator"]]
         recorded = self.state.recorded_ports()
         if not all(n in recorded for n in State.PORT_NAMES):
-            return [Health(n, None, "", False, "", "not set up (run `labkit up`)") for n in self.components]
+            return [Health(n, None, "", False, "", "not set up (run `labkit up`)") for n in [*self.components, "operator"]]
         self._ports = recorded
-        return [c.status() for c in self.components.values()]
+        rows = [c.status() for c in self.components.values()]
+        api = next(h for h in rows if h.component == "apiserver")
+        return [*rows, self._operator_health() if api.healthy else
+                Health("operator", None, "", False, "", "unknown: the API server is down")]
+
+    def _operator_health(self) -> Health:
+        from . import helm
+
+        try:
+            if not self._release_installed():
+                return Health("operator", None, "", True, "", "not installed (notebook 01 installs it)")
+            pods = self._operator_pods()
+        except requests.RequestException as exc:
+            return Health("operator", None, "", False, "", f"unknown ({type(exc).__name__})")
+        if not pods:
+            return Health("operator", None, f"{OPERATOR_NAMESPACE}/{helm.DEPLOYMENT}", False, "",
+                          "release installed, no pod (check the Deployment's events)")
+        pod = pods[0]
+        st = pod.get("status") or {}
+        restarts = sum(int(c.get("restartCount", 0)) for c in st.get("containerStatuses") or [])
+        ready = _pod_ready(pod)
+        manager = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
+        version = str(manager.get("image", "")).rsplit(":", 1)[-1]
+        detail = f"{st.get('phase', 'Pending')}, {'Ready' if ready else 'not Ready'}, restarts {restarts}"
+        return Health("operator", _pod_pid(self, pod["metadata"]["uid"]), f"{OPERATOR_NAMESPACE}/{pod['metadata']['name']}",
+                      ready, version, detail)
 
     def healthy(self) -> bool:
         return all(h.healthy for h in self.status())
 
     def restart_operator(self, *, client_cache_persistence_model: str | None = None) -> None:
-        """Restart the VSO manager, optionally with another client-cache model."""
-        if client_cache_persistence_model is not None and client_cache_persistence_model not in CACHE_MODELS:
-            raise ParameterError(
-                f"Checked the client-cache persistence model {client_cache_persistence_model!r}: VSO knows {CACHE_MODELS}.",
-                ["Use 'direct-encrypted' for the encrypted cache (needs the transit VaultAuth).",
-                 "Use 'none' for VSO's default (no persistence).", "Use 'direct-unencrypted' only to experiment."])
+        """Restart the VSO manager: ``helm upgrade`` with the client-cache model when it changes, else a rollout
+        restart (``kubectl rollout restart``: a new pod, the same values); waits for the new pod to be Ready."""
+        from . import helm, k8s
+
+        helm._check_model(client_cache_persistence_model)
         with self.state.lock("restart the VSO manager"):
-            if client_cache_persistence_model is not None:
-                vso = dict(self.state.read().get("vso", {}))
-                vso["client_cache_persistence_model"] = client_cache_persistence_model
-                self.state.update(vso=vso)
-            if self.state.read().get("operator") == "helm":  # the Helm release's pod: `helm upgrade` replaces it
-                self.install_operator()
+            if not self._release_installed():
+                helm.install_release(self, client_cache_persistence_model=client_cache_persistence_model)
                 return
-            self.components["vso"].stop()
-            self.components["vso"].ensure()
+            if client_cache_persistence_model is not None and \
+                    client_cache_persistence_model != helm.persistence_model(helm.release_values(self)):
+                helm.install_release(self, client_cache_persistence_model=client_cache_persistence_model)
+                return
+            old = {p["metadata"]["uid"] for p in self._operator_pods()}
+            k8s.rollout_restart(self.kube, OPERATOR_NAMESPACE, helm.DEPLOYMENT)
+            k8s.wait_for("the operator's new pod to be Ready", lambda: [
+                p for p in self._operator_pods() if _pod_ready(p) and p["metadata"]["uid"] not in old] or None, 180,
+                interval=0.3, hint=f"`kubectl describe pod -n {OPERATOR_NAMESPACE} -l {helm.SELECTOR}`")
 
     def install_operator(self, *, client_cache_persistence_model: str | None = None) -> str:
-        """Run VSO as the pod of a Helm release from the lab's chart repository instead of a host process
-        (labkit/helm.py); re-running upgrades the release with the current values."""
+        """``helm upgrade --install`` VSO's release from the lab's chart repository with the notebook's files
+        (labkit/helm.py); re-running upgrades it (keeping its values, with the given client-cache model)."""
         from . import helm
 
-        return helm.install_release(self, client_cache_persistence_model=client_cache_persistence_model)
+        with self.state.lock("install the VSO release"):
+            return helm.install_release(self, client_cache_persistence_model=client_cache_persistence_model)
 
-    def uninstall_operator(self) -> str:
-        """``helm uninstall`` the release and run VSO as a host process again."""
+    def uninstall_operator(self) -> list[str]:
+        """``helm uninstall`` the release, leaving no operator pod and no stuck object (labkit/helm.py)."""
         from . import helm
 
-        return helm.uninstall_release(self)
+        with self.state.lock("uninstall the VSO release"):
+            return helm.uninstall_release(self)
 
-    @property
-    def helm_managed_operator(self) -> bool:
-        """VSO runs as the Helm release's pod (``install_operator``), whose chart renders the transit VaultAuth."""
-        return self.state.read().get("operator") == "helm"
+    #: VSO is the Helm release's pod, whose chart renders the transit VaultAuth of the encrypted cache
+    helm_managed_operator = True
 
     def operator_settings(self) -> dict[str, Any]:
-        return {"client_cache_persistence_model": "none", **self.state.read().get("vso", {})}
+        """The release's client-cache model, from its values (``helm get values``); "none" when not installed."""
+        from . import helm
+
+        try:
+            installed = self._release_installed()
+        except requests.RequestException:
+            installed = False
+        return {"client_cache_persistence_model": helm.persistence_model(helm.release_values(self)) if installed else "none"}
 
     def kill(self, name: str) -> None:
-        """SIGKILL one component (for fault drills and tests)."""
-        pid = self.components[name].pid()
+        """SIGKILL one component, or with ``name="operator"`` the manager container's process (fault drills, tests)."""
+        pid = self.components[name].pid() if name != "operator" else self._manager_pid()
         if pid:
             psutil.Process(pid).kill()
             # Gone, or a zombie its parent has not collected yet (a lab started by another process, e.g. a kernel's).
             _procs._wait_gone(pid, 5)
             _procs._reap(pid, 0)
+
+    def _manager_pid(self) -> int | None:
+        pods = [p for p in self._operator_pods() if p.get("status", {}).get("phase") == "Running"]
+        return _pod_pid(self, pods[0]["metadata"]["uid"]) if pods else None
 
     def _write_admin_kubeconfig(self) -> None:
         pki = self.state.path("pki")
@@ -1124,3 +1140,16 @@ def _kubeconfig(server: str, cluster: str, user_name: str, *, user: dict[str, st
         "users": [{"name": user_name, "user": user}],
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user_name}}],
     })
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _pod_pid(lab: LocalLab, uid: str, program: str = "vso-manager") -> int | None:
+    """The pid of a pod's process running ``program`` (the node agent tags them ``<lab id>:pod:<uid>``)."""
+    for proc in _procs.tagged(f"{lab.state.lab_id}:pod:{uid}"):
+        with contextlib.suppress(psutil.Error, IndexError):
+            if Path(proc.cmdline()[0]).name == program:
+                return proc.pid
+    return None

@@ -530,8 +530,9 @@ class MinikubeLab(ClusterLab):
             return conn.execute("select 1").fetchone() == (1,)
 
     # -- life cycle ---------------------------------------------------------------------------------------------
-    def up(self, progress: Any = None) -> dict[str, str]:
-        """Start or reuse the profile, the Vault and PostgreSQL containers, and VSO. Idempotent."""
+    def up(self, progress: Any = None, *, operator: bool = True) -> dict[str, str]:
+        """Start or reuse the profile, the Vault and PostgreSQL containers, and VSO (unless ``operator=False``: then
+        notebook 01's Helm cell installs it). Idempotent."""
         say = self._say = progress or (lambda m: print(m, flush=True))
         missing = [r for r in doctor_checks() if not r.ok]
         if missing:
@@ -559,6 +560,8 @@ class MinikubeLab(ClusterLab):
             actions["vso"] = ""
         if actions["vso"]:
             self.wait_operator_ready()
+        elif not operator:
+            actions["vso"] = "not installed (notebook 01 installs it)"
         else:
             say(f"  vso        installing chart {CHART_VERSION} with Helm")
             actions["vso"] = self.install_operator(p.vso_values["controller"]["manager"]["clientCache"]["persistenceModel"])

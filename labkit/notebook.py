@@ -9,6 +9,7 @@ cannot inject parameters, so it uses that).
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,10 @@ from typing import Any
 from ._lost import CONNECTION_ERRORS, explain
 from .backends import get_backend
 from .errors import LabkitError, NotRunning, ParameterError
+
+
+class CellCommandFailed(LabkitError):
+    """A command in a %%bash cell exited with a non-zero status."""
 
 #: the lab of the last ``setup`` in this kernel, to name the component that stops answering
 _current_lab: Any = None
@@ -30,13 +35,15 @@ SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "DEFAULT_TTL": (str, "1m"),
     "MAX_TTL": (str, "3m"),
     "RENEWAL_PERCENT": (int, 67),
-    "SOLUTIONS": (bool, False),
+    "SOLUTIONS": (bool, False),  # the old name of EXERCISES_SOLVED, until every notebook has moved
+    "EXERCISES_SOLVED": (bool, False),
     "STOP_LAB": (bool, True),
 }
-#: the values CI passes (short TTLs and live views, no interaction, exercises solved)
+#: the values CI passes (short TTLs and live views, no interaction). ``EXERCISES_SOLVED``: the exercise cells hold
+#: typed solutions (``labkit run-notebooks --solutions`` fills them in), so a check that fails fails its cell.
 CI: dict[str, Any] = {
     "INTERACTIVE": False, "LIVE_SECONDS": 6, "REFRESH_AFTER": "3s", "DEFAULT_TTL": "15s", "MAX_TTL": "30s",
-    "RENEWAL_PERCENT": 67, "SOLUTIONS": True,
+    "RENEWAL_PERCENT": 67, "SOLUTIONS": True, "EXERCISES_SOLVED": True,
 }
 
 
@@ -90,7 +97,17 @@ def _short_errors() -> None:
         return
 
     def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str] | None:
-        if not isinstance(value, LabkitError):
+        if isinstance(value, subprocess.CalledProcessError):
+            # A %%bash cell whose script failed: the command's own message is already on the page, just above.
+            etype, value = CellCommandFailed, CellCommandFailed(
+                f"Checked the exit status of this %%bash cell: {value.returncode}, so a command in it failed "
+                "(its own message is printed just above).",
+                ["Read that message, fix the command in the cell and run the cell again: every step is safe to re-run.",
+                 "Look at what the cluster says: `kubectl describe <kind> <name> -n <namespace>`, "
+                 "`kubectl get events -n <namespace>`, and the operator's log "
+                 "(`kubectl logs -n vault-secrets-operator deploy/vault-secrets-operator-controller-manager -c manager`).",
+                 "Run `labkit status` in a terminal if Vault or the cluster do not answer."])
+        elif not isinstance(value, LabkitError):
             # A part of the lab stopped answering mid-cell: say which, as one paragraph.
             lost = explain(value, _current_lab, "this cell")
             if lost is None:
@@ -101,7 +118,18 @@ def _short_errors() -> None:
         shell._showtraceback(etype, value, stb)
         return stb
 
-    ip.set_custom_exc((LabkitError, *CONNECTION_ERRORS), handler)
+    ip.set_custom_exc((LabkitError, subprocess.CalledProcessError, *CONNECTION_ERRORS), handler)
+
+
+def export_params(lab: Any, params: dict[str, Any]) -> list[str]:
+    """Put ``$PREFIX`` (the attendee prefix, empty on a lab of your own) and the parameters a cell uses
+    (``$REFRESH_AFTER``, ``$DEFAULT_TTL``, ``$MAX_TTL``, ``$RENEWAL_PERCENT``) into this kernel's environment."""
+    from ._cells import PARAM_ENV
+
+    os.environ["PREFIX"] = lab.names.prefix
+    for name in PARAM_ENV:
+        os.environ[name] = str(params[name])
+    return ["PREFIX", *PARAM_ENV]
 
 
 def use_lab_env(lab: Any) -> list[str]:
@@ -138,6 +166,7 @@ def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) 
     global _current_lab
     lab = _current_lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
     use_lab_env(lab)
+    export_params(lab, p)
     if start:
         return Session(lab, p)
     if not lab.healthy():

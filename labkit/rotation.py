@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import app, dynamic, k8s, pg, vso
-from ._livemodel import ROLE_NUMBERS, renewal_window
+from . import app, dynamic, exercises, k8s, pg, vault, vso
+from ._livemodel import ROLE_NUMBERS, parse_time, renewal_window
 from .display import Check, Done
 
 
@@ -105,6 +105,22 @@ def _pods(lab: Any) -> list[str]:
     return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
+def _before_watching(lab: Any, lease_id: str, obs: Observation, note: Callable[[str, str], None]) -> None:
+    """What Vault says of the lease watching starts with (``PUT sys/leases/lookup``): its age, and a renewal
+    that happened before watching began (it counts: the lesson is the lease's life, not our start)."""
+    try:
+        data = vault.client(lab).sys.read_lease(lease_id)["data"]
+    except Exception:  # noqa: BLE001 - expired in between: the next poll sees the new lease
+        return
+    issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
+    if issued is None:
+        return
+    note("lease age", f"lease …{lease_id[-6:]} was issued {time.time() - issued:.1f}s before watching began")
+    if renewed is not None:
+        obs.renewals += 1
+        note("renewal", f"lease …{lease_id[-6:]} was renewed {renewed - issued:.1f}s after issue (before watching began)")
+
+
 def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
             progress: Callable[[str], None] | None = None) -> Observation:
     """Poll the lease, the PostgreSQL roles, the app's pods and /status for ``seconds``.
@@ -132,6 +148,8 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
         if lid and (not obs.leases or obs.leases[-1] != lid):
             obs.leases.append(lid)
             note("new lease" if len(obs.leases) == 1 else "rotation", f"lease …{lid[-6:]} ({lease.get('duration')}s)")
+            if len(obs.leases) == 1:
+                _before_watching(lab, lid, obs, note)
         elif lease.get("last_renewal") != last_renewal and last_renewal is not None and lid == obs.leases[-1]:
             obs.renewals += 1
             note("renewal", f"lease …{lid[-6:]} renewed for {lease.get('duration')}s")
@@ -188,3 +206,67 @@ def check(lab: Any, obs: Observation) -> Check:
         ("the role the app used at first was revoked (dropped)", bool(first_role) and first_role not in still,
          "Vault drops the role when its lease expires at max_ttl; wait until then"),
     ])
+
+
+# -- exercises (notebook 04) ------------------------------------------------------------------------------------------
+
+@exercises.exercise(
+    "renew-earlier", 4,
+    "Set the VaultDynamicSecret's renewalPercent to 30; predict what happens at once, and when the first renewal comes.",
+    ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge "
+     "-p '{\"spec\":{\"renewalPercent\":30}}'`.",
+     "A spec change means a new lease at once (and an app restart). Its first renewal comes at 30–40 % of its duration.",
+     "Wait in a loop until `vault lease lookup -format=json <lease>` has a last_renewal, printing progress as you go; "
+     "then compare last_renewal − issue_time with the duration."])
+def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns) or {}
+    now = dynamic.lease(lab)
+    lid, duration = now["lease_id"], float(now.get("duration") or 0)
+    ratio = None
+    if lid:
+        try:
+            data = vault.client(lab).sys.read_lease(lid)["data"]
+        except Exception:  # noqa: BLE001 - an expired lease: no renewal to measure
+            data = {}
+        issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
+        if issued and renewed and duration:
+            ratio = (renewed - issued) / duration
+    before = ns.get("lease_before")
+    return [
+        ("renewalPercent is 30", (vds.get("spec") or {}).get("renewalPercent") == 30,
+         "kubectl patch … -p '{\"spec\":{\"renewalPercent\":30}}'"),
+        ("the spec change brought a new lease", bool(before) and bool(lid) and lid != before,
+         "run the cell that records lease_before first, then change the spec" if not before else
+         "VSO syncs anew on a spec change; check `kubectl describe vaultdynamicsecret …`"),
+        ("VSO renewed the new lease once, at 25–45 % of its duration",
+         ratio is not None and 0.25 <= ratio <= 0.45,
+         "wait until `vault lease lookup` shows a last_renewal; if it renewed twice already, patch again for a fresh "
+         f"lease (measured: {'no renewal yet' if ratio is None else f'{ratio:.0%}'})"),
+    ]
+
+
+@exercises.exercise(
+    "every-renewal-rotates", 4,
+    "Write the database role with max_ttl equal to default_ttl; predict what Vault grants at the next renewal, "
+    "and what VSO and the app do then.",
+    ["Copy the role command from the top of this notebook and set max_ttl=$DEFAULT_TTL.",
+     "Vault grants min(asked, max_ttl − age): with max_ttl = default_ttl every renewal comes back shorter than asked.",
+     "A short grant is VSO's LeaseTruncatedError: it fetches new credentials and restarts the app. Poll "
+     "`.status.secretLease.id` until it changes (print progress while you wait)."])
+def _check_every_renewal_rotates(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
+    before, pods_before = ns.get("lease_before"), ns.get("pods_before")
+    now = dynamic.lease(lab)["lease_id"]
+    recorded = bool(before) and pods_before is not None
+    note = "run the cell that records lease_before and pods_before first"
+    return [
+        ("the role's max_ttl equals its default_ttl",
+         bool(role) and int(role.get("max_ttl") or 0) == int(role.get("default_ttl") or -1),
+         "vault write …/roles/vault-role-dynamic-exampleapp … default_ttl=$DEFAULT_TTL max_ttl=$DEFAULT_TTL"),
+        ("VSO rotated to a new lease at the next renewal", recorded and bool(now) and now != before,
+         note if not recorded else "wait for the renewal: up to renewalPercent + 10 % of the lease's duration"),
+        ("the app restarted with the new credentials", recorded and dynamic.restarted(lab, pods_before or []),
+         note if not recorded else "look for RolloutRestart events: `kubectl get events -n …`"),
+    ]

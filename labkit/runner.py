@@ -1,5 +1,7 @@
 """``labkit run-notebooks``: execute every notebook in order with papermill.
 
+With ``solutions`` (and ``--ci``) each exercise cell first gets the text a learner would type, from
+``notebooks/solutions/`` (:func:`labkit._cells.fill_solutions`), and the checks must pass.
 Writes each executed notebook to the output folder and a summary (notebook,
 status, duration) to ``summary.md``. Stops at the first failure and keeps that
 executed notebook, which papermill marks at the failing cell.
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _cells
 from .notebook import CI
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -30,6 +33,7 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    solutions = solutions or ci
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     params: dict[str, Any] = {"BACKEND": backend}
@@ -37,6 +41,7 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
         params.update(CI)
     if solutions:
         params["SOLUTIONS"] = True
+        params["EXERCISES_SOLVED"] = True
     params.update(extra or {})
     rows: list[tuple[str, str, float]] = []
     ok = True
@@ -45,8 +50,14 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
         t0 = time.monotonic()
         print(f"▶ {nb.name} …", flush=True)
         status = "passed"
+        source = nb
+        if solutions:  # a learner who typed each exercise's solution into its cell
+            typed_dir = out / "typed"
+            typed_dir.mkdir(exist_ok=True)
+            source = typed_dir / nb.name
+            _cells.fill_solutions(nb, source)
         try:
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent), progress_bar=False,
+            pm.execute_notebook(str(source), str(out / nb.name), parameters=params, cwd=str(nb.parent), progress_bar=False,
                                 kernel_name="python3", request_save_on_cell_execute=True)
         except PapermillExecutionError as exc:
             status = f"FAILED at cell {exc.cell_index} ({exc.ename})"

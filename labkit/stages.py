@@ -1,7 +1,8 @@
 """``labkit stage N``: bring the lab to the state at the start of notebook N.
 
-Everything the earlier notebooks create is applied with the very functions the
-notebooks call; everything later notebooks create is removed. Idempotent.
+Everything the earlier notebooks create is applied by running those notebooks' own step cells
+(:func:`labkit._cells.run_steps`: the ``%%bash`` cells tagged ``step``, the learner's commands); everything later
+notebooks create is removed. Idempotent.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from . import cache, cleanup, connect, dynamic, instant, rotation, static
+from . import _cells, cleanup
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -26,66 +27,24 @@ NOTEBOOKS = [
 ]
 
 
-def apply_connect(lab: Any, p: dict[str, Any]) -> None:
-    connect.create_vault_namespace(lab)
-    connect.create_vault_connection(lab)
-    connect.create_token_reviewer(lab)
-    connect.enable_kubernetes_auth(lab)
-
-
-def apply_static(lab: Any, p: dict[str, Any]) -> None:
-    static.enable_kv(lab)
-    if not static.read_secret(lab):
-        static.write_creds(lab)
-    static.write_policy(lab)
-    static.create_role(lab)
-    static.create_namespace(lab)
-    static.create_vault_auth(lab)
-    static.create_static_secret(lab, p["REFRESH_AFTER"])
-
-
-def apply_dynamic(lab: Any, p: dict[str, Any]) -> None:
-    dynamic.enable_database(lab)
-    dynamic.configure_connection(lab)
-    dynamic.create_db_role(lab, p["DEFAULT_TTL"], p["MAX_TTL"])
-    dynamic.write_policy(lab)
-    dynamic.create_role(lab)
-    dynamic.create_namespace(lab)
-    dynamic.create_vault_auth(lab)
-    dynamic.create_dynamic_secret(lab, p["RENEWAL_PERCENT"])
-    dynamic.deploy_app(lab)
-
-
-def apply_rotation(lab: Any, p: dict[str, Any]) -> None:
-    rotation.use_short_ttls(lab, p["DEFAULT_TTL"], p["MAX_TTL"], p["RENEWAL_PERCENT"])
-
-
-def apply_cache(lab: Any, p: dict[str, Any]) -> None:
-    cache.enable_transit(lab)
-    cache.create_key(lab)
-    cache.write_policy(lab)
-    cache.create_role(lab)
-    cache.enable_persistence(lab)
-
-
-def apply_instant(lab: Any, p: dict[str, Any]) -> None:
-    instant.update_policy(lab)
-    instant.enable_instant_updates(lab, p["REFRESH_AFTER"])
-
-
 def _noop(lab: Any) -> None:
     return None
 
 
-#: notebook number → (what it creates, how to remove it)
-STAGES: dict[int, tuple[Callable[[Any, dict[str, Any]], None], Callable[[Any], Any]]] = {
-    1: (apply_connect, cleanup.undo_connect),
-    2: (apply_static, cleanup.undo_static),
-    3: (apply_dynamic, cleanup.undo_dynamic),
-    4: (apply_rotation, _noop),
-    5: (apply_cache, cleanup.undo_cache),
-    6: (apply_instant, cleanup.undo_instant),
+#: notebook number → how to remove what it creates (what it creates: its own step cells)
+STAGES: dict[int, Callable[[Any], Any]] = {
+    1: cleanup.undo_connect_and_operator,
+    2: cleanup.undo_static,
+    3: cleanup.undo_dynamic,
+    4: _noop,  # its one step changes the database role's TTLs, which stage 3's undo removes
+    5: cleanup.undo_cache,
+    6: cleanup.undo_instant,
 }
+
+
+def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
+    """Do what notebook ``k`` does: run its step cells."""
+    _cells.run_steps(lab, k, p)
 
 
 def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
@@ -107,9 +66,9 @@ def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> lis
     with lock(f"labkit stage {n}") if lock else contextlib.nullcontext():
         for k in sorted(STAGES, reverse=True):
             if k >= n:
-                STAGES[k][1](lab)
+                STAGES[k](lab)
         for k in sorted(STAGES):
             if k < n:
-                STAGES[k][0](lab, p)
+                apply_stage(lab, k, p)
                 done.append(NOTEBOOKS[k])
     return done

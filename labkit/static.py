@@ -4,11 +4,12 @@ Kubernetes Secret, read by the app as env vars."""
 from __future__ import annotations
 
 import secrets as _secrets
+import time
 from typing import Any
 
-from . import app, k8s, vault, vso
+from . import app, exercises, k8s, vault, vso
 from .connect import connection_ref
-from .display import Check, Done, mask_mapping
+from .display import Check, Done
 
 KV_POLICY = """path "{mount}/data/{path}" {{
   capabilities = ["read"]
@@ -82,14 +83,6 @@ def read_secret(lab: Any) -> dict[str, str]:
     return k8s.secret_data(lab.kube, n.static_secret, n.static_ns) or {}
 
 
-def describe_secret(lab: Any, reveal: bool = False) -> Done:
-    n = lab.names
-    data = read_secret(lab)
-    return Done(f"Secret {n.static_ns}/{n.static_secret} has keys {sorted(data)}",
-                f"kubectl get secret {n.static_secret} -n {n.static_ns} -o json | jq '.data | map_values(@base64d)'",
-                mask_mapping({k: v for k, v in data.items() if k != "_raw"}, reveal))
-
-
 def deploy_app(lab: Any) -> Done:
     n = lab.names
     return app.deploy(lab, n.static_ns, n.static_secret, n.app)
@@ -108,7 +101,7 @@ def check(lab: Any, *, app_expected: bool = False) -> Check:
     va = vso.get(lab, "VaultAuth", n.static_auth, n.static_ns)
     results = [
         (f"Vault holds {n.kv_mount}/{n.kv_path} with username and password", {"username", "password"} <= set(kv),
-         "write the secret with write_creds(lab) (vault kv put static/exampleapp/creds ...)"),
+         f"run the `vault kv put {n.kv_mount}/{n.kv_path} username=… password=…` cell again"),
         (f"VaultAuth {n.static_ns}/{n.static_auth} is valid", bool(va and (va.get("status") or {}).get("valid")),
          vso.hint_from_events(lab, "VaultAuth", n.static_auth, n.static_ns) if va else "apply the VaultAuth first"),
         (f"VaultStaticSecret {n.static_ns}/{n.static_vss} is synced", vso.is_synced(vss),
@@ -123,5 +116,97 @@ def check(lab: Any, *, app_expected: bool = False) -> Check:
         except Exception:  # noqa: BLE001
             ok = False
         results.append(("the app's /secret shows the Secret's values", ok,
-                        "deploy the app after the Secret exists; a pod reads env vars only when it starts"))
+                        "run the Deployment cell after the Secret exists (a pod reads env vars only when it starts); "
+                        f"`kubectl get pods -n {n.static_ns}` and `kubectl describe pod … -n {n.static_ns}` say why a pod is not Ready"))
     return Check("static secret: Vault → VSO → Kubernetes Secret", results)
+
+
+API_PATH = "exampleapp/api"
+API_VSS = "vault-static-secret-api"
+API_SECRET = "vso-static-api"
+
+
+def _wait(probe: Any, seconds: float) -> Any:
+    """``probe()`` until it is truthy or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def _refresh_wait(namespace: dict[str, Any]) -> float:
+    """How long VSO may take to copy a change: refreshAfter (the notebook's parameter), plus margin."""
+    from .notebook import duration_seconds
+
+    return duration_seconds(str(namespace.get("REFRESH_AFTER") or "10s")) + 10
+
+
+@exercises.exercise(
+    "api-key", 2,
+    "Add api_key to static/exampleapp/creds without losing username and password; watch it reach the Secret.",
+    ["`vault kv put` replaces the whole secret (a new version with only the keys you give). "
+     "`vault kv patch` writes a new version with your keys changed and the others kept.",
+     'vault kv patch ${PREFIX}static/exampleapp/creds api_key="$(openssl rand -hex 16)"',
+     "VSO copies it at its next refresh (up to refreshAfter). The app does not see it: its pod read its "
+     "environment when it started, and only the keys its Deployment names (DB_USERNAME, DB_PASSWORD)."])
+def _check_api_key(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Vault's secret has api_key beside username and password, and VSO copied it into the Kubernetes Secret."""
+    n = lab.names
+    kv = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
+
+    def copied() -> dict[str, str] | None:
+        sec = read_secret(lab)
+        return sec if sec.get("api_key") == kv["api_key"] else None
+
+    sec = (_wait(copied, _refresh_wait(namespace)) if "api_key" in kv else None) or read_secret(lab)
+    return [
+        (f"Vault's {n.kv_mount}/{n.kv_path} has api_key", "api_key" in kv,
+         f"vault kv ____ {n.kv_mount}/{n.kv_path} api_key=…"),
+        ("username and password are still there", {"username", "password"} <= set(kv),
+         "`vault kv put` replaced the whole secret: run the notebook's `vault kv put` cell again, then use `kv patch`"),
+        (f"the Secret {n.static_secret} has api_key, equal to Vault's",
+         "api_key" in kv and sec.get("api_key") == kv["api_key"],
+         f"VSO copies it within refreshAfter; `kubectl describe vaultstaticsecret {n.static_vss} -n {n.static_ns}`"),
+    ]
+
+
+@exercises.exercise(
+    "second-secret", 2,
+    "Sync static/exampleapp/api into the Secret vso-static-api with a second VaultStaticSecret; find why it does "
+    "not sync, and fix it.",
+    ["`kubectl describe vaultstaticsecret vault-static-secret-api -n ${PREFIX}static-exampleapp`: the events at the "
+     "bottom carry Vault's answer. Which status code?",
+     "403 permission denied: static-auth logs in with the role vault-role-static-exampleapp, whose policy "
+     "exampleapp-kv-read allows only static/data/exampleapp/creds.",
+     "Write the policy again with both paths (`vault policy write` replaces it, so keep the creds path): "
+     'path "${PREFIX}static/data/exampleapp/api" { capabilities = ["read"] }. VSO retries on its own.'])
+def _check_second_secret(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The second VaultStaticSecret syncs api_key, and the app's secret still syncs."""
+    n = lab.names
+    kv = vault.kv_get(lab, n.kv_mount, API_PATH).get("data") or {}
+    vss = vso.get(lab, "VaultStaticSecret", API_VSS, n.static_ns)
+    policy = vault.read_policy(lab, n.kv_policy) or ""
+    allowed = f"{n.kv_mount}/data/{API_PATH}" in policy
+    # VSO retries a refused read with its back-off (up to about 10 s on the lab): wait for it once the fix is in.
+
+    def copied() -> dict[str, str] | None:
+        sec = k8s.secret_data(lab.kube, API_SECRET, n.static_ns) or {}
+        return sec if sec.get("api_key") == kv["api_key"] else None
+
+    sec = (_wait(copied, 30) if vss and allowed and "api_key" in kv else None) or \
+        k8s.secret_data(lab.kube, API_SECRET, n.static_ns) or {}
+    main = vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
+    return [
+        (f"Vault has {n.kv_mount}/{API_PATH} with api_key", "api_key" in kv,
+         f'vault kv put {n.kv_mount}/{API_PATH} api_key="$(openssl rand -hex 16)"'),
+        (f"VaultStaticSecret {n.static_ns}/{API_VSS} exists", vss is not None, "apply it (see the scaffold)"),
+        (f"policy {n.kv_policy} allows reading {n.kv_mount}/data/{API_PATH}", allowed,
+         vso.hint_from_events(lab, "VaultStaticSecret", API_VSS, n.static_ns) if vss else "see the hints"),
+        (f"the Secret {API_SECRET} holds Vault's api_key", bool(kv) and sec.get("api_key") == kv.get("api_key"),
+         f"`kubectl describe vaultstaticsecret {API_VSS} -n {n.static_ns}`"),
+        (f"the policy still allows {n.kv_mount}/data/{n.kv_path} (the app's secret)",
+         f"{n.kv_mount}/data/{n.kv_path}" in policy and vso.is_synced(main),
+         "`vault policy write` replaces the whole policy: list both paths"),
+    ]

@@ -39,5 +39,5 @@ go version
 say "Python packages (pip install -e .[test])"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
-say "Lab binaries (built once from the Go module proxy, then cached)"
-python3 -m labkit install --source "${VSOLAB_INSTALL_SOURCE:-build}"
+say "Lab binaries (the official release binaries when their hosts answer, else built from the Go module proxy; cached)"
+python3 -m labkit install --source "${VSOLAB_INSTALL_SOURCE:-auto}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set everything up and run every test: lint, unit, the local lab with real processes, the backend contract,
-# the browser, the README's main command (scripts/lab.sh) in a browser, then the whole notebook series twice
-# (papermill, then nbval), then on the external backend for two attendees side by side, with a leak scan. Whatever happens, the lab this script started is stopped on exit.
+# the browser, the README's main command (scripts/lab.sh) in a browser, the learner's path (every notebook in
+# JupyterLab at its defaults, solutions typed), then the whole notebook series twice (papermill, then nbval), then on
+# the external backend for two attendees side by side, and a leak scan of every run. Whatever happens, the lab this
+# script started is stopped on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
@@ -27,9 +29,16 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
 step "unit and integration tests"
-pytest_step -q -p no:cacheprovider tests --ignore=tests/test_executed.py --ignore=tests/test_main_command.py --junitxml="$ART/junit.xml"
+pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
+  --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --junitxml="$ART/junit.xml"
+step "labkit install from a local release mirror (loopback HTTP, made from the built binaries): prebuilt, a corrupted archive refused, a missing one built"
+pytest_step -q -p no:cacheprovider tests/test_install_mirror.py --junitxml="$ART/junit-install-mirror.xml"
+step "the unprivileged path: a learner's account with its own venv and the shared cache read-only runs up, the CI series and down"
+pytest_step -q -p no:cacheprovider -m unprivileged tests/test_unprivileged.py --junitxml="$ART/junit-unprivileged.xml"
 step "the README's main command: scripts/lab.sh in the background, notebook 00 in headless Chromium, a clean stop"
 pytest_step -q -p no:cacheprovider tests/test_main_command.py --junitxml="$ART/junit-main-command.xml"
+step "the learner's path: notebooks 00-07 in JupyterLab in headless Chromium at their defaults, each exercise's solution typed into its cell (a lab of its own; saved notebooks in $ART/browser)"
+pytest_step -q -s -p no:cacheprovider -m learner tests/test_learner_browser.py --junitxml="$ART/junit-learner.xml"
 
 step "notebooks, first run (papermill, CI parameters) with a secret recorder"
 if ! python3 -m labkit up; then
@@ -41,12 +50,12 @@ python3 -m labkit run-notebooks --ci --output "$ART/executed" || status=1
 step "notebooks, second run on the same lab (nbval --nbval-lax over the executed notebooks)"
 VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
   --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
-step "notebooks at the learner's own defaults (papermill, no CI parameters: the TTLs, live views and exercises a learner gets)"
-python3 -m labkit run-notebooks --output "$ART/executed-defaults" || status=1
+step "notebooks at the learner's own defaults (papermill, no CI parameters: the TTLs and live views a learner gets, the exercises' solutions typed into their cells)"
+python3 -m labkit run-notebooks --solutions --output "$ART/executed-defaults" || status=1
 step "notebooks on the external backend over this lab (VSO as its Helm release, the team's): alice- and bob- side by side"
 # Each attendee gets only what `labkit env` prints for this lab plus a prefix and a state directory of its own
 # (tests/_external_on_local.py); both series run at once against the one cluster, Vault, database and operator.
-if python3 -m labkit up >/dev/null && python3 -m labkit operator install; then
+if python3 -m labkit up >/dev/null; then  # up installs the release again (notebook 07 uninstalled it)
   for who in alice bob; do
     ( exports="$(python3 tests/_external_on_local.py "$who" "$(dirname "$VSOLAB_STATE")/external-$who")" &&
       eval "$exports" &&
@@ -70,4 +79,6 @@ for who in alice bob; do
   VSOLAB_EXECUTED="$ART/executed-external-$who" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
     tests/test_executed.py -k "executed_notebook"
 done
+VSOLAB_EXECUTED="$ART/browser" VSOLAB_RECORDED="$ART/browser/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
+  tests/test_executed.py -k "executed_notebook or recorder"
 exit $status

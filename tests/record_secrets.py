@@ -22,7 +22,8 @@ from labkit.k8s import api_client
 from labkit.names import Names
 
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
-GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"}}
+GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
+             Names().vault_ns: {"token"}}  # the token reviewer's JWT
 
 
 def main(out: str) -> None:

@@ -233,7 +233,7 @@ def test_operator_and_agent_ports_give_a_stranger_no_credential(lab: LocalLab) -
     sec = lab.state.secrets()
     app_creds = dynamic.read_secret(lab)
     values = [sec["vault_root_token"], sec["vault_unseal_key"], sec["postgres_password"], app_creds["password"]]
-    for port, path in ((lab.ports["vso_metrics"], "/metrics"), (lab.ports["vso_probe"], "/readyz"),
+    for port, path in ((lab.ports["operator_metrics"], "/metrics"), (lab.ports["operator_probe"], "/readyz"),
                        (lab.ports["agent"], "/healthz")):
         answer = attacker_http(port, path)
         assert answer.get("status") == 200, (port, path, answer)

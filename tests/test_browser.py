@@ -7,8 +7,8 @@ One local lab in its own state directory is brought to the dynamic-secret stage 
   and the executed notebook, widget state included, is scanned for every credential the lab made;
 * the same notebook is opened in JupyterLab in chromium (Python playwright), its cells are run, and
   the SecretView (masked, reveals on click), LeaseView (TTL goes down), PipelineView (all green) and
-  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS``
-  (and to ``docs/img`` with VSOLAB_UPDATE_SCREENSHOTS=1).
+  Timeline (a rotation plotted) are checked and screenshotted to ``$VSOLAB_ARTIFACTS`` (the pictures in the
+  README and docs come from the real notebooks instead: ``scripts/screenshots.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from _jupyterlab import run_all
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "tests" / "notebooks" / "live_widgets.ipynb"
 ARTIFACTS = Path(os.environ.get("VSOLAB_ARTIFACTS") or ROOT / "artifacts")
-DOCS_IMG = ROOT / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -195,13 +194,10 @@ def jupyter(lab: Any, base: Path) -> Iterator[tuple[str, Path]]:
             shutil.copy(base / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
 
 
-def _shot(locator: Any, name: str, docs: bool = True) -> None:
+def _shot(locator: Any, name: str) -> None:
     locator.scroll_into_view_if_needed()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     locator.screenshot(path=str(ARTIFACTS / name))
-    if docs and os.environ.get("VSOLAB_UPDATE_SCREENSHOTS") == "1":  # refresh the committed README pictures on purpose only
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / name, DOCS_IMG / name)
 
 
 @pytest.mark.lab

@@ -58,3 +58,24 @@ def test_undo_dynamic_says_vso_revoked_and_counts_what_the_sweep_found(local_lab
     done = str(cleanup.undo_dynamic(lab))
     assert "VSO revoked its lease" in done, done
     assert f"the sweep revoked {len(others)} older lease" in done, done
+
+
+def test_notebook_07_steps_leave_only_what_its_exercises_remove_and_the_sweep_names_it(local_lab) -> None:
+    from labkit import _cells, k8s
+
+    lab = local_lab
+    n = lab.names
+    prepare_stage(lab, 7, PARAMS)
+    _cells.run_steps(lab, 7, PARAMS)  # the notebook's own cells: VDS, namespaces, helm uninstall, the Vault side
+    assert all(k8s.namespace_gone(lab.kube, ns) for ns in (n.dynamic_ns, n.static_ns, n.vault_ns))
+    assert not lab.operator_installed()
+    swept = str(cleanup.sweep(lab))
+    # exactly the two things notebook 07's exercises ask the learner to remove
+    assert f"secrets engine {n.transit_mount}/" in swept and f"policy {n.transit_policy}" in swept, swept
+    assert f"ClusterRoleBinding {n.reviewer_binding}" in swept, swept
+    for done_by_the_steps in ("namespace", "Helm release", "cache Secret", f"secrets engine {n.db_mount}/",
+                              f"secrets engine {n.kv_mount}/", "auth method", f"policy {n.kv_policy}",
+                              f"policy {n.db_policy}", "lease", "PostgreSQL role"):
+        assert done_by_the_steps not in swept, swept
+    assert str(cleanup.sweep(lab)).startswith("✔ the sweep found nothing left over")
+    assert cleanup.check(lab).passed

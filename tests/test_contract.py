@@ -3,7 +3,8 @@
 It runs against the backend named by ``VSOLAB_CONTRACT_BACKEND`` (``local`` by default; ``minikube`` or
 ``external`` where their tools and settings are present) and skips, naming what is missing, otherwise.
 With the default it also runs against the external backend for real, twice: attendees ``alice-`` and ``bob-``
-sharing a second local lab's Vault, cluster, database and Helm-installed operator (tests/_external_on_local.py).
+sharing another local lab's Vault, cluster, database and Helm-installed operator (tests/_external_on_local.py);
+and against a second local lab side by side with the first.
 
 Everything the suite creates carries the prefix ``ct-`` (after the backend's own prefix), so it never
 touches the tutorial's names, and is removed at the end. The clean-up test runs last: it takes the lab
@@ -27,7 +28,7 @@ from labkit import _procs, app, connect, k8s, static, vault, vso
 from labkit._state import port_free
 from labkit.backends import get_backend
 from labkit.doctor import doctor
-from labkit.errors import NotRunning, ParameterError
+from labkit.errors import ParameterError
 from labkit.external import ExternalLab, SharedOperator
 from labkit.names import Names
 
@@ -48,16 +49,36 @@ class Prefixed:
         return getattr(self._lab, name)
 
 
-LABS = ["local", "external-alice", "external-bob"] if BACKEND == "local" else [BACKEND]
+#: the local backend runs the suite four times: the session's lab, a second lab side by side, and two external
+#: attendees sharing a third lab's Vault, cluster, database and operator
+LABS = ["local", "local-second", "external-alice", "external-bob"] if BACKEND == "local" else [BACKEND]
 
 
 @pytest.fixture(scope="module", params=LABS)
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``local-second`` is a second local lab in another state directory, started while the first one still runs
+    (two labs side by side on one host)."""
     if request.param == "local":
         yield request.getfixturevalue("local_lab")
         return
     if request.param.startswith("external-"):
         yield request.getfixturevalue("external_labs")[request.param.split("-", 1)[1] + "-"]
+        return
+    if request.param == "local-second":
+        import tempfile
+
+        from labkit.local import LocalLab
+
+        first = request.getfixturevalue("local_lab")
+        second = LocalLab(tempfile.mkdtemp(prefix="vsolab-contract-2-"))
+        try:
+            second.up(progress=lambda m: None)
+            assert first.healthy() and second.healthy()
+            assert not set(first.ports.values()) & set(second.ports.values()), "two labs share a port"
+            yield second
+        finally:
+            second.down(purge=True)
+        assert first.healthy(), "taking the second lab down left the first one healthy"
         return
     missing = [f"{r.name}: {r.fix}" for r in doctor(BACKEND) if not r.ok]
     if missing:
@@ -268,9 +289,8 @@ def test_an_external_attendee_cleans_up_only_what_carries_their_prefix(lab: Any,
     ext = ExternalLab(tmp_path / "ext-state", environ=env)
     n = ext.names
     health = {h.component: h.healthy for h in ext.status()}
-    assert health == {"vault": True, "kubernetes": True, "postgres": True, "vso": False}, "the local VSO has no Deployment"
-    with pytest.raises(NotRunning, match="VSO Deployment"):
-        ext.up(progress=lambda m: None)
+    # the local lab's VSO is the Deployment of its Helm release: the attendee finds it
+    assert health == {"vault": True, "kubernetes": True, "postgres": True, "vso": True}, health
     connect.create_vault_namespace(ext)
     connect.create_token_reviewer(ext)
     vault.enable_auth_method(ext, "kubernetes", n.k8s_auth_mount)

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from kubernetes import client as kclient
 
-from labkit import _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
+from labkit import _cells, _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
 from labkit._state import port_free
 from labkit.agent import PORT_ANNOTATION
 from labkit.local import LocalLab
@@ -89,18 +89,21 @@ def pod_processes(lab: LocalLab) -> Counter[str]:
 
 
 def pods_and_processes_agree(lab: LocalLab) -> None:
-    """One process per running pod, none for a pod the API does not know, no directory of a deleted pod."""
+    """One process per container of a running pod (the operator's has two), none for a pod the API does not know,
+    no directory of a deleted pod."""
 
     def diff() -> str:
         pods = kclient.CoreV1Api(lab.kube).list_pod_for_all_namespaces().items
-        running = {p.metadata.uid for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp}
+        live = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        running = {p.metadata.uid for p in live}
+        containers = {p.metadata.uid: len(p.spec.containers) for p in live}
         procs = pod_processes(lab)
         dirs = {d.name for d in _runas.pod_root(lab.state).iterdir() if not d.name.startswith(".")}
         expected_dirs = {f"{p.metadata.namespace}_{p.metadata.name}" for p in pods}
         problems = []
         if set(procs) != running:
             problems.append(f"pods running {sorted(running)} but processes for {sorted(procs)}")
-        if any(c != 1 for c in procs.values()):
+        if any(c != containers.get(uid, 1) for uid, c in procs.items()):
             problems.append(f"duplicated pod processes: {dict(procs)}")
         if dirs - expected_dirs:
             problems.append(f"directories of deleted pods: {sorted(dirs - expected_dirs)}")
@@ -157,7 +160,7 @@ def kill_everything(lab: LocalLab) -> list[int]:
     The killed processes are not reaped here (a crash reaps nothing): that is left to the kit.
     """
     procs = _procs.tagged(lab.state.lab_id + ":")
-    assert len(procs) >= 8, [p.name() for p in procs]  # seven components and at least the app's pod
+    assert len(procs) >= 9, [p.name() for p in procs]  # seven components, the operator's pod and the app's
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -177,6 +180,20 @@ def only_restarted(actions: dict[str, str], *names: str) -> None:
     assert restarted == set(names), actions
     for name in names:
         assert actions[name].startswith("restarted"), actions
+
+
+def manager_restarts(lab: LocalLab) -> int:
+    pods = k8s.ready_pods(lab.kube, lab.names.operator_ns, "control-plane=controller-manager")
+    assert len(pods) == 1, pods
+    return next(s.restart_count for s in pods[0].status.container_statuses if s.name == "manager")
+
+
+def manager_restarted(lab: LocalLab, before: int) -> None:
+    """The operator pod's manager container came back Ready with one more restart; ``status`` says so."""
+    wait("the node agent to restart the killed manager", lambda: k8s.ready_pods(
+        lab.kube, lab.names.operator_ns, "control-plane=controller-manager") and manager_restarts(lab) == before + 1, 60)
+    row = {h.component: h for h in lab.status()}["operator"]
+    assert row.healthy and "restarts" in row.detail, row
 
 
 def rotation_in_progress(lab: LocalLab, *, recorded: bool) -> tuple[str, str, list[str]]:
@@ -226,10 +243,10 @@ def test_vso_killed_mid_rotation_without_cache_issues_new_credentials_and_restar
     assert lab.operator_settings()["client_cache_persistence_model"] == "none"
     app_healthy(lab)
     lease_at_kill, user_at_kill, pods_at_kill = rotation_in_progress(lab, recorded=False)
-    lab.kill("vso")
-    assert not {h.component: h for h in lab.status()}["vso"].healthy
+    restarts = manager_restarts(lab)
+    lab.kill("operator")
     t_up = time.monotonic()
-    only_restarted(lab.up(progress=lambda m: None), "vso")
+    manager_restarted(lab, restarts)  # the node agent restarts the container, as a kubelet would
 
     # Without a persisted cache the new VSO has no token for the old lease: it asks Vault for new credentials.
     wait("the restarted VSO to issue new credentials",
@@ -248,16 +265,16 @@ def test_vso_killed_mid_rotation_without_cache_issues_new_credentials_and_restar
 
 def test_vso_killed_mid_rotation_with_the_persistent_cache_keeps_the_lease(lab: LocalLab) -> None:
     n = lab.names
-    for step in (cache.enable_transit, cache.create_key, cache.write_policy, cache.create_role, cache.enable_persistence):
-        step(lab)
+    _cells.run_steps(lab, 5, PARAMS)  # notebook 05's own cells: transit, policy, the operator's role, helm upgrade
     wait("VSO to store the dynamic secret's client in its encrypted cache", lambda: [
         s for s in cache.cache_secrets(lab) if s["labels"].get("encrypted") == "true"
         and s["labels"].get("auth/namespace") == n.dynamic_ns], 90)
     app_healthy(lab)
     lease_at_kill, user_at_kill, _ = rotation_in_progress(lab, recorded=True)
-    lab.kill("vso")
+    restarts = manager_restarts(lab)
+    lab.kill("operator")
     renewed_before = dynamic.lease(lab)["last_renewal"]
-    only_restarted(lab.up(progress=lambda m: None), "vso")
+    manager_restarted(lab, restarts)
     assert lab.operator_settings()["client_cache_persistence_model"] == "direct-encrypted"
 
     # The restored client renews the very lease VSO held when it died, and issues nothing new.
@@ -352,11 +369,12 @@ def test_postgres_outage_is_reported_by_the_app_and_recovers(lab: LocalLab, how:
 def test_apiserver_killed_then_vso_and_the_agent_resume_watching(lab: LocalLab) -> None:
     user = app_healthy(lab)
     uid_before = app_pods(lab)[0].metadata.uid
-    agent_pid, vso_pid, kcm_pid = (lab.components[c].pid() for c in ("agent", "vso", "kcm"))
+    agent_pid, kcm_pid = (lab.components[c].pid() for c in ("agent", "kcm"))
+    vso_pid = lab._manager_pid()
     lab.kill("apiserver")
     time.sleep(3)  # long enough for every watch to break
     only_restarted(lab.up(progress=lambda m: None), "apiserver")
-    assert (lab.components["agent"].pid(), lab.components["vso"].pid(), lab.components["kcm"].pid()) == (agent_pid, vso_pid, kcm_pid)
+    assert (lab.components["agent"].pid(), lab._manager_pid(), lab.components["kcm"].pid()) == (agent_pid, vso_pid, kcm_pid)
     pods_and_processes_agree(lab)
     assert [p.metadata.uid for p in app_pods(lab)] == [uid_before], "the outage alone must not replace the pod"
 

@@ -7,16 +7,16 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from labkit import _procs, cache, connect, helm, install, k8s, static
+from labkit import _cells, _procs, cache, connect, helm, install, k8s, static
 from labkit.helm_postrender import render
 from labkit.local import LocalLab
+from labkit.notebook import SPEC
 
 SELECTOR = "control-plane=controller-manager"
 RENDERED = """---
@@ -54,6 +54,34 @@ def test_post_renderer_runs_as_helm_runs_it_and_refuses_a_flag_it_cannot_find() 
     assert bad.returncode == 1 and bad.stdout == "" and "--no-such-flag" in bad.stderr
 
 
+# -- the notebook's files ---------------------------------------------------------------------------
+def test_other_backends_export_hashicorps_repo_an_empty_values_file_and_a_pass_through_renderer(tmp_path) -> None:
+    from labkit._state import State
+
+    env = helm.passthrough_env(State(tmp_path / "state"), "http://192.168.49.250:8200")
+    assert env["VSO_CHART_REPO"] == "https://helm.releases.hashicorp.com"
+    assert env["VAULT_ADDR_FOR_CLUSTER"] == "http://192.168.49.250:8200"
+    import yaml
+
+    assert yaml.safe_load(Path(env["LAB_HELM_VALUES"]).read_text()) == {}
+    out = subprocess.run([env["LAB_HELM_POSTRENDERER"]], input=RENDERED, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == RENDERED
+    # again: the same files, nothing rewritten
+    mtime = Path(env["LAB_HELM_POSTRENDERER"]).stat().st_mtime_ns
+    assert helm.passthrough_env(State(tmp_path / "state"), "http://x") ["LAB_HELM_POSTRENDERER"] == env["LAB_HELM_POSTRENDERER"]
+    assert Path(env["LAB_HELM_POSTRENDERER"]).stat().st_mtime_ns == mtime
+
+
+def test_the_release_values_less_the_labs_own_are_the_tutorials() -> None:
+    got = {"controller": {"strategy": {"type": "Recreate"}, "manager": {"extraArgs": ["--x"], "clientCache": {
+        "persistenceModel": "direct-encrypted"}}}, "defaultVaultConnection": {"enabled": True}}
+    lab_own = {"controller": {"strategy": {"type": "Recreate"}, "manager": {"extraArgs": ["--y"]}}}
+    assert helm._strip(got, lab_own) == {"controller": {"manager": {"clientCache": {"persistenceModel": "direct-encrypted"}}},
+                                         "defaultVaultConnection": {"enabled": True}}
+    assert helm.persistence_model(helm._strip(got, lab_own)) == "direct-encrypted"
+    assert helm.persistence_model({}) == "none"
+
+
 # -- the real thing ------------------------------------------------------------------------------
 needs_tools = pytest.mark.skipif(not all(p.built() for p in install.TOOLS.values()),
                                  reason="helm and kube-rbac-proxy are not built: run `labkit install`")
@@ -61,20 +89,10 @@ needs_tools = pytest.mark.skipif(not all(p.built() for p in install.TOOLS.values
 
 @pytest.fixture(scope="module")
 def lab():
-    """A lab of its own: the release replaces (and gives back) the session lab's host-process VSO otherwise."""
+    """A lab of its own, started as notebook 00 starts it: without the operator (notebook 01 installs it)."""
     lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-helm-"))
     try:
-        lab.up(progress=lambda m: None)
-        connect.create_vault_namespace(lab)
-        connect.create_vault_connection(lab)
-        connect.create_token_reviewer(lab)
-        connect.enable_kubernetes_auth(lab)
-        static.enable_kv(lab)
-        static.write_creds(lab, password="before-helm")
-        static.write_policy(lab)
-        static.create_role(lab)
-        static.create_namespace(lab)
-        static.create_vault_auth(lab)
+        lab.up(progress=lambda m: None, operator=False)
         yield lab
     finally:
         lab.down(purge=True)
@@ -100,9 +118,24 @@ def _kubectl(lab: LocalLab, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def _revision(lab: LocalLab) -> int:
+    return int(json.loads(helm.run(lab, "list", "-n", helm.NAMESPACE, "-o", "json"))[0]["revision"])
+
+
+def _operator_row(lab: LocalLab):
+    return next(h for h in lab.status() if h.component == "operator")
+
+
 @pytest.mark.lab
 @needs_tools
-def test_the_chart_repository_serves_the_built_managers_chart(lab: LocalLab) -> None:
+def test_up_without_the_operator_is_healthy_and_says_notebook_01_installs_it(lab: LocalLab) -> None:
+    row = _operator_row(lab)
+    assert row.healthy and row.detail == "not installed (notebook 01 installs it)" and row.pid is None
+    assert lab.healthy()
+    assert not helm.installed(lab) and not lab.operator_installed()
+    assert lab.operator_settings() == {"client_cache_persistence_model": "none"}
+    assert "operator" not in lab.up(progress=lambda m: None, operator=False)  # a warm up leaves it so
+    assert not helm.installed(lab)
     with urllib.request.urlopen(f"{helm.repo_url(lab)}/index.yaml", timeout=5) as resp:
         index = resp.read().decode()
     assert f"version: {install.VSO_VERSION}" in index and f"vault-secrets-operator-{install.VSO_VERSION}.tgz" in index
@@ -112,52 +145,92 @@ def test_the_chart_repository_serves_the_built_managers_chart(lab: LocalLab) -> 
 
 @pytest.mark.lab
 @needs_tools
-def test_helm_install_runs_the_manager_as_a_ready_pod_that_syncs(lab: LocalLab) -> None:
-    assert lab.components["vso"].pid() is not None
-    helm.install_release(lab)
-    assert lab.components["vso"].pid() is None  # never two operators reconciling
+def test_the_notebooks_helm_cell_installs_a_ready_manager_pod_that_syncs(lab: LocalLab) -> None:
+    env = lab.env()
+    assert Path(env["LAB_HELM_VALUES"]).is_file() and os.access(env["LAB_HELM_POSTRENDERER"], os.X_OK)
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", helm.INSTALL_COMMAND], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
     pod = _ready_pod(lab)
     assert pod.status.phase == "Running" and {c.name for c in pod.spec.containers} == {"manager", "kube-rbac-proxy"}
     assert pod.metadata.labels.get("app.kubernetes.io/instance") == helm.RELEASE
+    # the tutorial's values came in by the second -f (stdin), the lab's by $LAB_HELM_VALUES
+    values = json.loads(helm.run(lab, "get", "values", helm.RELEASE, "-n", helm.NAMESPACE, "-o", "json"))
+    assert values["defaultVaultConnection"] == {"enabled": True, "address": lab.vault_addr, "skipTLSVerify": False}
+    assert values["controller"]["strategy"] == {"type": "Recreate"}
+    row = _operator_row(lab)
+    assert row.healthy and row.detail == "Running, Ready, restarts 0" and row.address.endswith(pod.metadata.name)
     cmdlines = _processes(lab, pod.metadata.uid)
     # the built manager (under root, the pods' user runs a read-only mirror of it: labkit._runas.PodHost.runnable)
     manager = next(c for c in cmdlines if Path(c[0]).name == install.PRODUCTS["vso"].paths()["vso-manager"].name)
-    assert "--leader-elect" in manager  # the chart's own flags, as rendered
+    assert "--leader-elect" in manager and row.pid in {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:")}
     # Everything the release listens on is on 127.0.0.1 only.
     pids = {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:{pod.metadata.uid}")}
     listening = [c.laddr for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert {a.ip for a in listening} == {"127.0.0.1"}, listening
     assert {lab.ports[n] for n in ("operator_probe", "operator_metrics", "operator_https")} <= {a.port for a in listening}
+    # notebook 01 and 02: connect, then a VaultStaticSecret
+    connect.create_vault_namespace(lab)
+    connect.create_vault_connection(lab)
+    connect.create_token_reviewer(lab)
+    connect.enable_kubernetes_auth(lab)
+    static.enable_kv(lab)
+    static.write_creds(lab, password="before-helm")
+    static.write_policy(lab)
+    static.create_role(lab)
+    static.create_namespace(lab)
+    static.create_vault_auth(lab)
     static.create_static_secret(lab, "2s")
     k8s.wait_for("the release's VSO to sync the VaultStaticSecret",
                  lambda: static.read_secret(lab).get("password") == "before-helm" or None, 120, interval=1)
-    static.write_creds(lab, password="after-helm")
-    k8s.wait_for("the release's VSO to follow Vault", lambda: static.read_secret(lab).get("password") == "after-helm"
+
+
+@pytest.mark.lab
+@needs_tools
+def test_a_warm_up_does_not_run_helm_again(lab: LocalLab) -> None:
+    rev = _revision(lab)
+    actions = lab.up(progress=lambda m: None)
+    assert actions["operator"] == "reused" and _revision(lab) == rev
+    lab.down()
+    actions = lab.up(progress=lambda m: None)
+    assert actions["operator"] == "reused" and _revision(lab) == rev  # the agent brought the pod back
+    assert _operator_row(lab).healthy
+    static.write_creds(lab, password="after-warm-up")
+    k8s.wait_for("VSO to sync after the warm up", lambda: static.read_secret(lab).get("password") == "after-warm-up"
                  or None, 120, interval=1)
 
 
 @pytest.mark.lab
 @needs_tools
-def test_kubectl_logs_prints_the_managers_log(lab: LocalLab) -> None:
+def test_kubectl_logs_prints_the_managers_log_and_the_previous_one_after_a_kill(lab: LocalLab) -> None:
     res = _kubectl(lab, "logs", "-n", helm.NAMESPACE, f"deploy/{helm.DEPLOYMENT}", "-c", "manager")
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert any("VaultStaticSecret" in json.dumps(entry) for entry in lines), res.stdout[-2000:]
+    before = _ready_pod(lab)
+    restarts = {s.name: s.restart_count for s in before.status.container_statuses}
+    lab.kill("operator")
+    k8s.wait_for("the agent to restart the manager", lambda: any(
+        s.name == "manager" and s.restart_count == restarts["manager"] + 1 and s.ready
+        for s in k8s.pods(lab.kube, helm.NAMESPACE, SELECTOR)[0].status.container_statuses) or None, 120, interval=0.5)
+    assert _ready_pod(lab).metadata.uid == before.metadata.uid  # the container restarted, not the pod
+    assert _operator_row(lab).detail.endswith(f"restarts {sum(restarts.values()) + 1}")
+    prev = _kubectl(lab, "logs", "-n", helm.NAMESPACE, f"deploy/{helm.DEPLOYMENT}", "-c", "manager", "--previous")
+    assert prev.returncode == 0, prev.stderr
+    assert any(line.startswith("{") for line in prev.stdout.splitlines()), prev.stdout[-1000:]
+    described = _kubectl(lab, "describe", "pod", "-n", helm.NAMESPACE, before.metadata.name)
+    assert described.returncode == 0 and "spec.containers{manager}" in described.stdout, described.stdout[-2000:]
+    static.write_creds(lab, password="after-kill")
+    k8s.wait_for("the restarted manager to sync", lambda: static.read_secret(lab).get("password") == "after-kill"
+                 or None, 120, interval=1)
 
 
 @pytest.mark.lab
 @needs_tools
-def test_helm_upgrade_replaces_the_pod_with_the_new_flag(lab: LocalLab) -> None:
+def test_helm_upgrade_with_the_cache_values_replaces_the_pod_with_the_new_flag(lab: LocalLab) -> None:
     old = _ready_pod(lab)
-    vals = helm.write_values(lab)
-    # Stage 5's values: the transit key the chart's VaultAuth for the encrypted cache names (it requires them).
-    enc = lab.state.write_private("helm/cache-values.yaml", cache.helm_values(lab))
-    args = ["upgrade", helm.RELEASE, helm.CHART, "--version", install.VSO_VERSION, "-n", helm.NAMESPACE, "-f", str(vals),
-            "-f", str(enc), "--set", "controller.manager.clientCache.persistenceModel=direct-encrypted",
-            "--post-renderer", str(helm.POST_RENDERER), "--wait", "--timeout", "3m"]
-    for a in helm.post_renderer_args(lab):
-        args += ["--post-renderer-args", a]
-    helm.run(lab, *args)
+    # notebook 05's own cells: transit engine, key, policy, the operator's role, and its helm upgrade
+    _cells.run_steps(lab, 5, {k: d for k, (_, d) in SPEC.items()})
     new = _ready_pod(lab, not_uid=old.metadata.uid)
     assert new.metadata.uid != old.metadata.uid
     manager = next(c for c in new.spec.containers if c.name == "manager")
@@ -165,23 +238,31 @@ def test_helm_upgrade_replaces_the_pod_with_the_new_flag(lab: LocalLab) -> None:
     running = [c for c in _processes(lab, new.metadata.uid) if c[0].endswith("vso-manager")]
     assert running and "--client-cache-persistence-model=direct-encrypted" in running[0]
     assert not _processes(lab, old.metadata.uid)
+    assert lab.operator_settings() == {"client_cache_persistence_model": "direct-encrypted"}
+    values = helm.release_values(lab)  # the learner's values are kept
+    assert values["defaultVaultConnection"]["address"] == lab.vault_addr
+    cache.wait_for_cache(lab)
 
 
 @pytest.mark.lab
 @needs_tools
-def test_helm_uninstall_leaves_no_operator_pod_and_gives_the_host_operator_back(lab: LocalLab) -> None:
-    helm.uninstall_release(lab)
-    k8s.wait_for("the operator pods to be gone", lambda: not k8s.pods(lab.kube, helm.NAMESPACE, SELECTOR) or None, 120,
-                 interval=1)
+def test_helm_uninstall_leaves_no_operator_pod_and_no_stuck_object(lab: LocalLab) -> None:
+    from kubernetes import client as kclient
+
+    assert [o["metadata"]["name"] for o in helm._release_objects(lab, "vaultauths")], "the chart's transit VaultAuth"
+    done = lab.uninstall_operator()
+    assert not any("finalizer" in step for step in done), done  # deleted while the manager ran: nothing stuck
+    assert not k8s.pods(lab.kube, helm.NAMESPACE, SELECTOR)
     assert _kubectl(lab, "get", "deploy", "-n", helm.NAMESPACE, helm.DEPLOYMENT).returncode != 0
     assert not helm.installed(lab)
+    custom = kclient.CustomObjectsApi(lab.kube)
+    for plural in ("vaultauths", "vaultconnections"):
+        assert not custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", helm.NAMESPACE, plural)["items"]
     # The pre-delete hook Job ran as a pod and was removed after it succeeded.
     assert not [j for j in k8s.pods(lab.kube, helm.NAMESPACE, "job-name") if j.metadata.name.startswith("pdcc-")]
-    assert lab.components["vso"].status().healthy
-    static.write_creds(lab, password="host-again-" + str(int(time.time())))
-    want = static.read_secret  # the host-process VSO syncs again
-    k8s.wait_for("the host-process VSO to sync again",
-                 lambda: want(lab).get("password", "").startswith("host-again-") or None, 120, interval=1)
+    row = _operator_row(lab)
+    assert row.healthy and row.detail.startswith("not installed")
+    assert lab.uninstall_operator() == []  # again: nothing to do
 
 
 def test_chart_repository_serves_only_repository_files(tmp_path) -> None:

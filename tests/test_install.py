@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli, install
+from labkit import _prebuilt, cli, install
 from labkit.errors import BuildError, LabkitError, ParameterError
 
 GiB = 1024**3
@@ -32,7 +32,7 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setenv("VSOLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(install.SOURCE_ENV, raising=False)
+    monkeypatch.delenv(_prebuilt.SOURCE_ENV, raising=False)
     return tmp_path / "cache"
 
 
@@ -45,8 +45,8 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ("auto", 2 * GiB, {}, True, ("prebuilt", "build")),  # Binder: 2 GB
         ("auto", 24 * GiB, {}, True, ("build",)),  # a laptop or CI
         ("auto", None, {}, True, ("build",)),  # memory unknown: as CI does
-        ("auto", install.BUILD_MIN_MEMORY, {}, True, ("build",)),
-        ("auto", install.BUILD_MIN_MEMORY - 1, {}, True, ("prebuilt", "build")),
+        ("auto", _prebuilt.BUILD_MIN_MEMORY, {}, True, ("build",)),
+        ("auto", _prebuilt.BUILD_MIN_MEMORY - 1, {}, True, ("prebuilt", "build")),
         ("auto", 24 * GiB, {"VSOLAB_INSTALL_SOURCE": "prebuilt"}, True, ("prebuilt", "build")),
         ("auto", 24 * GiB, {"VSOLAB_INSTALL_SOURCE": " Prebuilt "}, True, ("prebuilt", "build")),
         ("auto", 1 * GiB, {"VSOLAB_INSTALL_SOURCE": "build"}, True, ("build",)),
@@ -57,19 +57,61 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     ],
 )
 def test_choose_source(requested: str, mem: int | None, env: dict[str, str], have_go: bool, order: tuple[str, ...]) -> None:
-    choice = install.choose_source(requested, mem, env, have_go=have_go)
+    choice = _prebuilt.choose_source(requested, mem, env, have_go=have_go)
     assert choice.order == order
     assert choice.reason
 
 
 def test_choose_source_says_why_it_took_prebuilt() -> None:
-    assert "2.0 GiB" in install.choose_source("auto", 2 * GiB, {}).reason
+    assert "2.0 GiB" in _prebuilt.choose_source("auto", 2 * GiB, {}).reason
+
+
+ANSWERED = _prebuilt.HostProbe(True, "dl.k8s.io HTTP 200, github.com HTTP 302")
+SILENT = _prebuilt.HostProbe(False, "dl.k8s.io: [Errno -2] Name or service not known")
+
+
+@pytest.mark.parametrize(
+    ("mem", "env", "have_go", "hosts", "order", "says"),
+    [
+        (24 * GiB, {}, True, ANSWERED, ("prebuilt", "build"), "the release hosts answered: dl.k8s.io HTTP 200"),
+        (2 * GiB, {}, True, ANSWERED, ("prebuilt", "build"), "answered"),
+        (24 * GiB, {}, True, SILENT, ("build",), "did not answer (dl.k8s.io: [Errno -2]"),
+        (2 * GiB, {}, True, SILENT, ("build",), "2.0 GiB of memory is less than"),
+        (24 * GiB, {"VSOLAB_INSTALL_SOURCE": "build"}, True, ANSWERED, ("build",), "VSOLAB_INSTALL_SOURCE=build"),
+        (24 * GiB, {"VSOLAB_INSTALL_SOURCE": "prebuilt"}, True, SILENT, ("prebuilt", "build"), "VSOLAB_INSTALL_SOURCE=prebuilt"),
+        (24 * GiB, {}, False, SILENT, ("prebuilt",), "no Go toolchain"),
+    ],
+)
+def test_auto_prefers_release_binaries_when_their_hosts_answer(
+    mem: int, env: dict[str, str], have_go: bool, hosts: _prebuilt.HostProbe, order: tuple[str, ...], says: str
+) -> None:
+    choice = _prebuilt.choose_source("auto", mem, env, have_go=have_go, hosts=hosts)
+    assert choice.order == order
+    assert says in choice.reason
+
+
+def test_probe_urls_name_one_checksum_per_release_host() -> None:
+    env = {"VSOLAB_K8S_RELEASES": "http://m/k8s", "VSOLAB_ETCD_RELEASES": "http://m/etcd",
+           "VSOLAB_HASHICORP_RELEASES": "http://m/hc", "GOPROXY": "http://m/goproxy,direct"}
+    urls = _prebuilt.probe_urls([("etcd", "3.6.16"), ("kube", "1.36.3"), ("vso", "1.5.0")], "amd64", env)
+    assert urls == [
+        "http://m/etcd/v3.6.16/SHA256SUMS",
+        "http://m/k8s/v1.36.3/bin/linux/amd64/kube-apiserver.sha256",
+        "http://m/hc/vault-secrets-operator/1.5.0/vault-secrets-operator_1.5.0_SHA256SUMS",
+    ]
+
+
+def test_probe_of_a_file_mirror(tmp_path: Path) -> None:
+    (tmp_path / "SHA256SUMS").write_text("")
+    assert _prebuilt.probe_release_hosts([(tmp_path / "SHA256SUMS").as_uri()]).answered
+    probe = _prebuilt.probe_release_hosts([(tmp_path / "gone").as_uri()])
+    assert not probe.answered and "gone is missing" in probe.detail
 
 
 @pytest.mark.parametrize(("requested", "env"), [("download", {}), ("auto", {"VSOLAB_INSTALL_SOURCE": "binary"})])
 def test_choose_source_refuses_unknown_sources(requested: str, env: dict[str, str]) -> None:
     with pytest.raises(ParameterError) as err:
-        install.choose_source(requested, 8 * GiB, env)
+        _prebuilt.choose_source(requested, 8 * GiB, env)
     assert err.value.checked.startswith("Checked") and len(err.value.fixes) == 3
 
 
@@ -95,26 +137,26 @@ def _fake_root(tmp_path: Path, meminfo_gib: int, cgroup: dict[str, str]) -> Path
     ],
 )
 def test_memory_limit_reads_ram_and_cgroup(tmp_path: Path, cgroup: dict[str, str], expected: int) -> None:
-    assert install.memory_limit(_fake_root(tmp_path, 24, cgroup)) == expected
+    assert _prebuilt.memory_limit(_fake_root(tmp_path, 24, cgroup)) == expected
 
 
 def test_memory_limit_unknown(tmp_path: Path) -> None:
-    assert install.memory_limit(tmp_path) is None
+    assert _prebuilt.memory_limit(tmp_path) is None
 
 
 # -- checksums --------------------------------------------------------------------------------
 def test_verify_sha256_accepts_the_right_digest(tmp_path: Path) -> None:
     f = tmp_path / "kube-apiserver"
     f.write_bytes(b"real binary")
-    install.verify_sha256(f, hashlib.sha256(b"real binary").hexdigest().upper())
+    _prebuilt.verify_sha256(f, hashlib.sha256(b"real binary").hexdigest().upper())
 
 
 def test_verify_sha256_refuses_a_wrong_digest(tmp_path: Path) -> None:
     f = tmp_path / "kube-apiserver"
     f.write_bytes(b"tampered binary")
     fake = hashlib.sha256(b"real binary").hexdigest()
-    with pytest.raises(install.ChecksumMismatch) as err:
-        install.verify_sha256(f, fake, url="https://example.invalid/kube-apiserver", checksum_source="kube-apiserver.sha256")
+    with pytest.raises(_prebuilt.ChecksumMismatch) as err:
+        _prebuilt.verify_sha256(f, fake, url="https://example.invalid/kube-apiserver", checksum_source="kube-apiserver.sha256")
     exc = err.value
     assert isinstance(exc, BuildError) and isinstance(exc, LabkitError)
     assert exc.checked.startswith("Checked") and "refused" in exc.checked
@@ -125,24 +167,24 @@ def test_verify_sha256_refuses_a_wrong_digest(tmp_path: Path) -> None:
 def test_parse_checksums() -> None:
     a, b = "a" * 64, "B" * 64
     sums = f"{a}  etcd-v3.6.16-linux-arm64.tar.gz\n{b} *etcd-v3.6.16-linux-amd64.tar.gz\n{'c' * 64}  ./other.zip\n"
-    assert install.parse_checksums(sums, "etcd-v3.6.16-linux-amd64.tar.gz", source="SHA256SUMS") == b.lower()
-    assert install.parse_checksums(sums, "other.zip", source="SHA256SUMS") == "c" * 64
-    assert install.parse_checksums(f"{a}\n", None, source="kube-apiserver.sha256") == a  # dl.k8s.io's .sha256 files
-    assert install.parse_checksums(f"{a}  kube-apiserver\n", None, source="x.sha256") == a
+    assert _prebuilt.parse_checksums(sums, "etcd-v3.6.16-linux-amd64.tar.gz", source="SHA256SUMS") == b.lower()
+    assert _prebuilt.parse_checksums(sums, "other.zip", source="SHA256SUMS") == "c" * 64
+    assert _prebuilt.parse_checksums(f"{a}\n", None, source="kube-apiserver.sha256") == a  # dl.k8s.io's .sha256 files
+    assert _prebuilt.parse_checksums(f"{a}  kube-apiserver\n", None, source="x.sha256") == a
     with pytest.raises(BuildError, match="not listed"):
-        install.parse_checksums(sums, "etcd-v3.6.16-darwin-amd64.zip", source="SHA256SUMS")
+        _prebuilt.parse_checksums(sums, "etcd-v3.6.16-darwin-amd64.zip", source="SHA256SUMS")
     with pytest.raises(BuildError):
-        install.parse_checksums("<html>Not Found</html>", None, source="x.sha256")
+        _prebuilt.parse_checksums("<html>Not Found</html>", None, source="x.sha256")
 
 
 def test_module_zip_hash_matches_go(tmp_path: Path) -> None:
     """Our h1: hash equals Go's own, for the VSO module zip Go downloaded and recorded in go.sum."""
-    expected = install.go_sum_hash(install.VSO_MODULE, install.VSO_VERSION, install.GOMOD_DIR / "vso" / "go.sum")
+    expected = _prebuilt.go_sum_hash(_prebuilt.VSO_MODULE, install.VSO_VERSION, install.GOMOD_DIR / "vso" / "go.sum")
     assert expected.startswith("h1:")
-    cached = install._gomodcache() / "cache/download" / install.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
+    cached = install._gomodcache() / "cache/download" / _prebuilt.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
     if not cached.exists():
         pytest.skip(f"the Go module cache has no {cached.name} (run `labkit install --source build` once)")
-    assert install.module_zip_hash(cached) == expected
+    assert _prebuilt.module_zip_hash(cached) == expected
     ziphash = cached.with_suffix(".ziphash")
     if ziphash.exists():
         assert ziphash.read_text().strip() == expected
@@ -156,7 +198,7 @@ def test_module_zip_hash_changes_with_content(tmp_path: Path) -> None:
             z.writestr("m@v1.0.0/a.txt", b"a")
         return p
 
-    assert install.module_zip_hash(make(b"one")) != install.module_zip_hash(make(b"other"))
+    assert _prebuilt.module_zip_hash(make(b"one")) != _prebuilt.module_zip_hash(make(b"other"))
 
 
 # -- URLs and versions ------------------------------------------------------------------------
@@ -171,7 +213,7 @@ def test_pins_agree_between_build_and_prebuilt() -> None:
     """Both sources give the same versions: the pins equal what the Go wrapper modules build."""
     assert install.PRODUCTS["etcd"].version == install.ETCD_VERSION == _gomod_version("etcd", "go.etcd.io/etcd/server/v3")
     assert install.PRODUCTS["kube"].version == install.KUBE_VERSION == _gomod_version("kube", "k8s.io/kubernetes")
-    assert install.PRODUCTS["vso"].version == install.VSO_VERSION == _gomod_version("vso", install.VSO_MODULE)
+    assert install.PRODUCTS["vso"].version == install.VSO_VERSION == _gomod_version("vso", _prebuilt.VSO_MODULE)
 
 
 def test_tool_pins_agree_with_their_wrapper_modules_and_go_sum() -> None:
@@ -180,25 +222,25 @@ def test_tool_pins_agree_with_their_wrapper_modules_and_go_sum() -> None:
     krp = install.TOOLS["kube-rbac-proxy"]
     assert krp.version == install.KUBE_RBAC_PROXY_VERSION == _gomod_version("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")
     for name, module in (("helm", "helm.sh/helm/v3"), ("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")):
-        assert install.go_sum_hash(module, install.TOOLS[name].version, ROOT / "labkit/_gomod" / name / "go.sum").startswith("h1:")
+        assert _prebuilt.go_sum_hash(module, install.TOOLS[name].version, ROOT / "labkit/_gomod" / name / "go.sum").startswith("h1:")
     assert install.TOOLS["helm"].extra == [f"charts/vault-secrets-operator-{install.VSO_VERSION}.tgz", "charts/index.yaml"]
     assert not set(install.TOOLS) & set(install.PRODUCTS)  # `labkit up` does not need them
 
 
 def test_release_urls_for_the_pinned_versions() -> None:
     e, k, v = install.ETCD_VERSION, install.KUBE_VERSION, install.VSO_VERSION
-    etcd = install.release_artifacts("etcd", e, "amd64", {})
+    etcd = _prebuilt.release_artifacts("etcd", e, "amd64", {})
     assert [(a.url, a.checksum_url, a.checksum_name) for a in etcd] == [(
         f"https://github.com/etcd-io/etcd/releases/download/v{e}/etcd-v{e}-linux-amd64.tar.gz",
         f"https://github.com/etcd-io/etcd/releases/download/v{e}/SHA256SUMS",
         f"etcd-v{e}-linux-amd64.tar.gz",
     )]
-    kube = install.release_artifacts("kube", k, "amd64", {})
+    kube = _prebuilt.release_artifacts("kube", k, "amd64", {})
     assert [(a.url, a.checksum_url, a.checksum_name) for a in kube] == [
         (f"https://dl.k8s.io/release/v{k}/bin/linux/amd64/{b}", f"https://dl.k8s.io/release/v{k}/bin/linux/amd64/{b}.sha256", None)
         for b in ("kube-apiserver", "kube-controller-manager")
     ]
-    vso = install.release_artifacts("vso", v, "arm64", {})
+    vso = _prebuilt.release_artifacts("vso", v, "arm64", {})
     base = f"https://releases.hashicorp.com/vault-secrets-operator/{v}"
     assert [(a.url, a.checksum_url, a.checksum_name) for a in vso] == [
         (f"{base}/vault-secrets-operator_{v}_linux_arm64.zip", f"{base}/vault-secrets-operator_{v}_SHA256SUMS",
@@ -206,26 +248,26 @@ def test_release_urls_for_the_pinned_versions() -> None:
     ]
     # Every output of every product comes out of some artifact.
     for name, product in install.PRODUCTS.items():
-        outputs = {o for a in install.release_artifacts(name, product.version, "amd64", {}) for o in a.members}
+        outputs = {o for a in _prebuilt.release_artifacts(name, product.version, "amd64", {}) for o in a.members}
         assert outputs == set(product.outputs)
 
 
 def test_mirrors_and_goproxy() -> None:
     env = {"VSOLAB_K8S_RELEASES": "https://mirror.example/k8s/", "GOPROXY": "direct"}
-    (a, _) = install.release_artifacts("kube", "1.36.3", "amd64", env)
+    (a, _) = _prebuilt.release_artifacts("kube", "1.36.3", "amd64", env)
     assert a.url == "https://mirror.example/k8s/v1.36.3/bin/linux/amd64/kube-apiserver"
-    assert install.module_zip_url(install.VSO_MODULE, "1.5.0", env) == (
+    assert _prebuilt.module_zip_url(_prebuilt.VSO_MODULE, "1.5.0", env) == (
         "https://proxy.golang.org/github.com/hashicorp/vault-secrets-operator/@v/v1.5.0.zip")
     env = {"GOPROXY": "https://goproxy.corp/,https://proxy.golang.org,direct"}
-    assert install.module_zip_url("github.com/BurntSushi/toml", "1.0.0", env) == (
+    assert _prebuilt.module_zip_url("github.com/BurntSushi/toml", "1.0.0", env) == (
         "https://goproxy.corp/github.com/!burnt!sushi/toml/@v/v1.0.0.zip")
 
 
 def test_machine_arch() -> None:
-    assert install.machine_arch("x86_64") == "amd64"
-    assert install.machine_arch("aarch64") == "arm64"
+    assert _prebuilt.machine_arch("x86_64") == "amd64"
+    assert _prebuilt.machine_arch("aarch64") == "arm64"
     with pytest.raises(BuildError, match="only amd64 and arm64"):
-        install.machine_arch("riscv64")
+        _prebuilt.machine_arch("riscv64")
 
 
 # -- the cache, filled from a local file:// "release server" ---------------------------------------
@@ -264,10 +306,10 @@ def _mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     (vdir / f"vault-secrets-operator_{v}_SHA256SUMS").write_text(f"{_sha(vzip.read_bytes())}  {vzip.name}\n")
     files["vso"] = vzip
     # VSO's module zip on a file:// GOPROXY, and a go.sum that records its hash.
-    mdir = m / "goproxy" / install.VSO_MODULE / "@v"
+    mdir = m / "goproxy" / _prebuilt.VSO_MODULE / "@v"
     mdir.mkdir(parents=True)
     mzip = mdir / f"v{v}.zip"
-    prefix = f"{install.VSO_MODULE}@v{v}/"
+    prefix = f"{_prebuilt.VSO_MODULE}@v{v}/"
     with zipfile.ZipFile(mzip, "w") as z:
         z.writestr(prefix + "chart/crds/secrets.hashicorp.com_vaultauths.yaml", "kind: CustomResourceDefinition\n")
         z.writestr(prefix + "chart/crds/secrets.hashicorp.com_vaultstaticsecrets.yaml", "kind: CustomResourceDefinition\n")
@@ -276,10 +318,10 @@ def _mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     gomod = tmp_path / "gomod"
     (gomod / "vso").mkdir(parents=True)
     (gomod / "vso" / "go.sum").write_text(
-        f"{install.VSO_MODULE} v{v} {install.module_zip_hash(mzip)}\n{install.VSO_MODULE} v{v}/go.mod h1:x=\n")
+        f"{_prebuilt.VSO_MODULE} v{v} {_prebuilt.module_zip_hash(mzip)}\n{_prebuilt.VSO_MODULE} v{v}/go.mod h1:x=\n")
     files["module"] = mzip
-    monkeypatch.setattr(install, "GOMOD_DIR", gomod)
-    monkeypatch.setattr(install, "machine_arch", lambda machine=None: "amd64")
+    monkeypatch.setattr(_prebuilt, "GOMOD_DIR", gomod)
+    monkeypatch.setattr(_prebuilt, "machine_arch", lambda machine=None: "amd64")
     for key, sub in (("VSOLAB_K8S_RELEASES", "k8s"), ("VSOLAB_ETCD_RELEASES", "etcd"), ("VSOLAB_HASHICORP_RELEASES", "hashicorp"),
                      ("GOPROXY", "goproxy")):
         monkeypatch.setenv(key, (m / sub).as_uri())
@@ -298,7 +340,7 @@ def test_prebuilt_fills_the_same_cache_as_a_build(tmp_path: Path, monkeypatch: p
                                                   offline_and_private_cache: Path) -> None:
     _mirror(tmp_path, monkeypatch)
     for name, product in install.PRODUCTS.items():
-        paths = install.fetch_prebuilt(product)
+        paths = _prebuilt.fetch_prebuilt(product)
         assert product.built(), name
         assert product.dir == offline_and_private_cache / f"{name}-{product.version}"
         for p in paths.values():
@@ -317,7 +359,7 @@ def test_prebuilt_fills_the_same_cache_as_a_build(tmp_path: Path, monkeypatch: p
     assert (vso / "rbac" / "role.yaml").read_text() == "kind: ClusterRole\n"
     assert not (vso / "LICENSE.txt").exists()
     # install() now finds everything cached and downloads nothing.
-    monkeypatch.setattr(install, "_download", lambda *a, **k: pytest.fail("downloaded a cached product"))
+    monkeypatch.setattr(_prebuilt, "_download", lambda *a, **k: pytest.fail("downloaded a cached product"))
     monkeypatch.setattr(install, "bao_binary", lambda: tmp_path / "bao")
     monkeypatch.setattr(install, "postgres_bindir", lambda: tmp_path / "pg")
     assert install.install(source="prebuilt")["vso-crds"] == vso / "crds"
@@ -327,8 +369,8 @@ def test_a_tampered_download_is_refused_and_leaves_no_binary(tmp_path: Path, mon
     files = _mirror(tmp_path, monkeypatch)
     files["kube-controller-manager"].write_bytes(b"#!/bin/sh\necho evil\n")
     kube = install.PRODUCTS["kube"]
-    with pytest.raises(install.ChecksumMismatch, match="kube-controller-manager"):
-        install.fetch_prebuilt(kube)
+    with pytest.raises(_prebuilt.ChecksumMismatch, match="kube-controller-manager"):
+        _prebuilt.fetch_prebuilt(kube)
     assert not kube.built()
     assert not (kube.dir / "kube-apiserver").exists()  # nothing half-installed
     assert not (kube.dir / ".prebuilt").exists()
@@ -337,9 +379,9 @@ def test_a_tampered_download_is_refused_and_leaves_no_binary(tmp_path: Path, mon
 def test_a_tampered_module_zip_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _mirror(tmp_path, monkeypatch)
     with zipfile.ZipFile(files["module"], "a") as z:
-        z.writestr(f"{install.VSO_MODULE}@v{install.VSO_VERSION}/extra.go", "package evil\n")
-    with pytest.raises(install.ChecksumMismatch, match="go.sum"):
-        install.fetch_prebuilt(install.PRODUCTS["vso"])
+        z.writestr(f"{_prebuilt.VSO_MODULE}@v{install.VSO_VERSION}/extra.go", "package evil\n")
+    with pytest.raises(_prebuilt.ChecksumMismatch, match="go.sum"):
+        _prebuilt.fetch_prebuilt(install.PRODUCTS["vso"])
     assert not install.PRODUCTS["vso"].built()
 
 
@@ -367,7 +409,7 @@ def test_auto_falls_back_to_build_when_prebuilt_fails(tmp_path: Path, monkeypatc
     files["kube-apiserver"].write_bytes(b"corrupted")
     calls: list[str] = []
     monkeypatch.setattr(install, "build", _fake_build(calls))
-    choice = install.choose_source("auto", 2 * GiB, {})
+    choice = _prebuilt.choose_source("auto", 2 * GiB, {})
     assert install.install_product(install.PRODUCTS["kube"], choice) == "build"
     assert install.install_product(install.PRODUCTS["etcd"], choice) == "prebuilt"
     assert calls == ["kube"]
@@ -379,8 +421,8 @@ def test_prebuilt_asked_for_does_not_fall_back(tmp_path: Path, monkeypatch: pyte
     files["etcd"].write_bytes(b"corrupted")
     calls: list[str] = []
     monkeypatch.setattr(install, "build", _fake_build(calls))
-    with pytest.raises(install.ChecksumMismatch):
-        install.install_product(install.PRODUCTS["etcd"], install.choose_source("prebuilt", 2 * GiB, {}))
+    with pytest.raises(_prebuilt.ChecksumMismatch):
+        install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("prebuilt", 2 * GiB, {}))
     assert calls == []
 
 
@@ -393,7 +435,7 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(install, "build", no_go)
     with pytest.raises(BuildError) as err:
-        install.install_product(install.PRODUCTS["etcd"], install.choose_source("auto", 2 * GiB, {}))
+        install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("auto", 2 * GiB, {}))
     assert "prebuilt, then build" in err.value.checked
     assert "[prebuilt]" in err.value.detail and "[build]" in err.value.detail
 
@@ -401,8 +443,8 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
 def test_a_download_that_fails_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _mirror(tmp_path, monkeypatch)
     monkeypatch.setenv("VSOLAB_ETCD_RELEASES", (tmp_path / "nowhere").as_uri())
-    with pytest.raises(install.DownloadError) as err:
-        install.fetch_prebuilt(install.PRODUCTS["etcd"])
+    with pytest.raises(_prebuilt.DownloadError) as err:
+        _prebuilt.fetch_prebuilt(install.PRODUCTS["etcd"])
     assert "nowhere" in err.value.checked and len(err.value.fixes) == 3
 
 
@@ -410,9 +452,10 @@ def test_a_download_that_fails_says_where(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.parametrize("source", ["auto", "build", "prebuilt"])
 def test_cli_passes_the_source(monkeypatch: pytest.MonkeyPatch, source: str) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(install, "install", lambda **kw: seen.update(kw) or {})
+    monkeypatch.setattr(install, "install", lambda products=None, **kw: seen.update(kw) or {})
     assert cli.main(["install", "--source", source]) == 0
     assert seen == {"force": False, "source": source}
+    assert cli.build_parser().parse_args(["install", "etcd"]).products == ["etcd"]
 
 
 def test_cli_default_source_is_auto() -> None:

@@ -146,7 +146,7 @@ def test_dynamic_credentials_log_in_and_rotation_restarts_pods(lab):
     assert code == 200 and body["connected_as"] == now["username"]
 
 
-@pytest.mark.parametrize("component", ["openbao", "vso"])
+@pytest.mark.parametrize("component", ["openbao", "kcm"])
 def test_killed_component_shows_in_status_and_up_repairs_it(lab, component):
     before = vault.kv_get(lab, lab.names.kv_mount, lab.names.kv_path)["data"]
     lab.kill(component)

@@ -396,7 +396,8 @@ def test_external_lab_reads_its_addresses_from_the_environment(tmp_path: Path) -
 #: what a %%bash cell may rely on, on every backend (labkit/_env.py)
 SHELL_ENV = ("VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN", "KUBECONFIG", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE",
              "PGPASSWORD", "PATH", "PREFIX", "HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME", "VSO_CHART_REPO",
-             "LAB_HELM_VALUES", "LAB_HELM_POSTRENDERER", "VSOLAB_BACKEND", "VSOLAB_STATE")
+             "LAB_HELM_VALUES", "LAB_HELM_POSTRENDERER", "VSOLAB_BACKEND", "VSOLAB_STATE", "VAULT_ADDR_FOR_CLUSTER",
+             "KUBE_API_FOR_VAULT", "PG_ADDR_FOR_VAULT", "PG_HOST_FOR_PODS", "PG_PORT_FOR_PODS")
 
 
 def check_shell_env(env: dict[str, str], state: Path) -> None:
@@ -417,8 +418,15 @@ def check_shell_env(env: dict[str, str], state: Path) -> None:
 
 def test_minikube_env_gives_shells_what_every_backend_gives(tmp_path: Path) -> None:
     lab = MinikubeLab(tmp_path / "mk")
+    with pytest.raises(NotRunning, match="network addresses"):
+        lab.env()  # before `up` there are no addresses as the cluster reaches them: said so, nothing guessed
+    lab.state.update(minikube={"subnet": SUBNET, "node_ip": NODE_IP})
     env = lab.env()
     check_shell_env(env, tmp_path / "mk")
+    w = lab.wiring
+    assert (env["VAULT_ADDR_FOR_CLUSTER"], env["KUBE_API_FOR_VAULT"]) == (w.vault_addr_for_cluster, w.kube_api_for_vault)
+    assert env["PG_ADDR_FOR_VAULT"] == "{}:{}".format(*w.pg_address_for_vault)
+    assert (env["PG_HOST_FOR_PODS"], env["PG_PORT_FOR_PODS"]) == (w.pg_address_for_pods[0], str(w.pg_address_for_pods[1]))
     assert env["PREFIX"] == "" and "VSOLAB_SHARED_OPERATOR" not in env, "minikube's VSO is the lab's own"
     assert env["VSO_CHART_REPO"] == "https://helm.releases.hashicorp.com"
     assert env["PGPASSWORD"] == lab.pg_admin_password and env["PGPORT"] == str(lab.pg_address[1])
@@ -429,10 +437,17 @@ def test_minikube_env_gives_shells_what_every_backend_gives(tmp_path: Path) -> N
 def test_external_env_carries_the_prefix_and_says_whose_operator_it_is(tmp_path: Path) -> None:
     base = {"VAULT_ADDR": "https://vault.example:8200", "VAULT_TOKEN": "hvs.x", "KUBECONFIG": str(tmp_path / "kc"),
             "VSOLAB_PG_ADDR": "db.example:6432", "VSOLAB_PG_PASSWORD": "pw", "VSOLAB_PG_USER": "admin",
-            "VSOLAB_PREFIX": "alice", "VSOLAB_CHART_REPO": "https://charts.example/mirror"}
+            "VSOLAB_PREFIX": "alice", "VSOLAB_CHART_REPO": "https://charts.example/mirror",
+            "VSOLAB_PG_ADDR_FOR_VAULT": "10.0.0.5:5432"}
+    (tmp_path / "kc").write_text(yaml.safe_dump({"current-context": "m", "clusters": [{"name": "c", "cluster": {
+        "server": "https://k8s.example:6443", "certificate-authority-data": ""}}],
+        "contexts": [{"name": "m", "context": {"cluster": "c"}}]}))
     lab = ExternalLab(tmp_path / "alice", environ=base)
     env = lab.env()
     check_shell_env(env, tmp_path / "alice")
+    # the addresses as the other side reaches them: the given ones, else the kubeconfig's server and VAULT_ADDR
+    assert (env["VAULT_ADDR_FOR_CLUSTER"], env["KUBE_API_FOR_VAULT"]) == ("https://vault.example:8200", "https://k8s.example:6443")
+    assert (env["PG_ADDR_FOR_VAULT"], env["PG_HOST_FOR_PODS"], env["PG_PORT_FOR_PODS"]) == ("10.0.0.5:5432", "10.0.0.5", "5432")
     assert (env["PREFIX"], env["VSOLAB_PREFIX"]) == ("alice-", "alice-")
     assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGPASSWORD"]) == ("db.example", "6432", "admin", "pw")
     assert env["VSO_CHART_REPO"] == "https://charts.example/mirror"

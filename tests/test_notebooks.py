@@ -46,8 +46,14 @@ def test_opens_with_a_story_and_ends_with_checks(nb):
     checks = [c for c in cs if c["cell_type"] == "code" and ".require()" in "".join(c["source"])]
     assert checks, f"{nb.name} has no check-your-work cell"
     assert all("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in checks)
-    if int(nb.name[:2]) >= 2:
-        src = "\n".join("".join(c["source"]) for c in cs)
+    src = "\n".join("".join(c["source"]) for c in cs)
+    typed = [c["id"] for c in cs if c["cell_type"] == "code" and c.get("id", "").startswith("exercise-")]
+    if typed:  # converted: at least two exercises, each with its checker and hint cells
+        assert int(nb.name[:2]) >= 1 and len(typed) >= 2 and "Try it yourself" in src
+        for cid in typed:
+            ex = cid.removeprefix("exercise-")
+            assert f'exercises.check(lab, "{ex}", globals())' in src and f'exercises.hint("{ex}")' in src, cid
+    elif int(nb.name[:2]) >= 2:  # not yet converted: the old numbered exercise
         assert "Try it yourself" in src and "exercises.check(lab" in src and "exercises.solve(lab" in src
 
 

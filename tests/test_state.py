@@ -217,7 +217,7 @@ def test_one_lab_through_a_symlink_and_through_dotdot(staged_lab, tmp_path):
     proc = cli("--state", str(link), "up")
     assert proc.returncode == 0 and "everything was already running" in proc.stdout, proc.stdout + proc.stderr
     proc = cli("--state", str(dotdot), "down")
-    assert proc.returncode == 0 and "vso" in _stopped(proc.stdout), proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "charts" in _stopped(proc.stdout), proc.stdout + proc.stderr
     assert not lab_processes(root)
     proc = cli("--state", str(link), "up")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -232,7 +232,7 @@ def test_a_damaged_state_json_is_explained_down_works_and_moving_it_aside_brings
     (root / "state.json").write_text(content)
     cli_error(cli("--state", str(root), "status"), "status", str(root / "state.json"), "mv ")
     proc = cli("--state", str(root), "down")
-    assert proc.returncode == 0 and "vso" in _stopped(proc.stdout), proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "charts" in _stopped(proc.stdout), proc.stdout + proc.stderr
     assert not lab_processes(root)
     cli_error(cli("--state", str(root), "up"), "up", str(root / "state.json"))
     (root / "state.json").rename(root / "state.json.damaged")
@@ -352,7 +352,7 @@ def test_purge_through_a_symlink_with_a_damaged_state_json(tmp_path):
         pg = lab.state.pg_data_dir()
         (real / "state.json").write_text("")
         proc = cli("--state", str(link), "down", "--purge")
-        assert proc.returncode == 0 and "vso" in _stopped(proc.stdout), proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "charts" in _stopped(proc.stdout), proc.stdout + proc.stderr
         assert not real.exists() and not pg.exists() and not lab_processes(real)
     finally:
         LocalLab(real).down(purge=True)
