@@ -70,8 +70,9 @@ def _try(key: str, path: Path, fd: int | None, what: str) -> tuple[bool, int | N
 
 
 @contextlib.contextmanager
-def locked(root: Path, what: str, *, wait: float | None = None) -> Iterator[None]:
-    """Hold the lab's lock for ``what`` (e.g. ``"labkit up"``); ``root`` must exist."""
+def locked(root: Path, what: str, *, wait: float | None = None, subject: str | None = None) -> Iterator[None]:
+    """Hold the lock of ``root`` (a lab's state directory) for ``what`` (e.g. ``"labkit up"``); ``subject`` says
+    what the lock guards in the error when the wait runs out (default: the lab in ``root``)."""
     path = root / "lock"
     key = str(path)
     limit = timeout() if wait is None else wait
@@ -99,7 +100,7 @@ def locked(root: Path, what: str, *, wait: float | None = None) -> Iterator[None
         who = holder(path) or "an unknown process"
         pid = who.split()[0] if who.split() else "?"
         raise LabBusy(
-            f"Checked that no other labkit command is changing the lab in {root} (lock file {path}): "
+            f"Checked that {subject or f'no other labkit command is changing the lab in {root}'} (lock file {path}): "
             f"process {who} has held it for more than {limit:.0f}s.",
             [f"Wait for that command to finish, then run yours again (`ps -o pid,etime,args -p {pid}`).",
              f"If it hangs, stop it: `kill {pid}` (the lock is released when it exits).",

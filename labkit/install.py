@@ -308,7 +308,23 @@ def current_choice(requested: str = "auto", products: list[Product] | None = Non
 
 
 def install_product(product: Product, choice: SourceChoice, *, force: bool = False) -> str:
-    """Install one product from the first source in ``choice`` that works; return that source."""
+    """Install one product from the first source in ``choice`` that works; return that source.
+
+    Under a cross-process lock per product (``<cache>/locks/<name>-<version>/lock``, :mod:`labkit._lock`): two
+    ``labkit install``/``up`` on a fresh machine would otherwise both build into the same ``.tmp`` paths. The one
+    that waited finds the product built and uses it (unless ``force``)."""
+    from . import _lock
+
+    locks = cache_root() / "locks" / f"{product.name}-{product.version}"
+    locks.mkdir(parents=True, exist_ok=True)
+    with _lock.locked(locks, f"labkit install {product.name}", wait=float(os.environ.get("VSOLAB_INSTALL_WAIT", "3600")),
+                      subject=f"no other labkit process is installing {product.name} {product.version} into {product.dir}"):
+        if product.built() and not force:
+            return installed_source(product)
+        return _install_product(product, choice, force=force)
+
+
+def _install_product(product: Product, choice: SourceChoice, *, force: bool = False) -> str:
     failures: list[tuple[str, BuildError | MissingTool]] = []
     for i, src in enumerate(choice.order):
         try:

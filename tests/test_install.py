@@ -462,3 +462,63 @@ def test_cli_default_source_is_auto() -> None:
     assert cli.build_parser().parse_args(["install"]).source == "auto"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["install", "--source", "conda"])
+
+
+RACER = r"""
+import json, os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from labkit import install
+
+me, other, log = sys.argv[2], sys.argv[3], Path(sys.argv[4])
+product = install.PRODUCTS["etcd"]
+
+def fake_build(p, *, force=False):
+    with log.open("a") as f:
+        f.write(f"start {me}\n")
+    # Give the other process every chance to build at the same time (it would, without the lock): go on once it
+    # has started building too, or after a bounded wait.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and f"start {other}" not in log.read_text():
+        time.sleep(0.05)
+    p.dir.mkdir(parents=True, exist_ok=True)
+    tmp = p.dir / ".tmp"
+    tmp.mkdir()  # the shared output path: a second build in it at the same time fails here
+    (tmp / "etcd").write_text(me)
+    os.replace(tmp / "etcd", p.dir / "etcd")
+    tmp.rmdir()
+    (p.dir / "build-metrics.json").write_text(json.dumps({"source": "build"}))
+    with log.open("a") as f:
+        f.write(f"end {me}\n")
+    return p.paths()
+
+install.build = fake_build
+(log.parent / f"ready-{me}").write_text("")
+while not (log.parent / f"ready-{other}").exists():  # both processes start installing together
+    time.sleep(0.02)
+print(install.install_product(product, install.SourceChoice(("build",), "test")))
+"""
+
+
+def test_two_processes_installing_one_product_build_it_once(tmp_path: Path) -> None:
+    """Two `labkit install`s at once on a fresh cache: one builds, the other waits on the product's lock and finds
+    it built (without the lock both build into the same `.tmp` path)."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "VSOLAB_CACHE": str(cache)}
+    log = tmp_path / "builds.log"
+    log.write_text("")
+    root = str(Path(__file__).resolve().parent.parent)
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, root, me, other, str(log)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for me, other in (("a", "b"), ("b", "a"))]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert sorted(out.strip() for out, _ in results) == ["build", "build"]  # the waiter reports the cached source
+    lines = log.read_text().split()
+    assert lines.count("start") == 1 and lines.count("end") == 1, log.read_text()
+    assert (cache / f"etcd-{install.PRODUCTS['etcd'].version}" / "etcd").read_text() in ("a", "b")
+    assert (cache / "locks" / f"etcd-{install.PRODUCTS['etcd'].version}" / "lock").exists()
