@@ -171,6 +171,10 @@ def _check_operator_debug_log(lab: Any, namespace: dict[str, Any]) -> list[tuple
     args = list((manager.args or []) if manager else [])
     ready = bool(dep and (dep.status.available_replicas or 0) >= 1
                  and (dep.status.updated_replicas or 0) >= 1 and dep.status.observed_generation == dep.metadata.generation)
+    if getattr(lab, "shared_operator", False):  # the team's VSO: the exercise is to look, not to upgrade it
+        return [("VSO's Deployment exists (the team's Helm release)", dep is not None, "ask the instructor"),
+                ("it runs, untouched by this exercise (VSOLAB_SHARED_OPERATOR=1)", ready,
+                 "`kubectl rollout status deploy/vault-secrets-operator-controller-manager -n vault-secrets-operator`")]
     return [
         ("VSO's Deployment exists (the Helm release)", dep is not None, "install VSO with the Helm cell at the top first"),
         ("its manager runs with --zap-log-level=debug", "--zap-log-level=debug" in args,
