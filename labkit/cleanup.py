@@ -263,7 +263,7 @@ def sweep(lab: Any) -> Done:
         if vault.read_policy(lab, policy):
             c.sys.delete_policy(policy)
             found.append(f"policy {policy}")
-    roles = [r["role"] for r in pg.dynamic_roles(lab)]
+    roles = [r["role"] for r in pg.lab_roles(lab)]
     if roles:
         found.append(f"{len(roles)} PostgreSQL role(s) Vault made: {', '.join(roles)}")
     if not found:
