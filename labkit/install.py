@@ -446,7 +446,7 @@ def install(
                  "the lab runs VSO as a host process without it.")
             todo.remove(p)
     for p in chosen:
-        if p not in todo:
+        if p.built() and p not in todo:
             _say(f"{p.name} {p.version}: cached in {p.dir} ({installed_source(p)})")
     if todo:
         _say(f"Install source: {' then '.join(choice.order)} ({choice.reason}).")
