@@ -294,7 +294,6 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-
 def current_choice(requested: str = "auto", products: list[Product] | None = None) -> SourceChoice:
     """:func:`choose_source` for this machine: its memory, environment and PATH, and (``auto`` only, with Go to
     build with and ``products`` to install) whether the release hosts of ``products`` answer."""
