@@ -62,7 +62,9 @@ def vault_dynamic_secret(name: str, namespace: str, *, mount: str, path: str, va
                          destination_labels: dict[str, str] | None = None) -> dict:
     spec: dict[str, Any] = {
         "mount": mount, "path": path, "vaultAuthRef": vault_auth_ref, "renewalPercent": renewal_percent,
-        "revoke": revoke, "destination": {"name": destination, "create": True},
+        # transformation: {} because VSO's first update (its finalizer) writes it: without it the spec changes,
+        # the generation goes to 2 and VSO fetches a second lease at once (sync reason ResourceUpdated)
+        "revoke": revoke, "destination": {"name": destination, "create": True, "transformation": {}},
     }
     if destination_labels:
         spec["destination"]["labels"] = destination_labels
