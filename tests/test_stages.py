@@ -10,7 +10,7 @@ from __future__ import annotations
 import papermill as pm
 import pytest
 
-from labkit import cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
+from labkit import _cells, cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
 from labkit.errors import CheckFailed, NotRunning, ParameterError
 from labkit.local import LocalLab
 from labkit.notebook import CI, SPEC
@@ -48,7 +48,10 @@ def test_stage_then_notebook_alone(lab, n, tmp_path):
     prepare_stage(lab, n, PARAMS)  # twice in a row is fine
     nb = notebooks()[n]
     assert nb.name.startswith(f"{n:02d}-")
-    pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+    typed = tmp_path / "typed" / nb.name  # CI's EXERCISES_SOLVED: the learner typed each exercise's solution
+    typed.parent.mkdir()
+    _cells.fill_solutions(nb, typed)
+    pm.execute_notebook(str(typed), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
                         parameters=PARAMS | {"STATE_DIR": str(lab.state.root), "STOP_LAB": False})
 
 
