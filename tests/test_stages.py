@@ -48,12 +48,10 @@ def test_stage_then_notebook_alone(lab, n, tmp_path):
     prepare_stage(lab, n, PARAMS)  # twice in a row is fine
     nb = notebooks()[n]
     assert nb.name.startswith(f"{n:02d}-")
-    source = nb
-    if _cells.exercise_cells(_cells.read(nb)):  # CI's EXERCISES_SOLVED: a learner typed each solution in
-        source = tmp_path / "typed" / nb.name
-        source.parent.mkdir()
-        _cells.fill_solutions(nb, source)
-    pm.execute_notebook(str(source), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+    typed = tmp_path / "typed" / nb.name  # CI's EXERCISES_SOLVED: the learner typed each exercise's solution
+    typed.parent.mkdir()
+    _cells.fill_solutions(nb, typed)
+    pm.execute_notebook(str(typed), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
                         parameters=PARAMS | {"STATE_DIR": str(lab.state.root), "STOP_LAB": False})
 
 
