@@ -57,7 +57,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     bare = work / "repo.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(ROOT), str(bare)], check=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(bare)], check=True)
+    subprocess.run(["chown", "-R", USER, str(bare)], check=True)  # git refuses a repository another user owns
     server, _files = serve(work / "mirror")
     clone, venv, cache = home / "bench-clone", home / "bench-venv", home / "bench-cache"
     state = home / ".local/state/vsolab/bench"

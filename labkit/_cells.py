@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,20 @@ def bash_body(cell: Any) -> str:
     return rest
 
 
+def with_this_python(env: dict[str, str]) -> dict[str, str]:
+    """``python3`` in a cell is the kernel's own (the one with labkit), right after the lab's tools on PATH: a cell
+    may ask labkit for a file it ships (``python3 -c 'import labkit.exampleapp …'``), in a venv or on a hub too."""
+    parts = env.get("PATH", os.environ.get("PATH", "")).split(os.pathsep)
+    here = str(Path(sys.executable).parent)
+    if here not in parts[:2]:
+        parts.insert(1 if len(parts) > 1 else 0, here)
+    return {**env, "PATH": os.pathsep.join(parts)}
+
+
 def cell_env(lab: Any, params: dict[str, Any]) -> dict[str, str]:
     """What a cell sees besides the kernel's own environment: the lab's (``labkit env``), the attendee prefix
     (``$PREFIX``, empty on a lab of your own) and the notebook's parameters."""
-    env = dict(lab.env())
+    env = with_this_python(dict(lab.env()))
     env["PREFIX"] = lab.names.prefix
     for name in PARAM_ENV:
         if name in params:

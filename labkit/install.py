@@ -294,7 +294,6 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-
 def current_choice(requested: str = "auto", products: list[Product] | None = None) -> SourceChoice:
     """:func:`choose_source` for this machine: its memory, environment and PATH, and (``auto`` only, with Go to
     build with and ``products`` to install) whether the release hosts of ``products`` answer."""
@@ -462,7 +461,7 @@ def install(
                  "the lab runs VSO as a host process without it.")
             todo.remove(p)
     for p in chosen:
-        if p not in todo:
+        if p.built() and p not in todo:
             _say(f"{p.name} {p.version}: cached in {p.dir} ({installed_source(p)})")
     if todo:
         _say(f"Install source: {' then '.join(choice.order)} ({choice.reason}).")

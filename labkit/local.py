@@ -857,14 +857,14 @@ class LocalLab:
             say(f"  operator   upgraded to the lab's new ports in {time.monotonic() - t0:.1f}s")
             return "upgraded"
         deadline = time.monotonic() + 120
-        while not any(_pod_ready(p) for p in self._operator_pods()):
+        while not any(_pod_serving(self, p) for p in self._operator_pods()):
             if self._abort.is_set() or time.monotonic() > deadline:
                 raise ComponentError(
                     "Checked VSO's Helm release after starting the lab: its manager pod did not become Ready in 120s.",
                     [f"Read the manager's log: `kubectl logs -n {OPERATOR_NAMESPACE} deploy/{helm.DEPLOYMENT} -c manager`.",
                      f"Read the pod's events: `kubectl describe pod -n {OPERATOR_NAMESPACE} -l {helm.SELECTOR}`.",
                      "Run `labkit up` again; or reinstall: `labkit operator uninstall`, then `labkit operator install`."])
-            time.sleep(0.1)
+            time.sleep(0.2)
         return "reused"
 
     def _preflight(self) -> None:
@@ -969,7 +969,7 @@ class LocalLab:
         pod = pods[0]
         st = pod.get("status") or {}
         restarts = sum(int(c.get("restartCount", 0)) for c in st.get("containerStatuses") or [])
-        ready = _pod_ready(pod)
+        ready = _pod_serving(self, pod)
         manager = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
         version = str(manager.get("image", "")).rsplit(":", 1)[-1]
         detail = f"{st.get('phase', 'Pending')}, {'Ready' if ready else 'not Ready'}, restarts {restarts}"
@@ -1144,6 +1144,18 @@ def _kubeconfig(server: str, cluster: str, user_name: str, *, user: dict[str, st
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _pod_serving(lab: LocalLab, pod: dict[str, Any]) -> bool:
+    """Ready, and about the manager process that runs now: after a crash of the whole lab the API server still
+    holds the old pod status (Ready, with the dead process's containerID) until the node agent has restarted it."""
+    if not _pod_ready(pod):
+        return False
+    st = next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c.get("name") == "manager"), {})
+    cid = str(st.get("containerID") or "")
+    if not cid.startswith("local://") or not cid[8:].isdigit():
+        return False
+    return int(cid[8:]) in {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:{pod['metadata']['uid']}")}
 
 
 def _pod_pid(lab: LocalLab, uid: str, program: str = "vso-manager") -> int | None:

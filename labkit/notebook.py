@@ -142,7 +142,9 @@ def use_lab_env(lab: Any) -> list[str]:
         env = lab.env()
     except LabkitError:
         return []
-    os.environ.update(env)
+    from ._cells import with_this_python
+
+    os.environ.update(with_this_python(env))
     return sorted(env)
 
 

@@ -62,7 +62,9 @@ def vault_dynamic_secret(name: str, namespace: str, *, mount: str, path: str, va
                          destination_labels: dict[str, str] | None = None) -> dict:
     spec: dict[str, Any] = {
         "mount": mount, "path": path, "vaultAuthRef": vault_auth_ref, "renewalPercent": renewal_percent,
-        "revoke": revoke, "destination": {"name": destination, "create": True},
+        # transformation: {} because VSO's first update (its finalizer) writes it: without it the spec changes,
+        # the generation goes to 2 and VSO fetches a second lease at once (sync reason ResourceUpdated)
+        "revoke": revoke, "destination": {"name": destination, "create": True, "transformation": {}},
     }
     if destination_labels:
         spec["destination"]["labels"] = destination_labels
@@ -135,6 +137,8 @@ def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, st
 def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     """Turn VSO's latest warning into a hint a learner can act on."""
     obj = get(lab, kind, name, namespace)
+    if obj is None:  # events outlive their object: a deleted resource's old warnings are not the cause
+        return f"the {kind} {namespace}/{name} does not exist: apply it first"
     synced = conditions(obj).get("SecretSynced", {})
     evs = events(lab, kind, name, namespace)
     if synced.get("status") == "False" and synced.get("message"):
@@ -145,8 +149,6 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     # nothing about the learner's setup, so it never hides the warning that does.
     warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning" and e[1] != "StatusUpdateError"]
     if not warns:
-        if obj is None:
-            return f"the {kind} {namespace}/{name} does not exist: apply it first"
         return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
     _, reason, raw = warns[-1]
     msg = " ".join(raw.split())  # one paragraph: VSO's messages carry Vault's multi-line errors

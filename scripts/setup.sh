@@ -17,7 +17,8 @@ apt_install() {
 if command -v apt-get >/dev/null; then
   # python3-psycopg: under root, pods run as `nobody`, who cannot use a Python in root's home (the example app needs psycopg)
   pkgs=(postgresql python3 python3-psycopg ca-certificates curl unzip)
-  [ "${VSOLAB_BROWSER:-1}" = "1" ] && pkgs+=(chromium)
+  # the emoji font: the checks' ✅/❌ and the widgets' marks in headless screenshots (scripts/screenshots.py)
+  [ "${VSOLAB_BROWSER:-1}" = "1" ] && pkgs+=(chromium fonts-noto-color-emoji)
   apt_install "${pkgs[@]}"
 fi
 
