@@ -135,6 +135,8 @@ def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, st
 def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     """Turn VSO's latest warning into a hint a learner can act on."""
     obj = get(lab, kind, name, namespace)
+    if obj is None:  # the events of a deleted object are history (e.g. notebook 06's EventWatcherError warnings)
+        return f"the {kind} {namespace}/{name} does not exist: apply it first"
     synced = conditions(obj).get("SecretSynced", {})
     evs = events(lab, kind, name, namespace)
     if synced.get("status") == "False" and synced.get("message"):
@@ -145,8 +147,6 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     # nothing about the learner's setup, so it never hides the warning that does.
     warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning" and e[1] != "StatusUpdateError"]
     if not warns:
-        if obj is None:
-            return f"the {kind} {namespace}/{name} does not exist: apply it first"
         return f"no warning events yet; check `kubectl describe {kind.lower()} {name} -n {namespace}`"
     _, reason, raw = warns[-1]
     msg = " ".join(raw.split())  # one paragraph: VSO's messages carry Vault's multi-line errors
