@@ -35,7 +35,6 @@ SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "DEFAULT_TTL": (str, "1m"),
     "MAX_TTL": (str, "3m"),
     "RENEWAL_PERCENT": (int, 67),
-    "SOLUTIONS": (bool, False),  # the old name of EXERCISES_SOLVED, until every notebook has moved
     "EXERCISES_SOLVED": (bool, False),
     "STOP_LAB": (bool, True),
 }
@@ -43,7 +42,7 @@ SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
 #: typed solutions (``labkit run-notebooks --solutions`` fills them in), so a check that fails fails its cell.
 CI: dict[str, Any] = {
     "INTERACTIVE": False, "LIVE_SECONDS": 6, "REFRESH_AFTER": "3s", "DEFAULT_TTL": "15s", "MAX_TTL": "30s",
-    "RENEWAL_PERCENT": 67, "SOLUTIONS": True, "EXERCISES_SOLVED": True,
+    "RENEWAL_PERCENT": 67, "EXERCISES_SOLVED": True,
 }
 
 

@@ -40,7 +40,6 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
     if ci:
         params.update(CI)
     if solutions:
-        params["SOLUTIONS"] = True
         params["EXERCISES_SOLVED"] = True
     params.update(extra or {})
     rows: list[tuple[str, str, float]] = []

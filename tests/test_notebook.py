@@ -39,7 +39,7 @@ def test_duration_seconds():
 def test_ci_environment_applies_ci_values(monkeypatch):
     monkeypatch.setenv("VSOLAB_CI", "1")
     out = validate(defaults())
-    assert out["LIVE_SECONDS"] == CI["LIVE_SECONDS"] and out["SOLUTIONS"] is True and out["INTERACTIVE"] is False
+    assert out["LIVE_SECONDS"] == CI["LIVE_SECONDS"] and out["EXERCISES_SOLVED"] is True and out["INTERACTIVE"] is False
 
 
 @pytest.mark.lab

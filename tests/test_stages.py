@@ -80,7 +80,12 @@ def test_checks_fail_with_hints_when_state_is_broken(lab):
     # clean-up's check fails while things exist
     _fails_with_hint(cleanup.check(lab), "revoke")
     # instant updates: turned off again
-    vso.apply(lab, static.static_secret(lab, PARAMS["REFRESH_AFTER"]))
+    # (notebook 06's `kubectl apply` owns syncConfig: a merge patch, as `kubectl patch` would, turns it off)
+    from kubernetes import client as kclient
+
+    kclient.CustomObjectsApi(lab.kube).patch_namespaced_custom_object(
+        "secrets.hashicorp.com", "v1beta1", n.static_ns, "vaultstaticsecrets", n.static_vss,
+        {"spec": {"syncConfig": {"instantUpdates": False}}})
     _fails_with_hint(instant.check(lab, [0.5], 3.0), "instantUpdates")
     # client cache: operator without persistence
     lab.restart_operator(client_cache_persistence_model="none")
