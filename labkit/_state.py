@@ -38,6 +38,8 @@ DEFAULT_STATE = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/stat
 
 
 _LOCK = threading.RLock()  # `up` starts components in parallel; read-modify-write of the JSON files is serialised
+#: ports chosen by this process for any lab: two labs made side by side never get the same one
+_HANDED_OUT: set[int] = set()
 #: what a lab state directory holds; an existing directory with none of these is not a lab's
 LAB_ENTRIES = ("state.json", "secrets.json", "pki", "kube", "run", "lock")
 
@@ -263,7 +265,9 @@ class State:
         ports = self.recorded_ports()
         missing = [n for n in self.PORT_NAMES if n not in ports]
         if missing:
-            taken = set(ports.values())
+            # not the ports this lab has, nor any this process handed to another lab (both may be free right now:
+            # a lab not yet started listens on nothing, and port_for would offer its ports again)
+            taken = set(ports.values()) | _HANDED_OUT
             for name in missing:
                 while True:
                     port = port_for.select_random()
@@ -271,6 +275,7 @@ class State:
                         break
                 ports[name] = port
                 taken.add(port)
+            _HANDED_OUT.update(ports.values())
             self.update(ports=ports)
         return ports
 
