@@ -103,13 +103,20 @@ def run_steps(lab: Any, number: int, params: dict[str, Any], *, folder: Path = N
         except subprocess.TimeoutExpired:
             res = None
         if res is None or res.returncode != 0:
+            from ._lost import not_answering
+
+            where = f"{path.name}, cell {index} (id {cell.get('id', '?')})"
+            lost = not_answering(lab, "`labkit stage`", where)
+            if lost is not None:
+                raise lost
             what = f"did not finish in {timeout:.0f}s" if res is None else f"exited with status {res.returncode}"
             raise StepFailed(
-                f"Ran {path.name}, cell {index} (id {cell.get('id', '?')}), as `labkit stage` does: it {what}.",
+                f"Ran {where}, as `labkit stage` does: it {what}.",
                 [f"Open {path.name} and run that cell yourself: its output says what failed.",
                  "Run `labkit status`: a part of the lab may be down.",
                  "Reset from scratch: `labkit stage 1`, then run the notebooks again."],
-                detail=(res.stderr if res is not None else "")[-1500:],
+                detail="\n".join(line for line in (res.stderr if res is not None else "")[-1500:].splitlines()
+                                  if line.strip()),
             )
         done.append(cell.get("id", str(index)))
     return done

@@ -126,3 +126,26 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
         fixes.append("Run `labkit doctor` if `labkit up` fails.")
     return LostConnection(f"Checked the lab while running {command}: {what} stopped answering "
                           f"({type(exc).__name__}).", fixes)
+
+
+def not_answering(lab: Any, command: str, after: str) -> LostConnection | None:
+    """A :class:`LostConnection` naming the first core component whose port no longer listens, else None.
+
+    Used after a shell step failed (``labkit stage``): the step's exit status says only that it failed, so the lab's
+    own ports are asked which part went away (by socket, never by reading the command's message)."""
+    state = getattr(lab, "state", None)
+    if state is None:
+        return None
+    try:
+        ports = state.recorded_ports()
+    except Exception:  # noqa: BLE001 - a damaged state.json is reported by the next `labkit status`
+        return None
+    for name in ("apiserver", "etcd", "openbao", "postgres"):
+        port = ports.get(name)
+        if port and not listening(port):
+            return LostConnection(
+                f"Checked the lab after {after} failed: {_COMPONENTS[name]} at 127.0.0.1:{port} stopped answering.",
+                ["Run `labkit status` to see which part of the lab is down.",
+                 f"Run `labkit up` to start it again (data is kept), then run {command} again.",
+                 f"If it stops again, read its log: {state.path('logs', f'{name}.log')}"])
+    return None

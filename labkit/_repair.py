@@ -82,7 +82,8 @@ def pki_lost(lab: LocalLab) -> bool:
 def reset_pki(lab: LocalLab, say: Callable[[str], None]) -> None:
     """Stop what trusts the lost CA and clear what is left of ``pki/``; ``up`` then makes a new one."""
     say("  pki/ was lost: stopping the lab, making a new CA and re-issuing the lab's certificates and tokens.\n"
-        "  The service-account signing key changes too: service-account tokens issued before stop working.")
+        "  The service-account signing key changes too: service-account tokens issued before stop working,\n"
+        "  so the lab's pods are deleted and their Deployments start new ones (the operator's pod too).")
     for name in reversed(list(lab.components)):
         lab.components[name].stop()
     pki = lab.state.path("pki")
@@ -124,7 +125,8 @@ def _outdated(addr: Any, key: str, old: dict[str, Any], current: str) -> bool:
 
 
 def retoken(lab: LocalLab) -> list[str]:
-    """Empty every service-account token Secret (signed with a lost key): the token controller signs new ones."""
+    """Empty every service-account token Secret (signed with a lost key): the token controller signs new ones.
+    Delete every pod: its projected token was signed with the lost key too."""
     from kubernetes import client as kclient
 
     from . import k8s
@@ -134,6 +136,13 @@ def retoken(lab: LocalLab) -> list[str]:
     for sec in core.list_secret_for_all_namespaces(field_selector="type=kubernetes.io/service-account-token").items:
         core.patch_namespaced_secret(sec.metadata.name, sec.metadata.namespace, {"data": {"token": None}})
         done.append(f"{sec.metadata.namespace}/{sec.metadata.name}")
+    # A running pod holds a projected token signed with the lost key (the API server now refuses it, so the
+    # operator's manager never becomes Ready): delete the pods, as after a key rotation on any cluster; their
+    # controllers make new ones, and the node agent asks for new tokens.
+    for pod in core.list_pod_for_all_namespaces().items:
+        if pod.metadata.deletion_timestamp is None:
+            core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            done.append(f"pod {pod.metadata.namespace}/{pod.metadata.name}")
     return done
 
 
@@ -142,7 +151,7 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
 
-    from . import app, k8s, vault
+    from . import k8s, vault
 
     done: list[str] = []
     api = lab.kube
@@ -188,17 +197,57 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
 
             dynamic.configure_connection(lab)
             done.append(f"Vault {n.db_mount}/config/{n.db_connection}")
-        try:
-            db = kclient.CoreV1Api(api).read_namespaced_config_map(f"{n.app}-db", n.dynamic_ns).data or {}
-        except ApiException:
-            db = {}
-        if db and db.get("DB_PORT") != str(lab.ports["postgres"]):
-            k8s.apply(api, app.manifests(n.dynamic_ns, n.dynamic_secret, *lab.pg_address_for_pods, n.app))
-            # The pod read the old address at start: restart it, as `kubectl rollout restart` does.
-            kclient.AppsV1Api(api).patch_namespaced_deployment(n.app, n.dynamic_ns, {"spec": {"template": {"metadata": {
-                "annotations": {"kubectl.kubernetes.io/restartedAt": str(time.time())}}}}})
-            app.wait_ready(lab, n.dynamic_ns, n.app)
+        if _repoint_app(lab):
             done.append(f"Deployment {n.dynamic_ns}/{n.app}")
     if done:
         say("  repointed at the lab's current ports and CA: " + ", ".join(done))
     return done
+
+
+def _repoint_app(lab: LocalLab) -> bool:
+    """Point the example app at PostgreSQL's current address for pods and restart it; ``False`` when it was right.
+
+    The app gets ``DB_HOST``/``DB_PORT`` either as plain env values (notebook 03's manifest) or from its ``-db``
+    ConfigMap (``app.manifests``); both are followed.
+    """
+    from kubernetes import client as kclient
+    from kubernetes.client.exceptions import ApiException
+
+    from . import app, k8s
+
+    api, n = lab.kube, lab.names
+    host, port = lab.pg_address_for_pods
+    want = {"DB_HOST": host, "DB_PORT": str(port)}
+    apps = kclient.AppsV1Api(api)
+    try:
+        dep = apps.read_namespaced_deployment(n.app, n.dynamic_ns)
+    except ApiException as exc:
+        if exc.status == 404:  # no app deployed (before notebook 03): nothing to repoint
+            return False
+        raise
+    changed = False
+    containers = []
+    for c in dep.spec.template.spec.containers:
+        env = []
+        for e in c.env or []:
+            if e.name in want and e.value is not None and e.value != want[e.name]:
+                changed = True
+                env.append({"name": e.name, "value": want[e.name]})
+        if env:
+            containers.append({"name": c.name, "env": env})
+    try:
+        db = kclient.CoreV1Api(api).read_namespaced_config_map(f"{n.app}-db", n.dynamic_ns).data or {}
+    except ApiException:
+        db = {}
+    if db and db.get("DB_PORT") != want["DB_PORT"]:
+        k8s.apply(api, app.manifests(n.dynamic_ns, n.dynamic_secret, host, port, n.app))
+        changed = True
+    if not changed:
+        return False
+    # The pod read the old address at start: restart it, as `kubectl rollout restart` does.
+    template: dict[str, Any] = {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": str(time.time())}}}
+    if containers:
+        template["spec"] = {"containers": containers}
+    apps.patch_namespaced_deployment(n.app, n.dynamic_ns, {"spec": {"template": template}})
+    app.wait_ready(lab, n.dynamic_ns, n.app)
+    return True

@@ -115,7 +115,7 @@ class State:
     """One lab's state directory."""
 
     PORT_NAMES = (
-        "etcd", "etcd_peer", "apiserver", "kcm", "openbao", "openbao_cluster", "postgres", "vso_metrics", "vso_probe", "agent",
+        "etcd", "etcd_peer", "apiserver", "kcm", "openbao", "openbao_cluster", "postgres", "agent",
         "kubelet",
         # the Helm chart repository, and the Helm-installed operator pod's probe, metrics and kube-rbac-proxy ports
         "charts", "operator_probe", "operator_metrics", "operator_https",
@@ -250,9 +250,11 @@ class State:
 
     # -- ports ------------------------------------------------------------------------------------
     def recorded_ports(self) -> dict[str, int]:
-        """The ports ``state.json`` records (read-only; none before the first ``up``)."""
+        """The ports ``state.json`` records for the names in ``PORT_NAMES`` (read-only; none before the first ``up``)."""
         ports = self.read().get("ports", {})
-        return {k: v for k, v in ports.items() if isinstance(v, int)} if isinstance(ports, dict) else {}
+        if not isinstance(ports, dict):
+            return {}
+        return {k: v for k, v in ports.items() if isinstance(v, int) and k in self.PORT_NAMES}
 
     def ports(self) -> dict[str, int]:
         """Return the lab's ports, choosing free ones the first time."""

@@ -45,7 +45,7 @@ def _lab_or_none(args: argparse.Namespace):  # noqa: ANN202
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
     t0 = time.monotonic()
-    actions = lab.up(**({"operator": False} if args.no_operator else {}))
+    actions = lab.up(**({"operator": False} if getattr(args, "no_operator", False) else {}))
     changed = {k: v for k, v in actions.items() if v != "reused"}
     print(f"up: lab ready in {time.monotonic() - t0:.1f}s" + ("" if changed else " (everything was already running)"))
     print(_status_text(lab))

@@ -251,7 +251,8 @@ def test_pod_processes_do_not_run_as_root_and_the_app_still_works(lab: LocalLab)
 
 
 def test_another_user_cannot_read_or_change_a_pods_files(lab: LocalLab) -> None:
-    proc = pod_processes(lab)[0]
+    # The app's pod (its directory is <namespace>_<pod>), not the operator's, which mounts no ConfigMap.
+    proc = next(p for p in pod_processes(lab) if Path(p.cwd()).parent.name.startswith(f"{lab.names.dynamic_ns}_"))
     home = Path(proc.cwd())
     pod_user = pwd.getpwuid(proc.uids().real).pw_name
     code = home.parent / "volumes" / "code" / "app.py"
