@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import os
 import re
 import subprocess
 import sys
@@ -58,16 +57,23 @@ def _vso_image(argv: list[str], ports: dict[int, int]) -> list[str]:
 
 
 def _vso_scripts(vso_dir: Path) -> Path:
-    """``<vso cache>/scripts/{upgrade-crds,crds}``, symlinks to the manager and its CRDs, as in VSO's Dockerfile."""
+    """``<vso cache>/scripts/upgrade-crds``, beside ``scripts/crds``, as in VSO's Dockerfile (``labkit install``
+    lays them out: :func:`labkit.install.lay_out_vso_scripts`). A cache made by an older labkit gets them here
+    when it is writable; a shared, read-only one without them is one paragraph naming the fix."""
+    from . import install
+    from .errors import ComponentError
+
     scripts = vso_dir / "scripts"
-    scripts.mkdir(exist_ok=True)
-    for name, target in (("upgrade-crds", "../vso-manager"), ("crds", "../crds")):
-        link = scripts / name
-        if not (link.is_symlink() and os.readlink(link) == target):
-            tmp = scripts / f".{name}.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(target)
-            tmp.replace(link)
+    if not all((scripts / name).exists() for name in ("upgrade-crds", "crds")):
+        try:
+            install.lay_out_vso_scripts(vso_dir)
+        except OSError as exc:
+            raise ComponentError(
+                f"Checked {scripts} for the chart's upgrade-crds hook (upgrade-crds and crds, as in VSO's image): "
+                f"they are missing and this user cannot add them ({exc.strerror}).",
+                [f"Ask whoever owns the binary cache to run `labkit install vso --force` (it lays them out in {vso_dir}).",
+                 "Or use a cache of your own: unset VSOLAB_CACHE and run `labkit install`.",
+                 "Then run the Helm install again (`labkit up`, or notebook 01's Helm cell)."]) from None
     return scripts / "upgrade-crds"
 
 

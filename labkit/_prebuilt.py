@@ -454,7 +454,23 @@ def _fetch_vso_manifests(version: str, out: Path, env: Mapping[str, str]) -> tup
         (out / "rbac" / "role.yaml").write_bytes(z.read(prefix + "config/rbac/role.yaml"))
     for p in [out / "crds", *(out / "crds").iterdir(), out / "rbac", out / "rbac" / "role.yaml"]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    lay_out_vso_scripts(out)
     return n, {"url": url, "h1": expected}
+
+
+def lay_out_vso_scripts(dest: Path) -> None:
+    """``dest/scripts/{upgrade-crds,crds}``: relative symlinks to the manager and its CRDs, as VSO's Dockerfile lays
+    out its image. Called with the binary ``upgrade-crds``, the manager upgrades the CRDs from ``crds/`` beside it
+    (the chart's pre-upgrade hook). Made at install time, so a read-only shared cache already has them."""
+    scripts = dest / "scripts"
+    scripts.mkdir(mode=0o755, exist_ok=True)
+    for name, target in (("upgrade-crds", "../vso-manager"), ("crds", "../crds")):
+        link = scripts / name
+        if not (link.is_symlink() and os.readlink(link) == target):
+            tmp = scripts / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)
 
 
 def fetch_prebuilt(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _prebuilt
-from ._prebuilt import GOMOD_DIR, VSO_MODULE, SourceChoice, choose_source, fetch_prebuilt
+from ._prebuilt import GOMOD_DIR, VSO_MODULE, SourceChoice, choose_source, fetch_prebuilt, lay_out_vso_scripts
 from ._prebuilt import say as _say
 from .errors import BuildError, MissingTool, ParameterError
 
@@ -240,6 +240,8 @@ def _copy_vso_manifests(go: str, work: Path, dest: Path) -> None:
     shutil.copyfile(src / "config" / "rbac" / "role.yaml", dest / "rbac" / "role.yaml")
     for p in [dest / "crds", *(dest / "crds").iterdir(), dest / "rbac" / "role.yaml"]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    lay_out_vso_scripts(dest)
+
 
 
 def _package_vso_chart(go: str, dest: Path, log: Path) -> None:

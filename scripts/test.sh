@@ -6,6 +6,7 @@
 # script started is stopped on exit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SECONDS=0
 ./scripts/setup.sh || exit 1
 ART="${VSOLAB_ARTIFACTS:-$PWD/artifacts}"; mkdir -p "$ART"; export VSOLAB_ARTIFACTS="$ART"
 export VSOLAB_STATE="${VSOLAB_STATE:-$(mktemp -d /tmp/vsolab-ci.XXXXXX)/state}"
@@ -25,12 +26,12 @@ pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
   [ $rc -ne 0 ] && status=1
   return 0
 }
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s  [%s, %dm%02ds since the start]\n' "$*" "$(date +%T)" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
 step "unit and integration tests"
 pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
-  --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --junitxml="$ART/junit.xml"
+  --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --durations=25 --junitxml="$ART/junit.xml"
 step "labkit install from a local release mirror (loopback HTTP, made from the built binaries): prebuilt, a corrupted archive refused, a missing one built"
 pytest_step -q -p no:cacheprovider tests/test_install_mirror.py --junitxml="$ART/junit-install-mirror.xml"
 step "the unprivileged path: a learner's account with its own venv and the shared cache read-only runs up, the CI series and down"
@@ -79,4 +80,5 @@ for who in alice bob; do
 done
 VSOLAB_EXECUTED="$ART/browser" VSOLAB_RECORDED="$ART/browser/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
   tests/test_executed.py -k "executed_notebook or recorder"
+step "done: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
