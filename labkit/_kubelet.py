@@ -28,10 +28,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import requests
 from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from typing import Self  # 3.11+; only the type checker reads it
 
 NODE_NAME = "vsolab-node"
 PORT_ANNOTATION = "vsolab.dev/port"
@@ -328,7 +331,7 @@ class _TLSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     context: ssl.SSLContext
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self: Self, request: Any, client_address: Any) -> None:
         request.settimeout(10)
         try:
             tls = self.context.wrap_socket(request, server_side=True)
@@ -358,7 +361,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
             self.wfile.write(body)
 
         def authorized(self) -> bool:
-            cert = self.connection.getpeercert() or {}  # type: ignore[attr-defined]
+            cert = self.connection.getpeercert() or {}
             names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
             if names == [CLIENT_CN]:
                 return True
@@ -374,7 +377,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
                 msg = streaming_refusal(parts[0], parts[1], parts[2], api.pod_ports(parts[1], parts[2]))
                 self.reply(501, _status(501, "NotImplemented", msg))
             elif parts[0] == "containerLogs" and len(parts) == 4 and self.command == "GET":
-                self.logs(*parts[1:], urllib.parse.parse_qs(url.query))
+                self.logs(parts[1], parts[2], parts[3], urllib.parse.parse_qs(url.query))
             else:
                 self.reply(404, b"404 page not found\n", "text/plain")
 

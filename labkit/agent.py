@@ -106,13 +106,14 @@ class Agent:
 
     # -- watching -----------------------------------------------------------------------------------
     def watch_pods(self) -> None:
-        rv = ""
+        rv: str | None = ""
         while not self.stopping.is_set():
             try:
                 if not rv:
                     lst = self.core.list_pod_for_all_namespaces()
                     for p in lst.items:
                         self.events.put(("SYNC", p))
+                    assert lst.metadata is not None  # the API server sets a list's metadata
                     rv = lst.metadata.resource_version
                 w = watch.Watch()
                 for ev in w.stream(self.core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=60,

@@ -44,8 +44,12 @@ def shared(lab: Any) -> bool:
 def cache_secrets(lab: Any) -> list[dict[str, Any]]:
     """The ``vso-cc-*`` Secrets VSO keeps in its namespace, with their labels."""
     items = kclient.CoreV1Api(lab.kube).list_namespaced_secret(lab.names.operator_ns).items
-    return [{"name": s.metadata.name, "labels": dict(s.metadata.labels or {})}
-            for s in items if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key"]
+    out: list[dict[str, Any]] = []
+    for s in items:
+        assert s.metadata is not None and s.metadata.name is not None  # the API server sets both
+        if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
+            out.append({"name": s.metadata.name, "labels": dict(s.metadata.labels or {})})
+    return out
 
 
 def wait_for_cache(lab: Any, timeout: float = 90) -> list[dict[str, Any]]:

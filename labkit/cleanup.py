@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, cast
 
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
@@ -36,8 +36,10 @@ def _delete_namespace(lab: Any, ns: str) -> None:
         for kind in kinds:
             for obj in res(kind).get(namespace=ns).items:
                 vso.delete(lab, kind, obj.metadata.name, ns)
-        k8s.wait_for(f"VSO to finalise the {' and '.join(kinds)} resources in {ns}",
-                     lambda kinds=kinds: not any(res(kind).get(namespace=ns).items for kind in kinds), 60,
+        def finalised(kinds: tuple[str, ...] = kinds) -> bool:
+            return not any(res(kind).get(namespace=ns).items for kind in kinds)
+
+        k8s.wait_for(f"VSO to finalise the {' and '.join(kinds)} resources in {ns}", finalised, 60,
                      hint="VSO removes its finalizers; check that VSO runs (`labkit status`)")
     apps, core = kclient.AppsV1Api(lab.kube), kclient.CoreV1Api(lab.kube)
     apps.delete_collection_namespaced_deployment(ns)
@@ -88,6 +90,7 @@ def undo_cache(lab: Any) -> Done:
 
     core = kclient.CoreV1Api(lab.kube)
     for s in [] if shared else core.list_namespaced_secret(n.operator_ns).items:
+        assert s.metadata is not None and s.metadata.name is not None  # the API server sets both
         if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
             core.delete_namespaced_secret(s.metadata.name, n.operator_ns)
     return Done("client-cache persistence off; transit engine, key, policy and role removed",
@@ -207,7 +210,9 @@ def _strip_vso_finalizers(lab: Any, ns: str) -> int:
     custom = kclient.CustomObjectsApi(lab.kube)
     count = 0
     for plural in ("vaultdynamicsecrets", "vaultstaticsecrets", "vaultauths", "vaultconnections"):
-        for obj in custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural).get("items", []):
+        # the client types a custom object list as `object`: it is the JSON dict
+        objects = cast(dict[str, Any], custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural))
+        for obj in objects.get("items", []):
             if obj["metadata"].get("finalizers"):
                 custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural,
                                                       obj["metadata"]["name"], {"metadata": {"finalizers": None}})

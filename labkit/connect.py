@@ -167,10 +167,15 @@ def _check_operator_debug_log(lab: Any, namespace: dict[str, Any]) -> list[tuple
         if exc.status != 404:
             raise
         dep = None
-    manager = next((c for c in (dep.spec.template.spec.containers if dep else []) if c.name == "manager"), None)
+    manager, ready = None, False
+    if dep:
+        # the API server returns a Deployment with these set
+        assert dep.spec is not None and dep.spec.template.spec is not None
+        assert dep.status is not None and dep.metadata is not None
+        manager = next((c for c in dep.spec.template.spec.containers if c.name == "manager"), None)
+        ready = bool((dep.status.available_replicas or 0) >= 1 and (dep.status.updated_replicas or 0) >= 1
+                     and dep.status.observed_generation == dep.metadata.generation)
     args = list((manager.args or []) if manager else [])
-    ready = bool(dep and (dep.status.available_replicas or 0) >= 1
-                 and (dep.status.updated_replicas or 0) >= 1 and dep.status.observed_generation == dep.metadata.generation)
     if getattr(lab, "shared_operator", False):  # the team's VSO: the exercise is to look, not to upgrade it
         return [("VSO's Deployment exists (the team's Helm release)", dep is not None, "ask the instructor"),
                 ("it runs, untouched by this exercise (VSOLAB_SHARED_OPERATOR=1)", ready,

@@ -252,7 +252,9 @@ def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
 
     n = lab.names
     try:
-        labels = kclient.CoreV1Api(lab.kube).read_namespaced_secret(n.dynamic_secret, n.dynamic_ns).metadata.labels or {}
+        meta = kclient.CoreV1Api(lab.kube).read_namespaced_secret(n.dynamic_secret, n.dynamic_ns).metadata
+        assert meta is not None  # the API server sets it
+        labels = meta.labels or {}
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -19,8 +19,11 @@ def watcher_events(lab: Any) -> list[tuple[str, str, str]]:
 
 
 def wait_for_watcher(lab: Any, timeout: float = 30) -> tuple[str, str, str]:
-    return k8s.wait_for("VSO to report on its event watcher (EventWatcherStarted or EventWatcherError)",
-                        lambda: (watcher_events(lab) or [None])[-1], timeout)
+    def latest() -> tuple[str, str, str] | None:
+        events = watcher_events(lab)
+        return events[-1] if events else None
+
+    return k8s.wait_for("VSO to report on its event watcher (EventWatcherStarted or EventWatcherError)", latest, timeout)
 
 
 def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list[float]:
@@ -32,8 +35,10 @@ def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list
         t0 = time.monotonic()
         # `vault kv patch`: only the password changes, every other key stays
         vault.client(lab).secrets.kv.v2.patch(n.kv_path, {"password": password}, mount_point=n.kv_mount)
-        k8s.wait_for("the Kubernetes Secret to follow the Vault update",
-                     lambda pw=password: static.read_secret(lab).get("password") == pw, timeout, interval=0.05)
+        def followed(pw: str = password) -> bool:
+            return static.read_secret(lab).get("password") == pw
+
+        k8s.wait_for("the Kubernetes Secret to follow the Vault update", followed, timeout, interval=0.05)
         out.append(round(time.monotonic() - t0, 2))
     return out
 

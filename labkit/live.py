@@ -13,7 +13,7 @@ import html
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import requests
@@ -34,6 +34,9 @@ from ._livemodel import (
     parse_time,
     redact,
 )
+
+if TYPE_CHECKING:
+    from ._livemodel import Link
 
 __all__ = ["LeaseView", "PipelineView", "SecretView", "Timeline"]
 COLORS = {OK: "#2e7d32", WARN: "#f9a825", FAIL: "#c62828", UNKNOWN: "#9e9e9e"}
@@ -289,7 +292,8 @@ class PipelineView(_Chain):
 
     def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
                  deployment: str | None = None, app_path: str = "/status", interval: float = 2.0, refresh: bool = True) -> None:
-        self.app_path, self.model, self.links = app_path, PipelineModel(), ()
+        self.app_path, self.model = app_path, PipelineModel()
+        self.links: tuple[Link, ...] = ()
         self.view = widgets.HTML()
         super().__init__(lab, [self.view], kind, name, namespace, deployment, interval=interval, refresh=refresh)
 
@@ -370,7 +374,8 @@ class Timeline(_Chain):
         fig = go.Figure()
         for i, lane in enumerate(LANES):
             pts = [(round(t - start, 1), label) for t, ln, label in self.model.events if ln == lane]
-            fig.add_trace(go.Scatter(x=[x for x, _ in pts] or [None], y=[lane] * max(1, len(pts)), mode="markers", name=lane,
+            xs: list[float | None] = [x for x, _ in pts] or [None]
+            fig.add_trace(go.Scatter(x=xs, y=[lane] * max(1, len(pts)), mode="markers", name=lane,
                                      text=[label for _, label in pts], hovertemplate="%{y}: %{text} at %{x}s<extra></extra>",
                                      marker={"symbol": self.SYMBOLS[i % len(self.SYMBOLS)], "size": 11}))
         fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 30}, showlegend=False,

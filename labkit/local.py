@@ -781,7 +781,10 @@ class LocalLab:
                 say(f"  {name:<10} {actions[name]} in {time.monotonic() - t0:.1f}s")
 
         def chain(*names: str) -> Callable[[], None]:
-            return lambda: [ensure(n) for n in names] and None
+            def run() -> None:
+                for n in names:
+                    ensure(n)
+            return run
 
         # PostgreSQL and OpenBao do not depend on Kubernetes; the node agent imports its client while the API
         # server starts and registers its node once it answers. So three chains run side by side.
@@ -970,7 +973,7 @@ class LocalLab:
         st = pod.get("status") or {}
         restarts = sum(int(c.get("restartCount", 0)) for c in st.get("containerStatuses") or [])
         ready = _pod_serving(self, pod)
-        manager = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
+        manager: dict[str, Any] = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
         version = str(manager.get("image", "")).rsplit(":", 1)[-1]
         detail = f"{st.get('phase', 'Pending')}, {'Ready' if ready else 'not Ready'}, restarts {restarts}"
         return Health("operator", _pod_pid(self, pod["metadata"]["uid"]), f"{OPERATOR_NAMESPACE}/{pod['metadata']['name']}",
@@ -1151,7 +1154,8 @@ def _pod_serving(lab: LocalLab, pod: dict[str, Any]) -> bool:
     holds the old pod status (Ready, with the dead process's containerID) until the node agent has restarted it."""
     if not _pod_ready(pod):
         return False
-    st = next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c.get("name") == "manager"), {})
+    st: dict[str, Any] = next((c for c in (pod.get("status") or {}).get("containerStatuses") or []
+                               if c.get("name") == "manager"), {})
     cid = str(st.get("containerID") or "")
     if not cid.startswith("local://") or not cid[8:].isdigit():
         return False

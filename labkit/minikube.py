@@ -30,6 +30,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class Settings:
     driver: str = "docker"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
         env = os.environ if environ is None else environ
         base = cls(profile=env.get("VSOLAB_MINIKUBE_PROFILE", PROFILE), vault_license=env.get("VAULT_LICENSE", "").strip(),
                    vault_image_override=env.get("VSOLAB_VAULT_IMAGE", ""),

@@ -28,6 +28,7 @@ pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
 step() { printf '\n== %s\n' "$*"; }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
+step "type check (mypy over labkit/)"; python3 -m mypy || status=1
 step "unit and integration tests"
 pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
   --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --junitxml="$ART/junit.xml"
