@@ -22,7 +22,7 @@ from .errors import (
 )
 
 
-def get_lab(backend: str = "local", state: str | None = None):  # noqa: ANN201 - a backend's lab object
+def get_lab(backend: str = "local", state: str | None = None):  # a backend's lab object
     """The lab object for ``backend`` (not started): ``get_lab().up()``.
 
     Ready clients: ``lab.kube`` (kubernetes ApiClient), ``labkit.vault.client(lab)`` (hvac),

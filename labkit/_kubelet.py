@@ -213,7 +213,7 @@ class EventRecorder:
                 self._record(*item)
             except ApiException as exc:  # an event is best effort, as in the kubelet
                 print(f"{now_iso()} agent: event {item[4]} not recorded: HTTP {exc.status} {exc.reason}", flush=True)
-            except Exception as exc:  # noqa: BLE001 - the API server restarting, ...
+            except Exception as exc:  # the API server restarting, ...
                 print(f"{now_iso()} agent: event {item[4]} not recorded: {type(exc).__name__}", flush=True)
 
     def _record(self, ns: str, pod: str, uid: str, container: str | None, reason: str, message: str, kind: str,
@@ -424,7 +424,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
                 with contextlib.suppress(OSError):
                     sock.setblocking(True)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route
 
         def log_message(self, *args: Any) -> None:
             pass

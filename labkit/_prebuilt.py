@@ -354,7 +354,7 @@ def module_zip_url(module: str, version: str, env: Mapping[str, str]) -> str:
     return f"{goproxy_base(env)}/{escaped}/@v/v{version}.zip"
 
 
-def _open(url: str):  # noqa: ANN202
+def _open(url: str):
     from . import __version__
 
     req = urllib.request.Request(url, headers={"User-Agent": f"vsolab-labkit/{__version__} (+labkit install)"})

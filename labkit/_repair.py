@@ -193,7 +193,7 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     if "postgres" in old:
         try:
             cfg = (client.read(f"{n.db_mount}/config/{n.db_connection}") or {}).get("data") or {}
-        except Exception:  # noqa: BLE001 - no database mount yet (before notebook 03): nothing to repoint
+        except Exception:  # no database mount yet (before notebook 03): nothing to repoint
             cfg = {}
         url = (cfg.get("connection_details") or {}).get("connection_url", "")
         if url and urllib.parse.urlsplit(url).port != lab.ports["postgres"]:

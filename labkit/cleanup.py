@@ -29,7 +29,7 @@ def _delete_namespace(lab: Any, ns: str) -> None:
 
     if k8s.namespace_gone(lab.kube, ns):
         return
-    res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)  # noqa: E731
+    res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)
     # Secrets first: VSO revokes a VaultDynamicSecret's lease with the client its VaultAuth gives it,
     # so the VaultAuth and VaultConnection must outlive them.
     for kinds in (("VaultDynamicSecret", "VaultStaticSecret"), ("VaultAuth", "VaultConnection")):

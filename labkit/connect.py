@@ -86,13 +86,13 @@ def check(lab: Any) -> Check:
     try:
         crb = kclient.RbacAuthorizationV1Api(lab.kube).read_cluster_role_binding(n.reviewer_binding)
         binding_ok = crb.role_ref.name == "system:auth-delegator"
-    except Exception:  # noqa: BLE001
+    except Exception:
         binding_ok = False
     cfg: dict = {}
     try:
         r = vault.client(lab).read(f"auth/{n.k8s_auth_mount}/config")
         cfg = (r or {}).get("data", {})
-    except Exception:  # noqa: BLE001
+    except Exception:
         cfg = {}
     return Check("VSO can reach Vault, and Vault can review Kubernetes tokens", [
         (f"VaultConnection {n.vault_ns}/{n.vault_connection} is valid", valid,

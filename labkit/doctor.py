@@ -27,7 +27,7 @@ def _version(cmd: list[str]) -> str:
         return ""
 
 
-def _try(name: str, fn, fix: str = "") -> Result:  # noqa: ANN001
+def _try(name: str, fn, fix: str = "") -> Result:
     try:
         return Result(name, True, str(fn()))
     except LabkitError as exc:

@@ -217,7 +217,7 @@ def check(lab: Any) -> Check:
     try:
         code, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=10)
         app_ok = code == 200 and body.get("connected_as") == sec.get("username")
-    except Exception:  # noqa: BLE001
+    except Exception:
         app_ok = False
     return Check("dynamic secret: Vault → PostgreSQL role → VSO → Secret → app", [
         (f"VaultDynamicSecret {n.dynamic_ns}/{n.dynamic_vds} is synced", vso.is_synced(vds),

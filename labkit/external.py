@@ -531,7 +531,7 @@ class ClusterLab:
             op = self.operator()
             return Health("vso", None, f"{op.namespace}/{op.deployment}", op.ready, op.version,
                           "" if op.ready else "not ready")
-        except Exception as exc:  # noqa: BLE001 - status never raises
+        except Exception as exc:  # status never raises
             return Health("vso", None, "", False, "", str(exc).splitlines()[0][:120])
 
     def _delete_lab_objects(self) -> list[str]:
@@ -699,7 +699,7 @@ class ExternalLab(ClusterLab):
         try:
             ok = k8s.reachable(self.kube)
             out.append(Health("kubernetes", None, str(self.kubeconfig), ok, "", "" if ok else "API does not answer"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(Health("kubernetes", None, str(self.kubeconfig), False, "", str(exc).splitlines()[0][:120]))
         try:
             from . import pg
@@ -707,7 +707,7 @@ class ExternalLab(ClusterLab):
             with pg._connect(self) as conn:
                 version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
             out.append(Health("postgres", None, "{}:{}".format(*self.pg_address), True, version))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(Health("postgres", None, self.environ.get("VSOLAB_PG_ADDR", ""), False, "", str(exc).splitlines()[0][:120]))
         out.append(self._operator_health())
         return out

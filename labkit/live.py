@@ -93,7 +93,7 @@ class _Live:
             with self._lock:
                 self.apply(time.time(), observed)
             self.error = ""
-        except Exception as exc:  # noqa: BLE001 - a failed read is shown in the widget
+        except Exception as exc:  # a failed read is shown in the widget
             first = (str(exc).strip().splitlines() or [""])[0]
             self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
         with self._lock:
@@ -232,7 +232,7 @@ class LeaseView(_Live):
         if lease_id and lease_id not in self._issued:
             try:
                 self._issued = {lease_id: self._issue_time(lease_id)}
-            except Exception:  # noqa: BLE001 - without it the horizon counts from when the lease was first seen
+            except Exception:  # without it the horizon counts from when the lease was first seen
                 self._issued = {lease_id: None}
         return vds, self._issued.get(lease_id)
 
@@ -319,7 +319,7 @@ class PipelineView(_Chain):
         try:
             r = requests.get(self.lab.app_url(self.namespace, dep) + self.app_path, timeout=4)
             app = (r.status_code, r.json() if "json" in r.headers.get("content-type", "") else {})
-        except Exception as exc:  # noqa: BLE001 - an app that does not answer is a red light
+        except Exception as exc:  # an app that does not answer is a red light
             err = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]
         return PipelineObservation(vpath, vok, res, secret, pods, replicas, app, err, vdetail, dep, self.app_path)
 

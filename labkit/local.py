@@ -138,7 +138,7 @@ class Component:
     def check(self) -> bool:
         try:
             return bool(self.healthy())
-        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+        except Exception:  # any failure means "not healthy yet"
             return False
 
     def status(self) -> Health:
@@ -148,7 +148,7 @@ class Component:
         if ok:
             try:
                 version = self.version()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 version = "?"
         return Health(self.name, pid, self.address(), ok, version, "" if pid else "not running")
 
@@ -1120,7 +1120,7 @@ def _parallel(*steps: Callable[[], None], abort: threading.Event | None = None) 
     def run(step: Callable[[], None]) -> None:
         try:
             step()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:  # handed to the caller below
             errors.append(exc)
             if abort is not None:
                 abort.set()

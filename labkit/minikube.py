@@ -516,7 +516,7 @@ class MinikubeLab(ClusterLab):
             try:
                 if probe():
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 pass
             time.sleep(0.5)
         raise ComponentError(f"Waited {timeout:.0f}s for {what}: it did not become ready.", fixes)
@@ -595,7 +595,7 @@ class MinikubeLab(ClusterLab):
                 ok = c.status == "running" and bool(probe())
                 out.append(Health(role, None, addresses[role], ok, (c.image.tags or [""])[0],
                                   "" if ok else f"container {name} is {c.status}"))
-            except Exception as exc:  # noqa: BLE001 - status never raises
+            except Exception as exc:  # status never raises
                 out.append(Health(role, None, name, False, "", type(exc).__name__))
         out.append(self._operator_health() if up else Health("vso", None, "", False, "", "the cluster is not running"))
         return out

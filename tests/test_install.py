@@ -385,7 +385,7 @@ def test_a_tampered_module_zip_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     assert not install.PRODUCTS["vso"].built()
 
 
-def _fake_build(calls: list[str]):  # noqa: ANN202
+def _fake_build(calls: list[str]):
     def build(product: install.Product, *, force: bool = False) -> dict[str, Path]:
         calls.append(product.name)
         product.dir.mkdir(parents=True, exist_ok=True)
