@@ -50,10 +50,6 @@ def status(backend: str = "local", state: str | None = None) -> list:
 
 
 __all__ = [
-    "down",
-    "get_lab",
-    "status",
-    "up",
     "CheckFailed",
     "ComponentError",
     "LabkitError",
@@ -65,4 +61,8 @@ __all__ = [
     "SyncError",
     "VaultError",
     "__version__",
+    "down",
+    "get_lab",
+    "status",
+    "up",
 ]

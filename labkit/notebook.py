@@ -66,7 +66,7 @@ def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:
         out.update(CI)
     for name, (typ, _) in SPEC.items():
         value = out[name]
-        if typ in ((int, float), int) and isinstance(value, bool) or not isinstance(value, typ):
+        if (typ in ((int, float), int) and isinstance(value, bool)) or not isinstance(value, typ):
             want = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
             raise ParameterError(
                 f"Checked the parameter {name}: it should be {want}, but it is {type(value).__name__} ({value!r}).",
