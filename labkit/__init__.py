@@ -6,8 +6,7 @@ the Vault Secrets Operator through small functions named after the lab's steps.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     CheckFailed,
     ComponentError,

@@ -627,7 +627,7 @@ class NodeAgent(Component):
         return requests.get(f"{self.address()}/healthz", timeout=2).ok
 
     def version(self) -> str:
-        from . import __version__
+        from ._version import __version__
 
         return __version__
 
