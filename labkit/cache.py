@@ -8,7 +8,8 @@ from typing import Any
 
 from kubernetes import client as kclient
 
-from . import app, dynamic, exercises, k8s, vault, vso
+from . import app, dynamic, k8s, vault, vso
+from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check
 
@@ -206,7 +207,7 @@ def check(lab: Any) -> Check:
     ])
 
 
-@exercises.exercise(
+@exercise(
     "restart-kept", 5,
     "Restart the operator with kubectl rollout restart and show that the dynamic secret's lease survives.",
     ["`kubectl rollout restart deployment/<name> -n <namespace>` gives the Deployment a new pod.",
@@ -239,7 +240,7 @@ def _check_restart_kept(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ]
 
 
-@exercises.exercise(
+@exercise(
     "rotate-key", 5,
     "Rotate the transit key vso-client-cache (a new key version), and check VSO still syncs.",
     ["Transit keys rotate with `vault write -f <mount>/keys/<name>/rotate`.",

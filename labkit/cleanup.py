@@ -14,7 +14,8 @@ from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
-from . import exercises, k8s, pg, vault, vso
+from . import k8s, pg, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done, Steps
 
 
@@ -297,7 +298,7 @@ def check(lab: Any) -> Check:
     ])
 
 
-@exercises.exercise(
+@exercise(
     "transit-gone", 7, "Disable the client cache's transit engine and delete its policy.",
     ["Engines go with `vault secrets disable <path>`, policies with `vault policy delete <name>`.",
      "vault secrets disable ${PREFIX}demo-transit; vault policy delete ${PREFIX}vso-transit-policy"])
@@ -310,7 +311,7 @@ def _check_transit_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
              f"vault policy delete {n.transit_policy}")]
 
 
-@exercises.exercise(
+@exercise(
     "binding-gone", 7, "Delete the token reviewer's ClusterRoleBinding, which outlived its namespace.",
     ["ClusterRoleBindings are cluster-scoped: `kubectl get clusterrolebindings` (no -n).",
      "Its name ends in vault-to-k8s-sa-auth-delegator (notebook 01).",

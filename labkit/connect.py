@@ -8,7 +8,8 @@ from typing import Any
 
 from kubernetes import client as kclient
 
-from . import exercises, k8s, vault, vso
+from . import k8s, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done
 
 OPERATOR_RELEASE = "vault-secrets-operator"
@@ -113,7 +114,7 @@ def check(lab: Any) -> Check:
 TYPO_CONNECTION = "vault-connection-typo"
 
 
-@exercises.exercise(
+@exercise(
     "connection-typo", 1,
     "Apply a second VaultConnection, vault-connection-typo, whose address has a wrong port, and find VSO's reason.",
     ["Copy the VaultConnection cell's manifest; change metadata.name to vault-connection-typo and spec.address to "
@@ -145,7 +146,7 @@ def _check_connection_typo(lab: Any, namespace: dict[str, Any]) -> list[tuple[st
     ]
 
 
-@exercises.exercise(
+@exercise(
     "operator-debug-log", 1,
     "Upgrade the Helm release so that VSO logs at the debug level; predict what happens to its pod.",
     ["The chart's values: `helm show values hashicorp/vault-secrets-operator --version 1.5.0 | grep -n -A8 ' logging:'`"

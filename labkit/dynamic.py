@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import app, exercises, k8s, pg, vault, vso
+from . import app, k8s, pg, vault, vso
+from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
 from .notebook import duration_seconds
@@ -236,7 +237,7 @@ def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
     return not missing, f"run the cell that records {', '.join(missing)} first (just above the exercise)" if missing else ""
 
 
-@exercises.exercise(
+@exercise(
     "secret-label", 3,
     "Add the label team=hashicups to VSO's Secret through the VaultDynamicSecret's spec.destination.labels; "
     "predict the side effects (a new lease? a restart?).",
@@ -271,7 +272,7 @@ def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ]
 
 
-@exercises.exercise(
+@exercise(
     "role-ttl", 3,
     "Give the database role a default_ttl of 2m, keeping its statements and max_ttl; predict how long a new "
     "credential lasts and what VSO's current lease gets at its next renewal.",

@@ -8,7 +8,8 @@ import statistics
 import time
 from typing import Any
 
-from . import exercises, k8s, static, vault, vso
+from . import k8s, static, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done
 
 
@@ -109,7 +110,7 @@ def _synced_soon(lab: Any, timeout: float = 20) -> bool:
     return True
 
 
-@exercises.exercise(
+@exercise(
     "refresh-2s", 6, "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
     ["Only spec.refreshAfter changes: `kubectl patch ... --type merge -p '{\"spec\":{...}}'`, or re-apply the manifest.",
      "kubectl patch vaultstaticsecret vault-static-secret -n ${PREFIX}static-exampleapp --type merge "
@@ -124,7 +125,7 @@ def _check_refresh(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
              f"kubectl describe vaultstaticsecret {n.static_vss} -n {n.static_ns}")]
 
 
-@exercises.exercise(
+@exercise(
     "patch-password", 6,
     "Give the KV secret a new password with vault kv patch (keeping username) and wait for the Kubernetes Secret.",
     ["`vault kv patch` changes only the keys you name; `vault kv put` would drop username.",

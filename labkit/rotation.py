@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import app, dynamic, exercises, k8s, pg, vault, vso
+from . import app, dynamic, k8s, pg, vault, vso
+from ._exercise_registry import exercise
 from ._livemodel import ROLE_NUMBERS, parse_time, renewal_window
 from .display import Check, Done
 
@@ -210,7 +211,7 @@ def check(lab: Any, obs: Observation) -> Check:
 
 # -- exercises (notebook 04) ------------------------------------------------------------------------------------------
 
-@exercises.exercise(
+@exercise(
     "renew-earlier", 4,
     "Set the VaultDynamicSecret's renewalPercent to 30; predict what happens at once, and when the first renewal comes.",
     ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge "
@@ -246,7 +247,7 @@ def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, 
     ]
 
 
-@exercises.exercise(
+@exercise(
     "every-renewal-rotates", 4,
     "Write the database role with max_ttl equal to default_ttl; predict what Vault grants at the next renewal, "
     "and what VSO and the app do then.",
