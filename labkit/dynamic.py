@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import app, k8s, pg, vault, vso
+from ._duration import duration_seconds
 from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
-from .notebook import duration_seconds
 
 CREATION = [
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",

@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._duration import duration_seconds as duration_seconds  # it lived here: notebooks and tests import it from here
 from ._lost import CONNECTION_ERRORS, explain
 from .backends import get_backend
 from .errors import LabkitError, NotRunning, ParameterError
@@ -44,19 +45,6 @@ CI: dict[str, Any] = {
     "INTERACTIVE": False, "LIVE_SECONDS": 6, "REFRESH_AFTER": "3s", "DEFAULT_TTL": "15s", "MAX_TTL": "30s",
     "RENEWAL_PERCENT": 67, "EXERCISES_SOLVED": True,
 }
-
-
-def duration_seconds(value: str) -> float:
-    """``"90s"``, ``"2m"``, ``"1h"`` → seconds (VSO's refreshAfter format, and Vault's TTLs)."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        return float(value[:-1]) * units[value[-1]]
-    except (KeyError, ValueError, IndexError):
-        raise ParameterError(
-            f"Checked the duration {value!r}: it is not a number followed by s, m or h.",
-            ['Write durations like "30s", "2m" or "1h".', "Use a whole number of seconds for TTLs under a minute.",
-             "Check the parameters cell at the top of the notebook."],
-        ) from None
 
 
 def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def _wait(probe: Any, seconds: float) -> Any:
 
 def _refresh_wait(namespace: dict[str, Any]) -> float:
     """How long VSO may take to copy a change: refreshAfter (the notebook's parameter), plus margin."""
-    from .notebook import duration_seconds
+    from ._duration import duration_seconds
 
     return duration_seconds(str(namespace.get("REFRESH_AFTER") or "10s")) + 10
 
