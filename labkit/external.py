@@ -32,10 +32,9 @@ import requests
 import yaml
 
 from . import _env, _procs, helm, install, k8s
+from ._contract import CACHE_MODELS, Health, Result, tool
 from ._state import DEFAULT_STATE, State, listening
-from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
-from .local import CACHE_MODELS, Health
 from .names import Names
 
 CHART = "vault-secrets-operator"

@@ -255,7 +255,7 @@ def persistence_model(values: dict[str, Any]) -> str:
 
 
 def _check_model(model: str | None) -> None:
-    from .local import CACHE_MODELS
+    from ._contract import CACHE_MODELS
 
     if model is not None and model not in CACHE_MODELS:
         raise ParameterError(

@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ import requests
 import urllib3
 
 from . import _procs, _repair, _runas, install
+from ._contract import CACHE_MODELS as CACHE_MODELS  # shared with the other backends and helm; re-exported
+from ._contract import Health as Health
 from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
 from .errors import ComponentError, NotRunning, StateError, SyncError
@@ -52,7 +53,6 @@ KCM_CONTROLLERS = ",".join([
     # Jobs make pods: the VSO chart's pre-delete and pre-upgrade hooks are Jobs (`helm uninstall`, `helm upgrade`).
     "job-controller",
 ])
-CACHE_MODELS = ("none", "direct-unencrypted", "direct-encrypted")
 
 
 class _Aborted(ComponentError):
@@ -60,18 +60,6 @@ class _Aborted(ComponentError):
 
     def __init__(self) -> None:
         super().__init__("Stopped starting a component because another one failed.", ["See the other error."])
-
-
-@dataclass
-class Health:
-    """One row of ``labkit status``."""
-
-    component: str
-    pid: int | None
-    address: str
-    healthy: bool
-    version: str
-    detail: str = ""
 
 
 class Component:

@@ -39,9 +39,10 @@ import port_for
 import requests
 
 from . import install, k8s
+from ._contract import Health, Result
+from ._contract import tool_version as _version
 from ._state import State
 from .display import mask
-from .doctor import Result, _version
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError
 from .external import (
     CHART_VERSION,
@@ -54,7 +55,6 @@ from .external import (
     run,
     vso_values,
 )
-from .local import Health
 from .names import Names
 
 PROFILE = "vsolab"
