@@ -6,8 +6,7 @@ the Vault Secrets Operator through small functions named after the lab's steps.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     CheckFailed,
     ComponentError,
@@ -22,7 +21,7 @@ from .errors import (
 )
 
 
-def get_lab(backend: str = "local", state: str | None = None):  # noqa: ANN201 - a backend's lab object
+def get_lab(backend: str = "local", state: str | None = None):  # a backend's lab object
     """The lab object for ``backend`` (not started): ``get_lab().up()``.
 
     Ready clients: ``lab.kube`` (kubernetes ApiClient), ``labkit.vault.client(lab)`` (hvac),
@@ -50,10 +49,6 @@ def status(backend: str = "local", state: str | None = None) -> list:
 
 
 __all__ = [
-    "down",
-    "get_lab",
-    "status",
-    "up",
     "CheckFailed",
     "ComponentError",
     "LabkitError",
@@ -65,4 +60,8 @@ __all__ = [
     "SyncError",
     "VaultError",
     "__version__",
+    "down",
+    "get_lab",
+    "status",
+    "up",
 ]

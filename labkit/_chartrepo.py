@@ -50,10 +50,10 @@ def handler(root: Path) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._send(200, EMPTY_INDEX, "application/x-yaml", head)
             return self._send(404, b"not found\n", "text/plain", head)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._serve(head=False)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._serve(head=True)
 
         def log_message(self, fmt: str, *args: Any) -> None:

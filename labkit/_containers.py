@@ -119,11 +119,11 @@ def resolve_env(core: kclient.CoreV1Api, namespace: str, container: Any, pod: An
         if key not in cache:
             try:
                 if kind == "secret":
-                    obj = core.read_namespaced_secret(name, namespace)
-                    cache[key] = {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.data or {}).items()}
+                    sec = core.read_namespaced_secret(name, namespace)
+                    cache[key] = {k: base64.b64decode(v).decode(errors="replace") for k, v in (sec.data or {}).items()}
                 else:
-                    obj = core.read_namespaced_config_map(name, namespace)
-                    cache[key] = dict(obj.data or {})
+                    cm = core.read_namespaced_config_map(name, namespace)
+                    cache[key] = dict(cm.data or {})
             except ApiException as exc:
                 if exc.status != 404:
                     raise

@@ -28,10 +28,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import requests
 from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from typing import Self  # 3.11+; only the type checker reads it
 
 NODE_NAME = "vsolab-node"
 PORT_ANNOTATION = "vsolab.dev/port"
@@ -210,7 +213,7 @@ class EventRecorder:
                 self._record(*item)
             except ApiException as exc:  # an event is best effort, as in the kubelet
                 print(f"{now_iso()} agent: event {item[4]} not recorded: HTTP {exc.status} {exc.reason}", flush=True)
-            except Exception as exc:  # noqa: BLE001 - the API server restarting, ...
+            except Exception as exc:  # the API server restarting, ...
                 print(f"{now_iso()} agent: event {item[4]} not recorded: {type(exc).__name__}", flush=True)
 
     def _record(self, ns: str, pod: str, uid: str, container: str | None, reason: str, message: str, kind: str,
@@ -328,7 +331,7 @@ class _TLSServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     context: ssl.SSLContext
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def finish_request(self: Self, request: Any, client_address: Any) -> None:
         request.settimeout(10)
         try:
             tls = self.context.wrap_socket(request, server_side=True)
@@ -358,7 +361,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
             self.wfile.write(body)
 
         def authorized(self) -> bool:
-            cert = self.connection.getpeercert() or {}  # type: ignore[attr-defined]
+            cert = self.connection.getpeercert() or {}
             names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
             if names == [CLIENT_CN]:
                 return True
@@ -374,7 +377,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
                 msg = streaming_refusal(parts[0], parts[1], parts[2], api.pod_ports(parts[1], parts[2]))
                 self.reply(501, _status(501, "NotImplemented", msg))
             elif parts[0] == "containerLogs" and len(parts) == 4 and self.command == "GET":
-                self.logs(*parts[1:], urllib.parse.parse_qs(url.query))
+                self.logs(parts[1], parts[2], parts[3], urllib.parse.parse_qs(url.query))
             else:
                 self.reply(404, b"404 page not found\n", "text/plain")
 
@@ -421,7 +424,7 @@ def serve(port: int, pki: Path, api: KubeletAPI, stopping: threading.Event) -> h
                 with contextlib.suppress(OSError):
                     sock.setblocking(True)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route
 
         def log_message(self, *args: Any) -> None:
             pass

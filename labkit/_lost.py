@@ -107,7 +107,7 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
     if state is not None:
         try:
             ports = state.recorded_ports()
-        except Exception:  # noqa: BLE001 - a damaged state.json must not hide the real problem
+        except Exception:  # a damaged state.json must not hide the real problem
             ports = {}
     name = next((n for n, p in ports.items() if p == port), None)
     if name is None and port is None and type(exc).__module__.startswith("psycopg"):
@@ -138,7 +138,7 @@ def not_answering(lab: Any, command: str, after: str) -> LostConnection | None:
         return None
     try:
         ports = state.recorded_ports()
-    except Exception:  # noqa: BLE001 - a damaged state.json is reported by the next `labkit status`
+    except Exception:  # a damaged state.json is reported by the next `labkit status`
         return None
     for name in ("apiserver", "etcd", "openbao", "postgres"):
         port = ports.get(name)

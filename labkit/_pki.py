@@ -40,7 +40,7 @@ def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     subject: x509.Name,
-    usage: ExtendedKeyUsageOID | list[ExtendedKeyUsageOID],
+    usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
     sans: list[x509.GeneralName] | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -142,7 +142,7 @@ def ensure_etcd_pki(state: State) -> None:
         state.write_private(f"pki/{name}.crt", _cert_pem(cert))  # written last: its presence means "done"
 
 
-def _has_pair(pki: Path, name: str, usage: list[ExtendedKeyUsageOID]) -> bool:
+def _has_pair(pki: Path, name: str, usage: list[x509.ObjectIdentifier]) -> bool:
     """The key and certificate ``name`` exist and the certificate is good for every ``usage``."""
     crt, key = pki / f"{name}.crt", pki / f"{name}.key"
     if not (crt.exists() and key.exists()):

@@ -148,7 +148,7 @@ def _ask(url: str, timeout: float) -> tuple[bool, str]:
     if url.startswith("file://"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         return path.exists(), f"{path} {'exists' if path.exists() else 'is missing'}"
-    from . import __version__
+    from ._version import __version__
 
     req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": f"vsolab-labkit/{__version__} (+labkit install)"})
     try:
@@ -354,8 +354,8 @@ def module_zip_url(module: str, version: str, env: Mapping[str, str]) -> str:
     return f"{goproxy_base(env)}/{escaped}/@v/v{version}.zip"
 
 
-def _open(url: str):  # noqa: ANN202
-    from . import __version__
+def _open(url: str):
+    from ._version import __version__
 
     req = urllib.request.Request(url, headers={"User-Agent": f"vsolab-labkit/{__version__} (+labkit install)"})
     return urllib.request.urlopen(req, timeout=60)  # https, or a file:// mirror the user chose

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DiskFull, StateError
 
@@ -134,12 +134,14 @@ def retoken(lab: LocalLab) -> list[str]:
     core = kclient.CoreV1Api(k8s.api_client(lab.kubeconfig))
     done = []
     for sec in core.list_secret_for_all_namespaces(field_selector="type=kubernetes.io/service-account-token").items:
+        assert sec.metadata is not None and sec.metadata.name and sec.metadata.namespace  # set by the API server
         core.patch_namespaced_secret(sec.metadata.name, sec.metadata.namespace, {"data": {"token": None}})
         done.append(f"{sec.metadata.namespace}/{sec.metadata.name}")
     # A running pod holds a projected token signed with the lost key (the API server now refuses it, so the
     # operator's manager never becomes Ready): delete the pods, as after a key rotation on any cluster; their
     # controllers make new ones, and the node agent asks for new tokens.
     for pod in core.list_pod_for_all_namespaces().items:
+        assert pod.metadata is not None and pod.metadata.name and pod.metadata.namespace  # set by the API server
         if pod.metadata.deletion_timestamp is None:
             core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
             done.append(f"pod {pod.metadata.namespace}/{pod.metadata.name}")
@@ -158,7 +160,9 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     n = lab.names
     custom = kclient.CustomObjectsApi(api)
     try:
-        connections = custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1", "vaultconnections")["items"]
+        # the client types a custom object list as `object`: it is the JSON dict
+        connections = cast(dict[str, Any], custom.list_cluster_custom_object("secrets.hashicorp.com", "v1beta1",
+                                                                             "vaultconnections"))["items"]
     except ApiException as exc:  # 404: VSO's CRDs are not installed yet (they come with the operator, after this)
         if exc.status != 404:
             raise
@@ -189,7 +193,7 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     if "postgres" in old:
         try:
             cfg = (client.read(f"{n.db_mount}/config/{n.db_connection}") or {}).get("data") or {}
-        except Exception:  # noqa: BLE001 - no database mount yet (before notebook 03): nothing to repoint
+        except Exception:  # no database mount yet (before notebook 03): nothing to repoint
             cfg = {}
         url = (cfg.get("connection_details") or {}).get("connection_url", "")
         if url and urllib.parse.urlsplit(url).port != lab.ports["postgres"]:
@@ -227,6 +231,7 @@ def _repoint_app(lab: LocalLab) -> bool:
         raise
     changed = False
     containers = []
+    assert dep.spec is not None and dep.spec.template.spec is not None  # a Deployment has a pod spec
     for c in dep.spec.template.spec.containers:
         env = []
         for e in c.env or []:

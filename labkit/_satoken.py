@@ -56,6 +56,7 @@ def issue(core: kclient.CoreV1Api, pod: Any, pod_dir: Path, server: str, ca_file
         bound_object_ref=kclient.V1BoundObjectReference(api_version="v1", kind="Pod", name=pod.metadata.name,
                                                         uid=pod.metadata.uid)))
     resp = core.create_namespaced_service_account_token(account, ns, body)
+    assert resp.status is not None and resp.status.token is not None  # the API server answers with the token
     d = pod_dir / "serviceaccount"
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(d / "token", resp.status.token)

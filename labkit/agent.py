@@ -106,13 +106,14 @@ class Agent:
 
     # -- watching -----------------------------------------------------------------------------------
     def watch_pods(self) -> None:
-        rv = ""
+        rv: str | None = ""
         while not self.stopping.is_set():
             try:
                 if not rv:
                     lst = self.core.list_pod_for_all_namespaces()
                     for p in lst.items:
                         self.events.put(("SYNC", p))
+                    assert lst.metadata is not None  # the API server sets a list's metadata
                     rv = lst.metadata.resource_version
                 w = watch.Watch()
                 for ev in w.stream(self.core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=60,
@@ -131,7 +132,7 @@ class Agent:
                     rv = ""
                 else:
                     time.sleep(1)
-            except Exception:  # noqa: BLE001 - API server restarting, connection reset, ...
+            except Exception:  # API server restarting, connection reset, ...
                 rv = ""
                 time.sleep(1)
 
@@ -424,7 +425,7 @@ class Agent:
             if pr.pending is not None and pr.pending.done():
                 try:
                     ok, why = pr.pending.result()
-                except Exception as exc:  # noqa: BLE001 - a probe that cannot run has failed
+                except Exception as exc:  # a probe that cannot run has failed
                     ok, why = False, f"{type(exc).__name__}: {exc}"
                 pr.pending = None
                 p = pr.spec
@@ -496,7 +497,7 @@ class Agent:
             try:
                 self.register_node()
                 break
-            except Exception:  # noqa: BLE001 - API server not ready yet
+            except Exception:  # API server not ready yet
                 time.sleep(0.5)
         threading.Thread(target=self.watch_pods, daemon=True).start()
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
@@ -506,13 +507,13 @@ class Agent:
                 self.handle(kind, pod)
             except queue.Empty:
                 pass
-            except Exception as exc:  # noqa: BLE001 - keep the node alive; log and go on
+            except Exception as exc:  # keep the node alive; log and go on
                 print(f"{_now()} agent: {type(exc).__name__}: {exc}", flush=True)
             try:
                 self.tick()
                 if time.monotonic() - self.last_heartbeat > 20:
                     self.heartbeat()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 print(f"{_now()} agent: {type(exc).__name__}: {exc}", flush=True)
         for uid in list(self.runs):
             self.stop_run(uid)
@@ -521,7 +522,7 @@ class Agent:
 def serve_health(port: int, agent: Agent) -> None:
     """Plain-HTTP ``/healthz`` for ``labkit status`` (no pod data)."""
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = json.dumps({"pods": len(agent.runs), "node": NODE_NAME}).encode()
             ok = self.path == "/healthz" and agent.last_heartbeat > 0
             self.send_response(200 if ok else 503)

@@ -8,7 +8,8 @@ from typing import Any
 
 from kubernetes import client as kclient
 
-from . import app, dynamic, exercises, k8s, vault, vso
+from . import app, dynamic, k8s, vault, vso
+from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check
 
@@ -44,8 +45,12 @@ def shared(lab: Any) -> bool:
 def cache_secrets(lab: Any) -> list[dict[str, Any]]:
     """The ``vso-cc-*`` Secrets VSO keeps in its namespace, with their labels."""
     items = kclient.CoreV1Api(lab.kube).list_namespaced_secret(lab.names.operator_ns).items
-    return [{"name": s.metadata.name, "labels": dict(s.metadata.labels or {})}
-            for s in items if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key"]
+    out: list[dict[str, Any]] = []
+    for s in items:
+        assert s.metadata is not None and s.metadata.name is not None  # the API server sets both
+        if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
+            out.append({"name": s.metadata.name, "labels": dict(s.metadata.labels or {})})
+    return out
 
 
 def wait_for_cache(lab: Any, timeout: float = 90) -> list[dict[str, Any]]:
@@ -202,7 +207,7 @@ def check(lab: Any) -> Check:
     ])
 
 
-@exercises.exercise(
+@exercise(
     "restart-kept", 5,
     "Restart the operator with kubectl rollout restart and show that the dynamic secret's lease survives.",
     ["`kubectl rollout restart deployment/<name> -n <namespace>` gives the Deployment a new pod.",
@@ -235,7 +240,7 @@ def _check_restart_kept(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ]
 
 
-@exercises.exercise(
+@exercise(
     "rotate-key", 5,
     "Rotate the transit key vso-client-cache (a new key version), and check VSO still syncs.",
     ["Transit keys rotate with `vault write -f <mount>/keys/<name>/rotate`.",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, cast
 
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
-from . import exercises, k8s, pg, vault, vso
+from . import k8s, pg, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done, Steps
 
 
@@ -29,15 +30,17 @@ def _delete_namespace(lab: Any, ns: str) -> None:
 
     if k8s.namespace_gone(lab.kube, ns):
         return
-    res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)  # noqa: E731
+    res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)
     # Secrets first: VSO revokes a VaultDynamicSecret's lease with the client its VaultAuth gives it,
     # so the VaultAuth and VaultConnection must outlive them.
     for kinds in (("VaultDynamicSecret", "VaultStaticSecret"), ("VaultAuth", "VaultConnection")):
         for kind in kinds:
             for obj in res(kind).get(namespace=ns).items:
                 vso.delete(lab, kind, obj.metadata.name, ns)
-        k8s.wait_for(f"VSO to finalise the {' and '.join(kinds)} resources in {ns}",
-                     lambda kinds=kinds: not any(res(kind).get(namespace=ns).items for kind in kinds), 60,
+        def finalised(kinds: tuple[str, ...] = kinds) -> bool:
+            return not any(res(kind).get(namespace=ns).items for kind in kinds)
+
+        k8s.wait_for(f"VSO to finalise the {' and '.join(kinds)} resources in {ns}", finalised, 60,
                      hint="VSO removes its finalizers; check that VSO runs (`labkit status`)")
     apps, core = kclient.AppsV1Api(lab.kube), kclient.CoreV1Api(lab.kube)
     apps.delete_collection_namespaced_deployment(ns)
@@ -88,6 +91,7 @@ def undo_cache(lab: Any) -> Done:
 
     core = kclient.CoreV1Api(lab.kube)
     for s in [] if shared else core.list_namespaced_secret(n.operator_ns).items:
+        assert s.metadata is not None and s.metadata.name is not None  # the API server sets both
         if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
             core.delete_namespaced_secret(s.metadata.name, n.operator_ns)
     return Done("client-cache persistence off; transit engine, key, policy and role removed",
@@ -207,7 +211,9 @@ def _strip_vso_finalizers(lab: Any, ns: str) -> int:
     custom = kclient.CustomObjectsApi(lab.kube)
     count = 0
     for plural in ("vaultdynamicsecrets", "vaultstaticsecrets", "vaultauths", "vaultconnections"):
-        for obj in custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural).get("items", []):
+        # the client types a custom object list as `object`: it is the JSON dict
+        objects = cast(dict[str, Any], custom.list_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural))
+        for obj in objects.get("items", []):
             if obj["metadata"].get("finalizers"):
                 custom.patch_namespaced_custom_object("secrets.hashicorp.com", "v1beta1", ns, plural,
                                                       obj["metadata"]["name"], {"metadata": {"finalizers": None}})
@@ -292,7 +298,7 @@ def check(lab: Any) -> Check:
     ])
 
 
-@exercises.exercise(
+@exercise(
     "transit-gone", 7, "Disable the client cache's transit engine and delete its policy.",
     ["Engines go with `vault secrets disable <path>`, policies with `vault policy delete <name>`.",
      "vault secrets disable ${PREFIX}demo-transit; vault policy delete ${PREFIX}vso-transit-policy"])
@@ -305,7 +311,7 @@ def _check_transit_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
              f"vault policy delete {n.transit_policy}")]
 
 
-@exercises.exercise(
+@exercise(
     "binding-gone", 7, "Delete the token reviewer's ClusterRoleBinding, which outlived its namespace.",
     ["ClusterRoleBindings are cluster-scoped: `kubectl get clusterrolebindings` (no -n).",
      "Its name ends in vault-to-k8s-sa-auth-delegator (notebook 01).",

@@ -14,7 +14,7 @@ from .errors import LabkitError, ParameterError
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -29,16 +29,16 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab(args: argparse.Namespace):  # noqa: ANN202
+def _lab(args: argparse.Namespace):
     from .backends import get_backend
 
     return get_backend(args.backend, state=args.state)
 
 
-def _lab_or_none(args: argparse.Namespace):  # noqa: ANN202
+def _lab_or_none(args: argparse.Namespace):
     try:
         return _lab(args)
-    except Exception:  # noqa: BLE001 - only used to name the component in an error message
+    except Exception:  # only used to name the component in an error message
         return None
 
 
@@ -53,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_text(lab) -> str:  # noqa: ANN001
+def _status_text(lab) -> str:
     rows = [[h.component, str(h.pid or "-"), h.address,
              (f"healthy ({h.detail})" if h.detail else "healthy") if h.healthy else f"DOWN {h.detail}".strip(), h.version]
             for h in lab.status()]

@@ -8,7 +8,8 @@ from typing import Any
 
 from kubernetes import client as kclient
 
-from . import exercises, k8s, vault, vso
+from . import k8s, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done
 
 OPERATOR_RELEASE = "vault-secrets-operator"
@@ -86,13 +87,13 @@ def check(lab: Any) -> Check:
     try:
         crb = kclient.RbacAuthorizationV1Api(lab.kube).read_cluster_role_binding(n.reviewer_binding)
         binding_ok = crb.role_ref.name == "system:auth-delegator"
-    except Exception:  # noqa: BLE001
+    except Exception:
         binding_ok = False
     cfg: dict = {}
     try:
         r = vault.client(lab).read(f"auth/{n.k8s_auth_mount}/config")
         cfg = (r or {}).get("data", {})
-    except Exception:  # noqa: BLE001
+    except Exception:
         cfg = {}
     return Check("VSO can reach Vault, and Vault can review Kubernetes tokens", [
         (f"VaultConnection {n.vault_ns}/{n.vault_connection} is valid", valid,
@@ -113,7 +114,7 @@ def check(lab: Any) -> Check:
 TYPO_CONNECTION = "vault-connection-typo"
 
 
-@exercises.exercise(
+@exercise(
     "connection-typo", 1,
     "Apply a second VaultConnection, vault-connection-typo, whose address has a wrong port, and find VSO's reason.",
     ["Copy the VaultConnection cell's manifest; change metadata.name to vault-connection-typo and spec.address to "
@@ -145,7 +146,7 @@ def _check_connection_typo(lab: Any, namespace: dict[str, Any]) -> list[tuple[st
     ]
 
 
-@exercises.exercise(
+@exercise(
     "operator-debug-log", 1,
     "Upgrade the Helm release so that VSO logs at the debug level; predict what happens to its pod.",
     ["The chart's values: `helm show values hashicorp/vault-secrets-operator --version 1.5.0 | grep -n -A8 ' logging:'`"
@@ -167,10 +168,15 @@ def _check_operator_debug_log(lab: Any, namespace: dict[str, Any]) -> list[tuple
         if exc.status != 404:
             raise
         dep = None
-    manager = next((c for c in (dep.spec.template.spec.containers if dep else []) if c.name == "manager"), None)
+    manager, ready = None, False
+    if dep:
+        # the API server returns a Deployment with these set
+        assert dep.spec is not None and dep.spec.template.spec is not None
+        assert dep.status is not None and dep.metadata is not None
+        manager = next((c for c in dep.spec.template.spec.containers if c.name == "manager"), None)
+        ready = bool((dep.status.available_replicas or 0) >= 1 and (dep.status.updated_replicas or 0) >= 1
+                     and dep.status.observed_generation == dep.metadata.generation)
     args = list((manager.args or []) if manager else [])
-    ready = bool(dep and (dep.status.available_replicas or 0) >= 1
-                 and (dep.status.updated_replicas or 0) >= 1 and dep.status.observed_generation == dep.metadata.generation)
     if getattr(lab, "shared_operator", False):  # the team's VSO: the exercise is to look, not to upgrade it
         return [("VSO's Deployment exists (the team's Helm release)", dep is not None, "ask the instructor"),
                 ("it runs, untouched by this exercise (VSOLAB_SHARED_OPERATOR=1)", ready,

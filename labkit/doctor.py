@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from dataclasses import dataclass
 
 from . import _runas, install
+
+# Result and tool live with what the backends share (the backends' doctor_checks make Results): re-exported here
+from ._contract import Result as Result
+from ._contract import tool as tool
+from ._contract import tool_version as _version
 from .errors import LabkitError, ParameterError
 
 
-@dataclass
-class Result:
-    name: str
-    ok: bool
-    detail: str = ""
-    fix: str = ""
-
-
-def _version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def _try(name: str, fn, fix: str = "") -> Result:  # noqa: ANN001
+def _try(name: str, fn, fix: str = "") -> Result:
     try:
         return Result(name, True, str(fn()))
     except LabkitError as exc:
@@ -93,11 +79,3 @@ def doctor(backend: str = "local") -> list[Result]:
         return ext_checks()
     raise ParameterError(f"Checked the backend name {backend!r}: unknown.",
                          ["Use local, minikube or external.", "See `labkit --help`.", "Set VSOLAB_BACKEND accordingly."])
-
-
-def tool(name: str, version_args: list[str], fix: str) -> Result:
-    """A Result for one command-line tool on PATH."""
-    path = shutil.which(name)
-    if not path:
-        return Result(name, False, "", fix)
-    return Result(name, True, _version([path, *version_args]) or path)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import app, exercises, k8s, pg, vault, vso
+from . import app, k8s, pg, vault, vso
+from ._duration import duration_seconds
+from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
-from .notebook import duration_seconds
 
 CREATION = [
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
@@ -217,7 +218,7 @@ def check(lab: Any) -> Check:
     try:
         code, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=10)
         app_ok = code == 200 and body.get("connected_as") == sec.get("username")
-    except Exception:  # noqa: BLE001
+    except Exception:
         app_ok = False
     return Check("dynamic secret: Vault → PostgreSQL role → VSO → Secret → app", [
         (f"VaultDynamicSecret {n.dynamic_ns}/{n.dynamic_vds} is synced", vso.is_synced(vds),
@@ -236,7 +237,7 @@ def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
     return not missing, f"run the cell that records {', '.join(missing)} first (just above the exercise)" if missing else ""
 
 
-@exercises.exercise(
+@exercise(
     "secret-label", 3,
     "Add the label team=hashicups to VSO's Secret through the VaultDynamicSecret's spec.destination.labels; "
     "predict the side effects (a new lease? a restart?).",
@@ -252,7 +253,9 @@ def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
 
     n = lab.names
     try:
-        labels = kclient.CoreV1Api(lab.kube).read_namespaced_secret(n.dynamic_secret, n.dynamic_ns).metadata.labels or {}
+        meta = kclient.CoreV1Api(lab.kube).read_namespaced_secret(n.dynamic_secret, n.dynamic_ns).metadata
+        assert meta is not None  # the API server sets it
+        labels = meta.labels or {}
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -269,7 +272,7 @@ def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ]
 
 
-@exercises.exercise(
+@exercise(
     "role-ttl", 3,
     "Give the database role a default_ttl of 2m, keeping its statements and max_ttl; predict how long a new "
     "credential lasts and what VSO's current lease gets at its next renewal.",

@@ -63,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/secret":
             self._send(200, {**creds(), "pid": os.getpid(), "started": STARTED})
         elif self.path == "/status":

@@ -8,37 +8,14 @@ the text CI types is in ``notebooks/solutions/<notebook>.yaml`` (see :mod:`labki
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+# the registry lives in a module of its own: the stage modules register into it, and this one imports them
+from ._exercise_registry import REGISTRY as REGISTRY
+from ._exercise_registry import Exercise as Exercise
+from ._exercise_registry import exercise as exercise
 from .display import Check
 from .errors import CheckFailed, ParameterError
-
-
-@dataclass
-class Exercise:
-    id: str
-    notebook: int
-    task: str
-    hints: list[str]
-    checker: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
-    #: how many hints this kernel has shown so far
-    shown: int = field(default=0)
-
-
-REGISTRY: dict[str, Exercise] = {}
-
-
-def exercise(id: str, notebook: int, task: str, hints: list[str]) -> Callable[
-        [Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]],
-        Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]]:
-    """Register a checker: ``checker(lab, namespace) -> [(what was checked, passed, what to look at when not)]``."""
-    def register(fn: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
-                 ) -> Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]:
-        REGISTRY[id] = Exercise(id, notebook, task, hints, fn)
-        return fn
-    return register
 
 
 def _get(id: str) -> Exercise:

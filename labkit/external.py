@@ -25,17 +25,16 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import port_for
 import requests
 import yaml
 
 from . import _env, _procs, helm, install, k8s
+from ._contract import CACHE_MODELS, Health, Result, tool
 from ._state import DEFAULT_STATE, State, listening
-from .doctor import Result, tool
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError, SyncError
-from .local import CACHE_MODELS, Health
 from .names import Names
 
 CHART = "vault-secrets-operator"
@@ -304,16 +303,26 @@ class ClusterLab:
     # -- subclasses provide these ----------------------------------------------------------------
     kubeconfig: Path
     kube_context: str | None = None
-    names: Names
-    vault_addr: str
-    vault_token: str
-    vault_addr_for_cluster: str
-    kube_api_for_vault: str
-    pg_address: tuple[str, int]
-    pg_address_for_vault: tuple[str, int]
-    pg_address_for_pods: tuple[str, int]
-    pg_admin_password: str
     pg_admin_user = "root"
+    if TYPE_CHECKING:  # read-only: the subclasses make them properties (nothing exists here at run time)
+        @property
+        def names(self) -> Names: ...
+        @property
+        def vault_addr(self) -> str: ...
+        @property
+        def vault_token(self) -> str: ...
+        @property
+        def vault_addr_for_cluster(self) -> str: ...
+        @property
+        def kube_api_for_vault(self) -> str: ...
+        @property
+        def pg_address(self) -> tuple[str, int]: ...
+        @property
+        def pg_address_for_vault(self) -> tuple[str, int]: ...
+        @property
+        def pg_address_for_pods(self) -> tuple[str, int]: ...
+        @property
+        def pg_admin_password(self) -> str: ...
 
     # -- shared members of the contract --------------------------------------------------------------
     @property
@@ -400,10 +409,14 @@ class ClusterLab:
                 if exc.status != 403:
                     raise
         for dep in items:
+            # the API server returns a Deployment with its metadata, name, namespace, pod spec and status
+            assert dep.metadata is not None and dep.metadata.name and dep.metadata.namespace
+            assert dep.spec is not None and dep.spec.template.spec is not None and dep.status is not None
             containers = {c.name: c for c in dep.spec.template.spec.containers}
             mgr = containers.get(MANAGER_CONTAINER)
             if not mgr:
                 continue
+            assert mgr.image is not None  # a Deployment's container always names its image
             ann, labels = dep.metadata.annotations or {}, dep.metadata.labels or {}
             chart = labels.get("helm.sh/chart", "")
             env = {e.name: e.value or "" for e in mgr.env or []}
@@ -470,7 +483,9 @@ class ClusterLab:
                  "On a cluster of your own, set VSOLAB_SHARED_OPERATOR=0 (the lab may then restart VSO)."])
         op = self.operator()
         apps = kclient.AppsV1Api(self.kube)
-        generation = apps.read_namespaced_deployment(op.deployment, op.namespace).metadata.generation
+        meta = apps.read_namespaced_deployment(op.deployment, op.namespace).metadata
+        assert meta is not None  # the API server sets it
+        generation = meta.generation
         if client_cache_persistence_model is not None:
             if not op.release:
                 raise ParameterError(
@@ -483,7 +498,9 @@ class ClusterLab:
             self._helm(op.release, op.namespace, op.chart_version or CHART_VERSION, client_cache_persistence_model,
                        reuse=self.reuse_helm_values)
             self.state.update(vso={"client_cache_persistence_model": client_cache_persistence_model})
-        if apps.read_namespaced_deployment(op.deployment, op.namespace).metadata.generation == generation:
+        meta = apps.read_namespaced_deployment(op.deployment, op.namespace).metadata
+        assert meta is not None
+        if meta.generation == generation:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             apps.patch_namespaced_deployment(op.deployment, op.namespace, {
                 "spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: stamp}}}}})
@@ -498,6 +515,8 @@ class ClusterLab:
         def probe() -> Operator | None:
             op = self.operator()
             dep = apps.read_namespaced_deployment(op.deployment, op.namespace)
+            assert dep.metadata is not None and dep.metadata.generation is not None and dep.status is not None
+            assert dep.spec is not None  # all set on a Deployment the API server returns
             st, want = dep.status, dep.spec.replicas or 1
             done = ((st.observed_generation or 0) >= dep.metadata.generation and (st.updated_replicas or 0) == want
                     and (st.ready_replicas or 0) == want and (st.replicas or 0) == want)
@@ -511,7 +530,7 @@ class ClusterLab:
             op = self.operator()
             return Health("vso", None, f"{op.namespace}/{op.deployment}", op.ready, op.version,
                           "" if op.ready else "not ready")
-        except Exception as exc:  # noqa: BLE001 - status never raises
+        except Exception as exc:  # status never raises
             return Health("vso", None, "", False, "", str(exc).splitlines()[0][:120])
 
     def _delete_lab_objects(self) -> list[str]:
@@ -519,7 +538,8 @@ class ClusterLab:
         from kubernetes import client as kclient
         from kubernetes.client.exceptions import ApiException
 
-        n, deleted = self.names, []
+        n = self.names
+        deleted: list[str] = []
         try:
             if not k8s.reachable(self.kube):
                 return deleted
@@ -535,7 +555,10 @@ class ClusterLab:
             if exc.status != 404:
                 raise
         for ns in (n.static_ns, n.dynamic_ns, n.vault_ns):
-            k8s.wait_for(f"namespace {ns} to be deleted", lambda ns=ns: k8s.namespace_gone(self.kube, ns), 180,
+            def gone(ns: str = ns) -> bool:
+                return k8s.namespace_gone(self.kube, ns)
+
+            k8s.wait_for(f"namespace {ns} to be deleted", gone, 180,
                          hint=f"a namespace waits for its pods and VSO resources; check `kubectl get all -n {ns}`")
         return deleted
 
@@ -675,7 +698,7 @@ class ExternalLab(ClusterLab):
         try:
             ok = k8s.reachable(self.kube)
             out.append(Health("kubernetes", None, str(self.kubeconfig), ok, "", "" if ok else "API does not answer"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(Health("kubernetes", None, str(self.kubeconfig), False, "", str(exc).splitlines()[0][:120]))
         try:
             from . import pg
@@ -683,7 +706,7 @@ class ExternalLab(ClusterLab):
             with pg._connect(self) as conn:
                 version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
             out.append(Health("postgres", None, "{}:{}".format(*self.pg_address), True, version))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(Health("postgres", None, self.environ.get("VSOLAB_PG_ADDR", ""), False, "", str(exc).splitlines()[0][:120]))
         out.append(self._operator_health())
         return out

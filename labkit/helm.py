@@ -44,7 +44,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -255,7 +255,7 @@ def persistence_model(values: dict[str, Any]) -> str:
 
 
 def _check_model(model: str | None) -> None:
-    from .local import CACHE_MODELS
+    from ._contract import CACHE_MODELS
 
     if model is not None and model not in CACHE_MODELS:
         raise ParameterError(
@@ -291,8 +291,8 @@ def installed(lab: LocalLab) -> bool:
 def _release_objects(lab: LocalLab, plural: str) -> list[dict[str, Any]]:
     from kubernetes import client as kclient
 
-    res = kclient.CustomObjectsApi(lab.kube).list_namespaced_custom_object(
-        "secrets.hashicorp.com", "v1beta1", NAMESPACE, plural, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+    res = cast(dict[str, Any], kclient.CustomObjectsApi(lab.kube).list_namespaced_custom_object(  # typed `object`: a JSON dict
+        "secrets.hashicorp.com", "v1beta1", NAMESPACE, plural, label_selector=f"app.kubernetes.io/instance={RELEASE}"))
     return list(res.get("items") or [])
 
 
@@ -320,8 +320,10 @@ def uninstall_release(lab: LocalLab) -> list[str]:
             k8s.delete(lab.kube, "secrets.hashicorp.com/v1beta1", obj["kind"], obj["metadata"]["name"], NAMESPACE)
             done.append(f"deleted {obj['kind']} {NAMESPACE}/{obj['metadata']['name']}")
         if ready:
-            k8s.wait_for(f"the operator to finalise the release's {plural}",
-                         lambda plural=plural: not _release_objects(lab, plural) or None, 60, interval=0.5,
+            def finalised(plural: str = plural) -> bool | None:
+                return not _release_objects(lab, plural) or None
+
+            k8s.wait_for(f"the operator to finalise the release's {plural}", finalised, 60, interval=0.5,
                          hint="Read the manager's log: `kubectl logs -n vault-secrets-operator "
                               f"deploy/{DEPLOYMENT} -c manager`.")
     run(lab, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "2m")

@@ -8,7 +8,8 @@ import statistics
 import time
 from typing import Any
 
-from . import exercises, k8s, static, vault, vso
+from . import k8s, static, vault, vso
+from ._exercise_registry import exercise
 from .display import Check, Done
 
 
@@ -19,8 +20,11 @@ def watcher_events(lab: Any) -> list[tuple[str, str, str]]:
 
 
 def wait_for_watcher(lab: Any, timeout: float = 30) -> tuple[str, str, str]:
-    return k8s.wait_for("VSO to report on its event watcher (EventWatcherStarted or EventWatcherError)",
-                        lambda: (watcher_events(lab) or [None])[-1], timeout)
+    def latest() -> tuple[str, str, str] | None:
+        events = watcher_events(lab)
+        return events[-1] if events else None
+
+    return k8s.wait_for("VSO to report on its event watcher (EventWatcherStarted or EventWatcherError)", latest, timeout)
 
 
 def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list[float]:
@@ -32,8 +36,10 @@ def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list
         t0 = time.monotonic()
         # `vault kv patch`: only the password changes, every other key stays
         vault.client(lab).secrets.kv.v2.patch(n.kv_path, {"password": password}, mount_point=n.kv_mount)
-        k8s.wait_for("the Kubernetes Secret to follow the Vault update",
-                     lambda pw=password: static.read_secret(lab).get("password") == pw, timeout, interval=0.05)
+        def followed(pw: str = password) -> bool:
+            return static.read_secret(lab).get("password") == pw
+
+        k8s.wait_for("the Kubernetes Secret to follow the Vault update", followed, timeout, interval=0.05)
         out.append(round(time.monotonic() - t0, 2))
     return out
 
@@ -104,7 +110,7 @@ def _synced_soon(lab: Any, timeout: float = 20) -> bool:
     return True
 
 
-@exercises.exercise(
+@exercise(
     "refresh-2s", 6, "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
     ["Only spec.refreshAfter changes: `kubectl patch ... --type merge -p '{\"spec\":{...}}'`, or re-apply the manifest.",
      "kubectl patch vaultstaticsecret vault-static-secret -n ${PREFIX}static-exampleapp --type merge "
@@ -119,7 +125,7 @@ def _check_refresh(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
              f"kubectl describe vaultstaticsecret {n.static_vss} -n {n.static_ns}")]
 
 
-@exercises.exercise(
+@exercise(
     "patch-password", 6,
     "Give the KV secret a new password with vault kv patch (keeping username) and wait for the Kubernetes Secret.",
     ["`vault kv patch` changes only the keys you name; `vault kv put` would drop username.",

@@ -187,7 +187,7 @@ def reachable(api: kclient.ApiClient) -> bool:
     try:
         kclient.VersionApi(api).get_code(_request_timeout=3)
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception:  # any failure means "not reachable"
         return False
 
 

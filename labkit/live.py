@@ -13,7 +13,7 @@ import html
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import requests
@@ -34,6 +34,9 @@ from ._livemodel import (
     parse_time,
     redact,
 )
+
+if TYPE_CHECKING:
+    from ._livemodel import Link
 
 __all__ = ["LeaseView", "PipelineView", "SecretView", "Timeline"]
 COLORS = {OK: "#2e7d32", WARN: "#f9a825", FAIL: "#c62828", UNKNOWN: "#9e9e9e"}
@@ -90,7 +93,7 @@ class _Live:
             with self._lock:
                 self.apply(time.time(), observed)
             self.error = ""
-        except Exception as exc:  # noqa: BLE001 - a failed read is shown in the widget
+        except Exception as exc:  # a failed read is shown in the widget
             first = (str(exc).strip().splitlines() or [""])[0]
             self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
         with self._lock:
@@ -229,7 +232,7 @@ class LeaseView(_Live):
         if lease_id and lease_id not in self._issued:
             try:
                 self._issued = {lease_id: self._issue_time(lease_id)}
-            except Exception:  # noqa: BLE001 - without it the horizon counts from when the lease was first seen
+            except Exception:  # without it the horizon counts from when the lease was first seen
                 self._issued = {lease_id: None}
         return vds, self._issued.get(lease_id)
 
@@ -289,7 +292,8 @@ class PipelineView(_Chain):
 
     def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
                  deployment: str | None = None, app_path: str = "/status", interval: float = 2.0, refresh: bool = True) -> None:
-        self.app_path, self.model, self.links = app_path, PipelineModel(), ()
+        self.app_path, self.model = app_path, PipelineModel()
+        self.links: tuple[Link, ...] = ()
         self.view = widgets.HTML()
         super().__init__(lab, [self.view], kind, name, namespace, deployment, interval=interval, refresh=refresh)
 
@@ -315,7 +319,7 @@ class PipelineView(_Chain):
         try:
             r = requests.get(self.lab.app_url(self.namespace, dep) + self.app_path, timeout=4)
             app = (r.status_code, r.json() if "json" in r.headers.get("content-type", "") else {})
-        except Exception as exc:  # noqa: BLE001 - an app that does not answer is a red light
+        except Exception as exc:  # an app that does not answer is a red light
             err = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:200]
         return PipelineObservation(vpath, vok, res, secret, pods, replicas, app, err, vdetail, dep, self.app_path)
 
@@ -370,7 +374,8 @@ class Timeline(_Chain):
         fig = go.Figure()
         for i, lane in enumerate(LANES):
             pts = [(round(t - start, 1), label) for t, ln, label in self.model.events if ln == lane]
-            fig.add_trace(go.Scatter(x=[x for x, _ in pts] or [None], y=[lane] * max(1, len(pts)), mode="markers", name=lane,
+            xs: list[float | None] = [x for x, _ in pts] or [None]
+            fig.add_trace(go.Scatter(x=xs, y=[lane] * max(1, len(pts)), mode="markers", name=lane,
                                      text=[label for _, label in pts], hovertemplate="%{y}: %{text} at %{x}s<extra></extra>",
                                      marker={"symbol": self.SYMBOLS[i % len(self.SYMBOLS)], "size": 11}))
         fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 30, "b": 30}, showlegend=False,

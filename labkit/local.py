@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ import requests
 import urllib3
 
 from . import _procs, _repair, _runas, install
+from ._contract import CACHE_MODELS as CACHE_MODELS  # shared with the other backends and helm; re-exported
+from ._contract import Health as Health
 from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
 from .errors import ComponentError, NotRunning, StateError, SyncError
@@ -52,7 +53,6 @@ KCM_CONTROLLERS = ",".join([
     # Jobs make pods: the VSO chart's pre-delete and pre-upgrade hooks are Jobs (`helm uninstall`, `helm upgrade`).
     "job-controller",
 ])
-CACHE_MODELS = ("none", "direct-unencrypted", "direct-encrypted")
 
 
 class _Aborted(ComponentError):
@@ -60,18 +60,6 @@ class _Aborted(ComponentError):
 
     def __init__(self) -> None:
         super().__init__("Stopped starting a component because another one failed.", ["See the other error."])
-
-
-@dataclass
-class Health:
-    """One row of ``labkit status``."""
-
-    component: str
-    pid: int | None
-    address: str
-    healthy: bool
-    version: str
-    detail: str = ""
 
 
 class Component:
@@ -138,7 +126,7 @@ class Component:
     def check(self) -> bool:
         try:
             return bool(self.healthy())
-        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+        except Exception:  # any failure means "not healthy yet"
             return False
 
     def status(self) -> Health:
@@ -148,7 +136,7 @@ class Component:
         if ok:
             try:
                 version = self.version()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 version = "?"
         return Health(self.name, pid, self.address(), ok, version, "" if pid else "not running")
 
@@ -627,7 +615,7 @@ class NodeAgent(Component):
         return requests.get(f"{self.address()}/healthz", timeout=2).ok
 
     def version(self) -> str:
-        from . import __version__
+        from ._version import __version__
 
         return __version__
 
@@ -781,7 +769,10 @@ class LocalLab:
                 say(f"  {name:<10} {actions[name]} in {time.monotonic() - t0:.1f}s")
 
         def chain(*names: str) -> Callable[[], None]:
-            return lambda: [ensure(n) for n in names] and None
+            def run() -> None:
+                for n in names:
+                    ensure(n)
+            return run
 
         # PostgreSQL and OpenBao do not depend on Kubernetes; the node agent imports its client while the API
         # server starts and registers its node once it answers. So three chains run side by side.
@@ -970,7 +961,7 @@ class LocalLab:
         st = pod.get("status") or {}
         restarts = sum(int(c.get("restartCount", 0)) for c in st.get("containerStatuses") or [])
         ready = _pod_serving(self, pod)
-        manager = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
+        manager: dict[str, Any] = next((c for c in pod["spec"]["containers"] if c["name"] == "manager"), {})
         version = str(manager.get("image", "")).rsplit(":", 1)[-1]
         detail = f"{st.get('phase', 'Pending')}, {'Ready' if ready else 'not Ready'}, restarts {restarts}"
         return Health("operator", _pod_pid(self, pod["metadata"]["uid"]), f"{OPERATOR_NAMESPACE}/{pod['metadata']['name']}",
@@ -1117,7 +1108,7 @@ def _parallel(*steps: Callable[[], None], abort: threading.Event | None = None) 
     def run(step: Callable[[], None]) -> None:
         try:
             step()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:  # handed to the caller below
             errors.append(exc)
             if abort is not None:
                 abort.set()
@@ -1151,7 +1142,8 @@ def _pod_serving(lab: LocalLab, pod: dict[str, Any]) -> bool:
     holds the old pod status (Ready, with the dead process's containerID) until the node agent has restarted it."""
     if not _pod_ready(pod):
         return False
-    st = next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c.get("name") == "manager"), {})
+    st: dict[str, Any] = next((c for c in (pod.get("status") or {}).get("containerStatuses") or []
+                               if c.get("name") == "manager"), {})
     cid = str(st.get("containerID") or "")
     if not cid.startswith("local://") or not cid[8:].isdigit():
         return False

@@ -30,6 +30,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,10 @@ import port_for
 import requests
 
 from . import install, k8s
+from ._contract import Health, Result
+from ._contract import tool_version as _version
 from ._state import State
 from .display import mask
-from .doctor import Result, _version
 from .errors import ComponentError, LabkitError, MissingTool, NotRunning, ParameterError
 from .external import (
     CHART_VERSION,
@@ -53,7 +55,6 @@ from .external import (
     run,
     vso_values,
 )
-from .local import Health
 from .names import Names
 
 PROFILE = "vsolab"
@@ -111,7 +112,7 @@ class Settings:
     driver: str = "docker"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
         env = os.environ if environ is None else environ
         base = cls(profile=env.get("VSOLAB_MINIKUBE_PROFILE", PROFILE), vault_license=env.get("VAULT_LICENSE", "").strip(),
                    vault_image_override=env.get("VSOLAB_VAULT_IMAGE", ""),
@@ -515,7 +516,7 @@ class MinikubeLab(ClusterLab):
             try:
                 if probe():
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 pass
             time.sleep(0.5)
         raise ComponentError(f"Waited {timeout:.0f}s for {what}: it did not become ready.", fixes)
@@ -594,7 +595,7 @@ class MinikubeLab(ClusterLab):
                 ok = c.status == "running" and bool(probe())
                 out.append(Health(role, None, addresses[role], ok, (c.image.tags or [""])[0],
                                   "" if ok else f"container {name} is {c.status}"))
-            except Exception as exc:  # noqa: BLE001 - status never raises
+            except Exception as exc:  # status never raises
                 out.append(Health(role, None, name, False, "", type(exc).__name__))
         out.append(self._operator_health() if up else Health("vso", None, "", False, "", "the cluster is not running"))
         return out

@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._duration import duration_seconds as duration_seconds  # it lived here: notebooks and tests import it from here
 from ._lost import CONNECTION_ERRORS, explain
 from .backends import get_backend
 from .errors import LabkitError, NotRunning, ParameterError
@@ -46,19 +47,6 @@ CI: dict[str, Any] = {
 }
 
 
-def duration_seconds(value: str) -> float:
-    """``"90s"``, ``"2m"``, ``"1h"`` → seconds (VSO's refreshAfter format, and Vault's TTLs)."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        return float(value[:-1]) * units[value[-1]]
-    except (KeyError, ValueError, IndexError):
-        raise ParameterError(
-            f"Checked the duration {value!r}: it is not a number followed by s, m or h.",
-            ['Write durations like "30s", "2m" or "1h".', "Use a whole number of seconds for TTLs under a minute.",
-             "Check the parameters cell at the top of the notebook."],
-        ) from None
-
-
 def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:
     """Check the parameters' types and values; return them (with CI values under VSOLAB_CI=1)."""
     out = {k: params.get(k, default) for k, (_, default) in SPEC.items()}
@@ -66,7 +54,7 @@ def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:
         out.update(CI)
     for name, (typ, _) in SPEC.items():
         value = out[name]
-        if typ in ((int, float), int) and isinstance(value, bool) or not isinstance(value, typ):
+        if (typ in ((int, float), int) and isinstance(value, bool)) or not isinstance(value, typ):
             want = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
             raise ParameterError(
                 f"Checked the parameter {name}: it should be {want}, but it is {type(value).__name__} ({value!r}).",

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import app, dynamic, exercises, k8s, pg, vault, vso
+from . import app, dynamic, k8s, pg, vault, vso
+from ._exercise_registry import exercise
 from ._livemodel import ROLE_NUMBERS, parse_time, renewal_window
 from .display import Check, Done
 
@@ -110,7 +111,7 @@ def _before_watching(lab: Any, lease_id: str, obs: Observation, note: Callable[[
     that happened before watching began (it counts: the lesson is the lease's life, not our start)."""
     try:
         data = vault.client(lab).sys.read_lease(lease_id)["data"]
-    except Exception:  # noqa: BLE001 - expired in between: the next poll sees the new lease
+    except Exception:  # expired in between: the next poll sees the new lease
         return
     issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
     if issued is None:
@@ -172,7 +173,7 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
                     user = body.get("connected_as", "")
                     obs.app_users.append(user)
                     note("app /status", f"{body.get('status')} as {ROLE_NUMBERS.label(user) if user else '(nobody)'}")
-                except Exception as exc:  # noqa: BLE001 - a rolling pod; note it and go on
+                except Exception as exc:  # a rolling pod; note it and go on
                     note("app /status", f"no answer yet ({type(exc).__name__})")
         if progress and time.monotonic() - start >= heartbeat:
             progress(f"  t={heartbeat:5.0f}s  still watching: {obs.renewals} renewals, {obs.rotations} rotations, "
@@ -192,7 +193,7 @@ def check(lab: Any, obs: Observation) -> Check:
     try:
         code, body = app.call(lab, n.dynamic_ns, "/status", n.app, timeout=10)
         app_ok = code == 200 and body.get("connected_as") == current
-    except Exception:  # noqa: BLE001
+    except Exception:
         app_ok = False
     first_role = obs.initial_user
     still = {r["role"] for r in pg.lab_roles(lab)}
@@ -210,7 +211,7 @@ def check(lab: Any, obs: Observation) -> Check:
 
 # -- exercises (notebook 04) ------------------------------------------------------------------------------------------
 
-@exercises.exercise(
+@exercise(
     "renew-earlier", 4,
     "Set the VaultDynamicSecret's renewalPercent to 30; predict what happens at once, and when the first renewal comes.",
     ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge "
@@ -227,7 +228,7 @@ def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, 
     if lid:
         try:
             data = vault.client(lab).sys.read_lease(lid)["data"]
-        except Exception:  # noqa: BLE001 - an expired lease: no renewal to measure
+        except Exception:  # an expired lease: no renewal to measure
             data = {}
         issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
         if issued and renewed and duration:
@@ -246,7 +247,7 @@ def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, 
     ]
 
 
-@exercises.exercise(
+@exercise(
     "every-renewal-rotates", 4,
     "Write the database role with max_ttl equal to default_ttl; predict what Vault grants at the next renewal, "
     "and what VSO and the app do then.",

@@ -7,7 +7,8 @@ import secrets as _secrets
 import time
 from typing import Any
 
-from . import app, exercises, k8s, vault, vso
+from . import app, k8s, vault, vso
+from ._exercise_registry import exercise
 from .connect import connection_ref
 from .display import Check, Done
 
@@ -113,7 +114,7 @@ def check(lab: Any, *, app_expected: bool = False) -> Check:
         try:
             code, body = app.call(lab, n.static_ns, "/secret", n.app, timeout=5)
             ok = code == 200 and body.get("username") == sec.get("username") and body.get("password") == sec.get("password")
-        except Exception:  # noqa: BLE001
+        except Exception:
             ok = False
         results.append(("the app's /secret shows the Secret's values", ok,
                         "run the Deployment cell after the Secret exists (a pod reads env vars only when it starts); "
@@ -138,12 +139,12 @@ def _wait(probe: Any, seconds: float) -> Any:
 
 def _refresh_wait(namespace: dict[str, Any]) -> float:
     """How long VSO may take to copy a change: refreshAfter (the notebook's parameter), plus margin."""
-    from .notebook import duration_seconds
+    from ._duration import duration_seconds
 
     return duration_seconds(str(namespace.get("REFRESH_AFTER") or "10s")) + 10
 
 
-@exercises.exercise(
+@exercise(
     "api-key", 2,
     "Add api_key to static/exampleapp/creds without losing username and password; watch it reach the Secret.",
     ["`vault kv put` replaces the whole secret (a new version with only the keys you give). "
@@ -172,7 +173,7 @@ def _check_api_key(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool,
     ]
 
 
-@exercises.exercise(
+@exercise(
     "second-secret", 2,
     "Sync static/exampleapp/api into the Secret vso-static-api with a second VaultStaticSecret; find why it does "
     "not sync, and fix it.",

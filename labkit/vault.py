@@ -104,7 +104,7 @@ def enable_secrets_engine(lab: Any, backend_type: str, path: str, options: dict[
                               "Run the clean-up notebook to reset the lab."])
         return Done(f"the {backend_type} secrets engine is already enabled at {key}", cmd)
     c.sys.enable_secrets_engine(backend_type, path=path, options=options)
-    if backend_type == "kv" and (options or {}).get("version") == "2" or backend_type == "kv-v2":
+    if (backend_type == "kv" and (options or {}).get("version") == "2") or backend_type == "kv-v2":
         _wait_kv_v2_ready(c, path.strip("/"))
     return Done(f"enabled the {backend_type} secrets engine at {key}", cmd)
 
@@ -305,7 +305,7 @@ def _is_openbao(lab: Any) -> bool:
     field, not the address or the backend, tells them apart (the external backend may sit on either)."""
     try:
         r = requests.get(f"{lab.vault_addr}/v1/sys/seal-status", timeout=5).json()
-        return "commit_date" in r and "build_date" not in r or getattr(lab, "backend", "") == "local"
+        return ("commit_date" in r and "build_date" not in r) or getattr(lab, "backend", "") == "local"
     except (requests.RequestException, ValueError):
         return False
 

@@ -29,6 +29,7 @@ pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
 step() { printf '\n== %s  [%s, %dm%02ds since the start]\n' "$*" "$(date +%T)" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "lint"; python3 -m ruff check labkit tests || status=1
+step "type check (mypy over labkit/)"; python3 -m mypy || status=1
 step "unit and integration tests"
 pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
   --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --durations=25 --junitxml="$ART/junit.xml"

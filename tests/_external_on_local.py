@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labkit.external import ExternalLab  # noqa: E402
+from labkit.external import ExternalLab
 
 PREFIXES = ("alice-", "bob-")
 

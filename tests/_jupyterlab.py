@@ -38,7 +38,7 @@ def run_all(page: Any) -> None:
             page.wait_for_function("() => [...document.querySelectorAll('.jp-InputArea-prompt')]"
                                    ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=20_000)
             return
-        except Exception:  # noqa: BLE001 - nothing started: click again
+        except Exception:  # nothing started: click again
             page.keyboard.press("Escape")
     pytest.fail("Run All Cells never started the notebook's cells")
 

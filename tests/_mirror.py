@@ -96,7 +96,7 @@ class Mirror(http.server.ThreadingHTTPServer):
 class Handler(http.server.SimpleHTTPRequestHandler):
     server: Mirror
 
-    def send_head(self):  # noqa: ANN201
+    def send_head(self):
         self.server.requests.append((self.command, self.path))
         if self.path in self.server.overrides:
             body = self.server.overrides[self.path]

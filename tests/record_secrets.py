@@ -55,7 +55,7 @@ def main(out: str) -> None:
                     for k, v in (s.data or {}).items():
                         if k in keys:
                             values.add(base64.b64decode(v).decode(errors="replace"))
-        except Exception:  # noqa: BLE001 - the lab restarts between notebooks; keep polling
+        except Exception:  # the lab restarts between notebooks; keep polling
             pass
         flush()
         time.sleep(0.5)

@@ -191,7 +191,7 @@ def test_api_server_and_controller_manager_give_a_stranger_no_data(lab: LocalLab
 def test_the_agents_kubelet_api_refuses_a_stranger(lab: LocalLab) -> None:
     """Container logs, which the API server fetches for `kubectl logs`: only the API server's certificate opens them."""
     pod = pod_processes(lab)[0]
-    ns, name = lab.names.dynamic_ns, [p.metadata.name for p in k8s.pods(lab.kube, lab.names.dynamic_ns, f"app={lab.names.app}")][0]
+    ns, name = lab.names.dynamic_ns, next(p.metadata.name for p in k8s.pods(lab.kube, lab.names.dynamic_ns, f"app={lab.names.app}"))
     answer = attacker_http(lab.ports["kubelet"], f"/containerLogs/{ns}/{name}/exampleapp", tls=True)
     assert "error" in answer, f"the node agent's kubelet API served logs without a client certificate: {answer}"
     assert pod.is_running()

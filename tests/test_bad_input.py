@@ -112,7 +112,7 @@ def http_server(status: int, body: bytes, content_type: str = "text/html") -> It
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_PUT = do_POST = _answer  # noqa: N815
+        do_GET = do_PUT = do_POST = _answer
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -99,7 +99,7 @@ def test_the_lock_is_reentrant_across_threads_of_one_process(tmp_path: Path) -> 
         try:
             for j in range(20):
                 st.update(**{f"t{i}-{j}": j})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     with st.lock("outer"):

@@ -261,7 +261,7 @@ def test_the_client_cache_switch_reaches_the_running_vso(lab: Any, ct: Prefixed)
 
 
 def test_restart_operator_refuses_an_unknown_cache_model(lab: Any) -> None:
-    with pytest.raises((ValueError, ParameterError), match="none|direct"):
+    with pytest.raises((ValueError, ParameterError), match=r"none|direct"):
         lab.restart_operator(client_cache_persistence_model="encrypted")
     assert lab.healthy()
 

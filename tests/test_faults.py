@@ -51,7 +51,7 @@ def wait(what: str, probe: Callable[[], T | None], timeout: float, interval: flo
             value = probe()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - a component restarting
+        except Exception as exc:  # a component restarting
             last = f"{type(exc).__name__}: {str(exc)[:300]}"
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout:.0f}s for {what}; last error: {last}")

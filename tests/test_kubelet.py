@@ -84,7 +84,7 @@ def test_probes_http_tcp_and_exec_against_local_ports(tmp_path: Path) -> None:
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == "/ok" else 500)
             self.end_headers()
 

@@ -31,7 +31,7 @@ SUBNET, NODE_IP = "192.168.49.0/24", "192.168.49.2"
 LICENSE = "02MV4UU43BK5HGYYTOJZWFQMTMNNEWU33JJ"  # a made-up license string
 
 
-def make_plan(environ: dict[str, str] | None = None, model: str = "none", **options: object):  # noqa: ANN201
+def make_plan(environ: dict[str, str] | None = None, model: str = "none", **options: object):
     settings = Settings.from_env(environ or {}, **options)
     return plan(settings, subnet=SUBNET, node_ip=NODE_IP, vault_port=18200, pg_port=15432, root_token="tok-123",
                 pg_password="pw-456", kubeconfig="/state/kube/minikube.kubeconfig", values_file="/state/helm/vso-values.yaml",
@@ -525,7 +525,7 @@ class FakeDocker:
         c = self.by_name[kwargs["name"]] = FakeContainer(kwargs)  # type: ignore[arg-type]
         return c
 
-    def _list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:  # noqa: A002
+    def _list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
         key, _, value = (filters or {})["label"].partition("=")
         return [c for c in self.by_name.values() if not c.removed and c.labels.get(key) == value]
 

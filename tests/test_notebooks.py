@@ -35,7 +35,7 @@ def test_parameters_cell_declares_every_parameter(nb):
     assert len(tagged) == 1
     src = "".join(tagged[0]["source"])
     ns: dict = {}
-    exec(src, ns)  # noqa: S102 - our own notebook's literal assignments
+    exec(src, ns)  # our own notebook's literal assignments
     assert set(SPEC) <= set(ns)
 
 

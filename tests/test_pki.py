@@ -9,7 +9,7 @@ def test_pki_chain_and_identities(tmp_path):
     st = State(tmp_path / "lab")
     st.ensure()
     ensure_pki(st)
-    load = lambda n: x509.load_pem_x509_certificate((st.root / "pki" / n).read_bytes())  # noqa: E731
+    load = lambda n: x509.load_pem_x509_certificate((st.root / "pki" / n).read_bytes())
     ca, srv, adm = load("ca.crt"), load("apiserver.crt"), load("admin.crt")
     srv.verify_directly_issued_by(ca)
     adm.verify_directly_issued_by(ca)
@@ -32,8 +32,8 @@ def test_etcd_pairs_missing_from_an_older_state_are_issued_from_the_existing_ca(
     ensure_pki(st)
     ensure_etcd_pki(st)
     pki = st.root / "pki"
-    load = lambda n: x509.load_pem_x509_certificate((pki / n).read_bytes())  # noqa: E731
-    ekus = lambda c: set(c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)  # noqa: E731
+    load = lambda n: x509.load_pem_x509_certificate((pki / n).read_bytes())
+    ekus = lambda c: set(c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     client = (pki / "etcd-client.crt").read_bytes()
     (pki / "etcd-peer.crt").unlink()  # an older labkit made no peer pair
     ensure_etcd_pki(st)
