@@ -33,8 +33,8 @@ step() { printf '\n== %s  [%s, %dm%02ds since the start]\n' "$*" "$(date +%T)" $
 
 step "lint"; python3 -m ruff check labkit tests || status=1
 step "type check (mypy over labkit/)"; python3 -m mypy || status=1
-step "unit and integration tests"
-pytest_step -q -p no:cacheprovider tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
+step "unit and integration tests (two workers; a test module, or a test class, is one unit of work)"
+pytest_step -q -p no:cacheprovider -n 2 --dist loadscope tests -m "not learner" --ignore=tests/test_executed.py --ignore=tests/test_main_command.py \
   --ignore=tests/test_install_mirror.py --ignore=tests/test_unprivileged.py --durations=25 --junitxml="$ART/junit.xml"
 step "labkit install from a local release mirror (loopback HTTP, made from the built binaries): prebuilt, a corrupted archive refused, a missing one built"
 pytest_step -q -p no:cacheprovider tests/test_install_mirror.py --junitxml="$ART/junit-install-mirror.xml"

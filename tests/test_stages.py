@@ -41,8 +41,7 @@ def test_unknown_stage_number(lab):
         prepare_stage(lab, 12)
 
 
-@pytest.mark.parametrize("n", range(len(NOTEBOOKS)))
-def test_stage_then_notebook_alone(lab, n, tmp_path):
+def _stage_then_notebook_alone(lab, n, tmp_path):
     prepare_stage(lab, 0, PARAMS)  # an empty lab: whatever a previous case created is removed
     prepare_stage(lab, n, PARAMS)
     prepare_stage(lab, n, PARAMS)  # twice in a row is fine
@@ -54,6 +53,27 @@ def test_stage_then_notebook_alone(lab, n, tmp_path):
     pm.execute_notebook(str(typed), str(tmp_path / nb.name), cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
                         parameters=PARAMS | {"STATE_DIR": str(lab.state.root), "STOP_LAB": False})
 
+
+
+# `labkit stage N` then notebook N alone, for every N. Each case starts from an empty lab, so the cases are split
+# into classes: under scripts/test.sh (pytest-xdist, --dist loadscope) a class is one unit of work, so the three run
+# in parallel workers, each on a lab of its own (the module-scoped fixture is made once per worker).
+class TestStageThenNotebookAloneEarly:
+    @pytest.mark.parametrize("n", range(5))
+    def test_stage_then_notebook_alone(self, lab, n, tmp_path):
+        _stage_then_notebook_alone(lab, n, tmp_path)
+
+
+class TestStageThenNotebookAloneLate:
+    @pytest.mark.parametrize("n", [5, 6])
+    def test_stage_then_notebook_alone(self, lab, n, tmp_path):
+        _stage_then_notebook_alone(lab, n, tmp_path)
+
+
+class TestStageThenNotebookAloneLast:
+    @pytest.mark.parametrize("n", range(7, len(NOTEBOOKS)))
+    def test_stage_then_notebook_alone(self, lab, n, tmp_path):
+        _stage_then_notebook_alone(lab, n, tmp_path)
 
 def _delete(lab, kind: str, name: str, ns: str) -> None:
     from labkit import k8s
