@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from _users import ensure_user
 
 from labkit import _procs, app, dynamic, k8s
 from labkit.local import LocalLab
@@ -41,11 +42,7 @@ PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
 # -- the attacker ----------------------------------------------------------------------------------------------------
 @functools.cache
 def _ensure_attacker() -> str:
-    try:
-        pwd.getpwnam(ATTACKER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", ATTACKER], check=True, capture_output=True, text=True)
+    ensure_user(ATTACKER)
     return ATTACKER
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _users import ensure_user
 
 from labkit._state import State
 from labkit.errors import LabkitError
@@ -35,11 +36,10 @@ def as_attacker(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def attacker() -> str:
-    if subprocess.run(["id", ATTACKER], capture_output=True).returncode != 0:
-        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
-                              capture_output=True, text=True)
-        if made.returncode != 0:
-            pytest.skip(f"cannot create the user {ATTACKER}: {made.stderr.strip()}")
+    try:
+        ensure_user(ATTACKER)
+    except RuntimeError as exc:
+        pytest.skip(f"cannot create the user {ATTACKER}: {exc}")
     return ATTACKER
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _users import ensure_user
 
 from labkit import _procs, install
 from labkit._state import State
@@ -49,13 +50,7 @@ def _runuser(user: str, cmd: list[str] | str, env: dict[str, str], *, timeout: f
 
 
 def _ensure_user(name: str, *, home: bool) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        args = ["--create-home", "--shell", "/bin/bash"] if home else \
-            ["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
-        subprocess.run(["useradd", *args, name], check=True, capture_output=True, text=True)
-        return pwd.getpwnam(name)
+    return ensure_user(name, home=home)
 
 
 def _share_cache(dest: Path) -> None:
