@@ -29,9 +29,22 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 WIDGET_ERROR, WIDGET_LOADING = "Error displaying widget", "Loading widget..."
 
 
+def accept_kernel_dialog(page: Any) -> bool:
+    """JupyterLab asks "Select Kernel" (a dialog with a kernel list) when a notebook's session is not attached yet,
+    e.g. a page opened while the server was still busy: accept its preselected kernel, the notebook's own
+    (``python3``). True when there was one."""
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and dialog.locator("select").count():
+        dialog.locator(".jp-mod-accept").first.click()
+        dialog.first.wait_for(state="detached", timeout=10_000)
+        return True
+    return False
+
+
 def run_all(page: Any) -> None:
     """Run > Run All Cells, again if the first click went nowhere (the kernel was not attached yet)."""
     for _ in range(3):
+        accept_kernel_dialog(page)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
