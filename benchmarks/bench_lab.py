@@ -217,11 +217,11 @@ def main() -> None:
     subprocess.run(["bash", "-euo", "pipefail", "-c", helm.INSTALL_COMMAND], env={**os.environ, **lab.env()}, check=True,
                    capture_output=True, text=True)
     t_helm = time.monotonic() - t0
-    stages.apply_connect(lab, p)
-    stages.apply_static(lab, p)
+    stages.apply_stage(lab, 1, p)  # notebook 01's step cells (its Helm cell finds the release in place), then 02's
+    stages.apply_stage(lab, 2, p)
     vso.wait_synced(lab, "VaultStaticSecret", lab.names.static_vss, lab.names.static_ns, timeout=120)
     row("`helm upgrade --install` (the notebook's cell, --wait) → Ready manager pod", f"{t_helm:.1f} s")
-    row("`helm install` → first synced Secret (the Helm cell, then the connect and static steps)",
+    row("`helm install` → first synced Secret (the Helm cell, then notebooks 01 and 02's step cells)",
         f"{time.monotonic() - t0:.1f} s")
 
     warm = []
