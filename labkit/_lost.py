@@ -115,6 +115,12 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
         if port and listening(port):
             return None  # PostgreSQL answers: it refused this connection (a login), it did not go away
     what = _COMPONENTS.get(name or "", "a part of the lab") + (f" at 127.0.0.1:{port}" if port else "")
+    return LostConnection(f"Checked the lab while running {command}: {what} stopped answering "
+                          f"({type(exc).__name__}).", _fixes(name, state, command))
+
+
+def _fixes(name: str | None, state: Any, command: str) -> list[str]:
+    """What to do when the lab's component ``name`` (None: not known) stopped answering during ``command``."""
     fixes = ["Run `labkit status` to see which part of the lab is down.",
              f"Run `labkit up` to start it again (data is kept), then run {command} again."]
     if name == "operator_probe":
@@ -124,8 +130,7 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
         fixes.append(f"If it stops again, read its log: {state.path('logs', f'{name}.log')}")
     else:
         fixes.append("Run `labkit doctor` if `labkit up` fails.")
-    return LostConnection(f"Checked the lab while running {command}: {what} stopped answering "
-                          f"({type(exc).__name__}).", fixes)
+    return fixes
 
 
 def not_answering(lab: Any, command: str, after: str) -> LostConnection | None:
@@ -145,7 +150,5 @@ def not_answering(lab: Any, command: str, after: str) -> LostConnection | None:
         if port and not listening(port):
             return LostConnection(
                 f"Checked the lab after {after} failed: {_COMPONENTS[name]} at 127.0.0.1:{port} stopped answering.",
-                ["Run `labkit status` to see which part of the lab is down.",
-                 f"Run `labkit up` to start it again (data is kept), then run {command} again.",
-                 f"If it stops again, read its log: {state.path('logs', f'{name}.log')}"])
+                _fixes(name, state, command))
     return None

@@ -243,7 +243,6 @@ def _copy_vso_manifests(go: str, work: Path, dest: Path) -> None:
     lay_out_vso_scripts(dest)
 
 
-
 def _package_vso_chart(go: str, dest: Path, log: Path) -> None:
     """``helm package`` the VSO module's ``chart/`` (the built manager's version) into ``dest/charts`` with an
     ``index.yaml``: a chart repository for the lab to serve. The module is checked against ``_gomod/vso/go.sum``."""
