@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,47 @@ def run_all(page: Any) -> None:
         except Exception:  # nothing started: click again
             page.keyboard.press("Escape")
     pytest.fail("Run All Cells never started the notebook's cells")
+
+
+def wait_for_prompts(page: Any, n: int, timeout: float, context: Callable[[], str] = lambda: "") -> None:
+    """Wait until the first ``n`` code cells show an execution count (``[3]``). Meanwhile accept a "Select Kernel"
+    dialog if one comes up, and fail at once, with the cell's text, if a cell shows an error (Run All stops there,
+    so the later cells would never get a count). On timeout, the failure says what the page showed: every code
+    cell's prompt, the kernel's status, any dialog, and ``context()`` (e.g. the server's log)."""
+    deadline = time.monotonic() + timeout
+    blank_since, reruns = time.monotonic(), 0
+    while True:
+        if accept_kernel_dialog(page):
+            blank_since = time.monotonic()
+        seen = page.evaluate("""n => {
+          const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+          const prompts = cells.map(c => c.querySelector('.jp-InputArea-prompt')?.textContent ?? '');
+          const err = cells.slice(0, n).map((c, i) => [i, [...c.querySelectorAll(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")].map(o => o.innerText).join('\\n')])
+            .filter(([i, t]) => t);
+          return {prompts, err, done: prompts.length >= n && prompts.slice(0, n).every(p => /\\[\\d+\\]/.test(p)),
+                  kernel: document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status
+                          ?? document.querySelector('.jp-KernelStatus')?.textContent ?? '?',
+                  dialog: document.querySelector('.jp-Dialog')?.innerText ?? ''};
+        }""", n)
+        if seen["err"]:
+            i, text = seen["err"][0]
+            pytest.fail(f"code cell {i} failed:\n{text[-3000:]}")
+        if seen["done"]:
+            return
+        queued = any("*" in p for p in seen["prompts"][:n])
+        if any(re.search(r"\[(\*|\d+)\]", p) for p in seen["prompts"][:n]) and not (queued and seen["kernel"] == "idle"):
+            blank_since = time.monotonic()
+        elif time.monotonic() - blank_since > 20 and reruns < 2:
+            # For 20 s nothing was queued, or cells stayed queued beside an idle kernel: the click went to a
+            # notebook whose kernel was not attached yet.
+            reruns += 1
+            run_all(page)
+            blank_since = time.monotonic()
+        if time.monotonic() > deadline:
+            pytest.fail(f"the first {n} code cells did not all run in {timeout:.0f}s. Prompts: {seen['prompts']};"
+                        f" kernel: {seen['kernel']!r}; dialog: {seen['dialog']!r}\n{context()}")
+        time.sleep(1)
 
 
 def write_settings(folder: Path) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import requests
-from _jupyterlab import run_all
+from _jupyterlab import run_all, wait_for_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("VSOLAB_ARTIFACTS") or ROOT / "artifacts")
@@ -131,10 +131,7 @@ def test_scripts_lab_sh_serves_notebook_00_and_its_first_cells_run(main_command:
                                    " || !!document.querySelector('.jp-mod-idle, [data-status=\"idle\"]')", timeout=120_000)
             first = 3  # code cells: parameters, notebook.setup(), lab.up()
             run_all(page)
-            page.wait_for_function(
-                "n => { const ps = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]"
-                ".slice(0, n); return ps.length === n && ps.every(p => /\\[\\d+\\]/.test(p.textContent)); }",
-                arg=first, timeout=180_000)
+            wait_for_prompts(page, first, 180, lambda: "lab.sh log, last lines:\n" + log.read_text()[-3000:])
             outputs = [cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(first)]
             errors = page.locator(".jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error'],"
                                   " .jp-Notebook .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
