@@ -34,7 +34,7 @@ pytest_step() {  # pytest exit 5 means "no tests collected": not a failure here
 step() { printf '\n== %s  [%s, %dm%02ds since the start]\n' "$*" "$(date +%T)" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "lint"; python3 -m ruff check labkit tests benchmarks || status=1
-step "type check (mypy over labkit/ and benchmarks/)"; python3 -m mypy && python3 -m mypy benchmarks || status=1
+step "type check (mypy over labkit/ and benchmarks/)"; python3 -m mypy && MYPYPATH=tests python3 -m mypy benchmarks || status=1
 step "the unprivileged path, started in the background: a learner's account with its own venv and the shared cache read-only runs up, the CI series and down (log: $ART/unprivileged.log)"
 # Its own user, lab and venv; mostly waiting on the series' TTLs, so it runs beside the unit tests (collected after them).
 python3 -m pytest -q -p no:cacheprovider -m unprivileged tests/test_unprivileged.py --junitxml="$ART/junit-unprivileged.xml" \
