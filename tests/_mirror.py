@@ -16,7 +16,8 @@ import threading
 import zipfile
 from pathlib import Path
 
-from labkit import _prebuilt, install
+from labkit import install
+from labkit.install import _prebuilt
 
 REAL = install.cache_root()
 E, K, V = install.ETCD_VERSION, install.KUBE_VERSION, install.VSO_VERSION

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from labkit import _prebuilt, cli, install
-from labkit.errors import BuildError, LabkitError, ParameterError
+from labkit import cli, install
+from labkit.errors import BuildError, ChecksumMismatch, DownloadError, LabkitError, MissingTool, ParameterError
+from labkit.install import _installer, _prebuilt
 
 GiB = 1024**3
 ROOT = Path(__file__).resolve().parents[1]
+GOMOD = ROOT / "labkit/install/_gomod"  # the committed wrapper modules
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +157,7 @@ def test_verify_sha256_refuses_a_wrong_digest(tmp_path: Path) -> None:
     f = tmp_path / "kube-apiserver"
     f.write_bytes(b"tampered binary")
     fake = hashlib.sha256(b"real binary").hexdigest()
-    with pytest.raises(_prebuilt.ChecksumMismatch) as err:
+    with pytest.raises(ChecksumMismatch) as err:
         _prebuilt.verify_sha256(f, fake, url="https://example.invalid/kube-apiserver", checksum_source="kube-apiserver.sha256")
     exc = err.value
     assert isinstance(exc, BuildError) and isinstance(exc, LabkitError)
@@ -181,7 +183,7 @@ def test_module_zip_hash_matches_go(tmp_path: Path) -> None:
     """Our h1: hash equals Go's own, for the VSO module zip Go downloaded and recorded in go.sum."""
     expected = _prebuilt.go_sum_hash(_prebuilt.VSO_MODULE, install.VSO_VERSION, install.GOMOD_DIR / "vso" / "go.sum")
     assert expected.startswith("h1:")
-    cached = install._gomodcache() / "cache/download" / _prebuilt.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
+    cached = _installer._gomodcache() / "cache/download" / _prebuilt.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
     if not cached.exists():
         pytest.skip(f"the Go module cache has no {cached.name} (run `labkit install --source build` once)")
     assert _prebuilt.module_zip_hash(cached) == expected
@@ -203,9 +205,9 @@ def test_module_zip_hash_changes_with_content(tmp_path: Path) -> None:
 
 # -- URLs and versions ------------------------------------------------------------------------
 def _gomod_version(product: str, module: str) -> str:
-    text = (ROOT / "labkit/_gomod" / product / "go.mod").read_text()
+    text = (GOMOD / product / "go.mod").read_text()
     m = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} v(\S+)", text, re.M)
-    assert m, f"{module} not in labkit/_gomod/{product}/go.mod"
+    assert m, f"{module} not in labkit/install/_gomod/{product}/go.mod"
     return m.group(1)
 
 
@@ -222,7 +224,7 @@ def test_tool_pins_agree_with_their_wrapper_modules_and_go_sum() -> None:
     krp = install.TOOLS["kube-rbac-proxy"]
     assert krp.version == install.KUBE_RBAC_PROXY_VERSION == _gomod_version("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")
     for name, module in (("helm", "helm.sh/helm/v3"), ("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")):
-        assert _prebuilt.go_sum_hash(module, install.TOOLS[name].version, ROOT / "labkit/_gomod" / name / "go.sum").startswith("h1:")
+        assert _prebuilt.go_sum_hash(module, install.TOOLS[name].version, GOMOD / name / "go.sum").startswith("h1:")
     assert install.TOOLS["helm"].extra == [f"charts/vault-secrets-operator-{install.VSO_VERSION}.tgz", "charts/index.yaml"]
     assert not set(install.TOOLS) & set(install.PRODUCTS)  # `labkit up` does not need them
 
@@ -360,8 +362,8 @@ def test_prebuilt_fills_the_same_cache_as_a_build(tmp_path: Path, monkeypatch: p
     assert not (vso / "LICENSE.txt").exists()
     # install() now finds everything cached and downloads nothing.
     monkeypatch.setattr(_prebuilt, "_download", lambda *a, **k: pytest.fail("downloaded a cached product"))
-    monkeypatch.setattr(install, "bao_binary", lambda: tmp_path / "bao")
-    monkeypatch.setattr(install, "postgres_bindir", lambda: tmp_path / "pg")
+    monkeypatch.setattr(_installer, "bao_binary", lambda: tmp_path / "bao")
+    monkeypatch.setattr(_installer, "postgres_bindir", lambda: tmp_path / "pg")
     assert install.install(source="prebuilt")["vso-crds"] == vso / "crds"
 
 
@@ -369,7 +371,7 @@ def test_a_tampered_download_is_refused_and_leaves_no_binary(tmp_path: Path, mon
     files = _mirror(tmp_path, monkeypatch)
     files["kube-controller-manager"].write_bytes(b"#!/bin/sh\necho evil\n")
     kube = install.PRODUCTS["kube"]
-    with pytest.raises(_prebuilt.ChecksumMismatch, match="kube-controller-manager"):
+    with pytest.raises(ChecksumMismatch, match="kube-controller-manager"):
         _prebuilt.fetch_prebuilt(kube)
     assert not kube.built()
     assert not (kube.dir / "kube-apiserver").exists()  # nothing half-installed
@@ -380,7 +382,7 @@ def test_a_tampered_module_zip_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     files = _mirror(tmp_path, monkeypatch)
     with zipfile.ZipFile(files["module"], "a") as z:
         z.writestr(f"{_prebuilt.VSO_MODULE}@v{install.VSO_VERSION}/extra.go", "package evil\n")
-    with pytest.raises(_prebuilt.ChecksumMismatch, match=r"go\.sum"):
+    with pytest.raises(ChecksumMismatch, match=r"go\.sum"):
         _prebuilt.fetch_prebuilt(install.PRODUCTS["vso"])
     assert not install.PRODUCTS["vso"].built()
 
@@ -408,7 +410,7 @@ def test_auto_falls_back_to_build_when_prebuilt_fails(tmp_path: Path, monkeypatc
     files = _mirror(tmp_path, monkeypatch)
     files["kube-apiserver"].write_bytes(b"corrupted")
     calls: list[str] = []
-    monkeypatch.setattr(install, "build", _fake_build(calls))
+    monkeypatch.setattr(_installer, "build", _fake_build(calls))
     choice = _prebuilt.choose_source("auto", 2 * GiB, {})
     assert install.install_product(install.PRODUCTS["kube"], choice) == "build"
     assert install.install_product(install.PRODUCTS["etcd"], choice) == "prebuilt"
@@ -420,8 +422,8 @@ def test_prebuilt_asked_for_does_not_fall_back(tmp_path: Path, monkeypatch: pyte
     files = _mirror(tmp_path, monkeypatch)
     files["etcd"].write_bytes(b"corrupted")
     calls: list[str] = []
-    monkeypatch.setattr(install, "build", _fake_build(calls))
-    with pytest.raises(_prebuilt.ChecksumMismatch):
+    monkeypatch.setattr(_installer, "build", _fake_build(calls))
+    with pytest.raises(ChecksumMismatch):
         install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("prebuilt", 2 * GiB, {}))
     assert calls == []
 
@@ -431,9 +433,9 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
     files["etcd"].write_bytes(b"corrupted")
 
     def no_go(product: install.Product, *, force: bool = False) -> dict[str, Path]:
-        raise install.MissingTool("Checked PATH for the Go toolchain: it is not there.", ["a", "b", "c"])
+        raise MissingTool("Checked PATH for the Go toolchain: it is not there.", ["a", "b", "c"])
 
-    monkeypatch.setattr(install, "build", no_go)
+    monkeypatch.setattr(_installer, "build", no_go)
     with pytest.raises(BuildError) as err:
         install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("auto", 2 * GiB, {}))
     assert "prebuilt, then build" in err.value.checked
@@ -443,7 +445,7 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
 def test_a_download_that_fails_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _mirror(tmp_path, monkeypatch)
     monkeypatch.setenv("VSOLAB_ETCD_RELEASES", (tmp_path / "nowhere").as_uri())
-    with pytest.raises(_prebuilt.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         _prebuilt.fetch_prebuilt(install.PRODUCTS["etcd"])
     assert "nowhere" in err.value.checked and len(err.value.fixes) == 3
 
@@ -469,6 +471,7 @@ import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from labkit import install
+from labkit.install import _installer
 
 me, other, log = sys.argv[2], sys.argv[3], Path(sys.argv[4])
 product = install.PRODUCTS["etcd"]
@@ -492,7 +495,7 @@ def fake_build(p, *, force=False):
         f.write(f"end {me}\n")
     return p.paths()
 
-install.build = fake_build
+_installer.build = fake_build
 (log.parent / f"ready-{me}").write_text("")
 while not (log.parent / f"ready-{other}").exists():  # both processes start installing together
     time.sleep(0.02)

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from _mirror import REAL, Mirror, mirror_env, serve
 
-from labkit import _prebuilt, install
+from labkit import install
+from labkit.install import _prebuilt
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[1]

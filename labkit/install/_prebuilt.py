@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BuildError, ParameterError
+from ..errors import BuildError, ChecksumMismatch, DownloadError, ParameterError
 
 if TYPE_CHECKING:
-    from .install import Product
+    from ._installer import Product
 
 GOMOD_DIR = Path(__file__).parent / "_gomod"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager")
@@ -148,7 +148,7 @@ def _ask(url: str, timeout: float) -> tuple[bool, str]:
     if url.startswith("file://"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
         return path.exists(), f"{path} {'exists' if path.exists() else 'is missing'}"
-    from ._version import __version__
+    from .._version import __version__
 
     req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": f"vsolab-labkit/{__version__} (+labkit install)"})
     try:
@@ -194,14 +194,6 @@ def memory_limit(root: Path = Path("/")) -> int | None:
 
 
 # -- prebuilt: official release archives, checked against their published checksums ------------------
-class DownloadError(BuildError):
-    """A release archive or checksum file could not be downloaded."""
-
-
-class ChecksumMismatch(BuildError):
-    """A download does not match its published checksum; it is refused."""
-
-
 # Base URLs; each can point at a mirror (a workshop proxy, or file:// for a local copy).
 RELEASE_BASES: dict[str, tuple[str, str]] = {
     "k8s": ("VSOLAB_K8S_RELEASES", "https://dl.k8s.io/release"),
@@ -355,7 +347,7 @@ def module_zip_url(module: str, version: str, env: Mapping[str, str]) -> str:
 
 
 def _open(url: str):
-    from ._version import __version__
+    from .._version import __version__
 
     req = urllib.request.Request(url, headers={"User-Agent": f"vsolab-labkit/{__version__} (+labkit install)"})
     return urllib.request.urlopen(req, timeout=60)  # https, or a file:// mirror the user chose

@@ -36,10 +36,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import BuildError, MissingTool, ParameterError
 from . import _prebuilt
 from ._prebuilt import GOMOD_DIR, VSO_MODULE, SourceChoice, choose_source, fetch_prebuilt, lay_out_vso_scripts
 from ._prebuilt import say as _say
-from .errors import BuildError, MissingTool, ParameterError
 
 ETCD_VERSION = "3.6.16"
 KUBE_VERSION = "1.36.3"
@@ -313,7 +313,7 @@ def install_product(product: Product, choice: SourceChoice, *, force: bool = Fal
     Under a cross-process lock per product (``<cache>/locks/<name>-<version>/lock``, :mod:`labkit._lock`): two
     ``labkit install``/``up`` on a fresh machine would otherwise both build into the same ``.tmp`` paths. The one
     that waited finds the product built and uses it (unless ``force``)."""
-    from . import _lock
+    from .. import _lock
 
     locks = cache_root() / "locks" / f"{product.name}-{product.version}"
     locks.mkdir(parents=True, exist_ok=True)
