@@ -38,6 +38,14 @@ class BuildError(LabkitError):
     """Building or fetching a lab binary failed."""
 
 
+class DownloadError(BuildError):
+    """A release archive or checksum file could not be downloaded."""
+
+
+class ChecksumMismatch(BuildError):
+    """A download does not match its published checksum; it is refused."""
+
+
 class PortTaken(LabkitError):
     """A port the lab wants is held by another process."""
 

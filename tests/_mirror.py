@@ -16,7 +16,8 @@ import threading
 import zipfile
 from pathlib import Path
 
-from labkit import _prebuilt, install
+from labkit import install
+from labkit.install import _checksums, _prebuilt
 
 REAL = install.cache_root()
 E, K, V = install.ETCD_VERSION, install.KUBE_VERSION, install.VSO_VERSION
@@ -45,7 +46,7 @@ def build_mirror(root: Path, arch: str) -> dict[str, Path]:
     kube_dir = root / "k8s" / "release" / f"v{K}" / "bin" / "linux" / arch
     for b in _prebuilt.KUBE_BINARIES:
         _link(REAL / f"kube-{K}" / b, kube_dir / b)
-        (kube_dir / f"{b}.sha256").write_text(_prebuilt.sha256_file(kube_dir / b))  # dl.k8s.io: the digest, no newline
+        (kube_dir / f"{b}.sha256").write_text(_checksums.sha256_file(kube_dir / b))  # dl.k8s.io: the digest, no newline
         files[b] = kube_dir / b
     # etcd: etcd-v<E>-linux-<arch>.tar.gz holding etcd-v<E>-linux-<arch>/{etcd,etcdctl,etcdutl,README.md}
     etcd_dir = root / "etcd" / f"v{E}"
@@ -59,7 +60,7 @@ def build_mirror(root: Path, arch: str) -> dict[str, Path]:
         info.size = len(readme)
         tf.addfile(info, io.BytesIO(readme))
     (etcd_dir / "SHA256SUMS").write_text(
-        f"{'0' * 64}  etcd-v{E}-darwin-arm64.zip\n{_prebuilt.sha256_file(tgz)}  {tgz.name}\n{'1' * 64}  etcd-v{E}-windows-amd64.zip\n")
+        f"{'0' * 64}  etcd-v{E}-darwin-arm64.zip\n{_checksums.sha256_file(tgz)}  {tgz.name}\n{'1' * 64}  etcd-v{E}-windows-amd64.zip\n")
     files["etcd"] = tgz
     # releases.hashicorp.com: the zip holds the binary (named after the product) and its licence
     hc = root / "hashicorp" / "vault-secrets-operator" / V
@@ -69,7 +70,7 @@ def build_mirror(root: Path, arch: str) -> dict[str, Path]:
         z.write(REAL / f"vso-{V}" / "vso-manager", "vault-secrets-operator")
         z.writestr("LICENSE.txt", "Business Source License 1.1\n")
     (hc / f"vault-secrets-operator_{V}_SHA256SUMS").write_text(
-        f"{_prebuilt.sha256_file(vzip)}  {vzip.name}\n{'2' * 64}  vault-secrets-operator_{V}_linux_arm64.zip\n")
+        f"{_checksums.sha256_file(vzip)}  {vzip.name}\n{'2' * 64}  vault-secrets-operator_{V}_linux_arm64.zip\n")
     files["vso"] = vzip
     # the Go module proxy: the module zip exactly as proxy.golang.org serves it (from this machine's module cache)
     at = root / "goproxy" / "github.com" / "hashicorp" / "vault-secrets-operator" / "@v"

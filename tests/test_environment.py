@@ -95,12 +95,12 @@ def test_python_version_satisfies_requires_python() -> None:
 
 
 def test_go_is_new_enough_for_the_wrapper_modules() -> None:
-    """GOTOOLCHAIN=local: the conda Go must satisfy every `go` directive in labkit/_gomod/*/go.mod."""
+    """GOTOOLCHAIN=local: the conda Go must satisfy every `go` directive in labkit/install/_gomod/*/go.mod."""
     (go,) = [d for d in conda_deps(load_env(ROOT / "environment.yml")) if conda_name(d) == "go"]
     m = re.search(r">=\s*([\d.]+)", go)
     assert m, f"give go a lower bound, got {go!r}"
     floor = tuple(int(x) for x in m.group(1).split("."))
-    for mod in sorted((ROOT / "labkit" / "_gomod").glob("*/go.mod")):
+    for mod in sorted((ROOT / "labkit" / "install" / "_gomod").glob("*/go.mod")):
         want = re.search(r"^go (\S+)$", mod.read_text(), re.M)
         assert want
         need = tuple(int(x) for x in want.group(1).split("."))

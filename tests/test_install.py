@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from labkit import _prebuilt, cli, install
-from labkit.errors import BuildError, LabkitError, ParameterError
+from labkit import cli, install
+from labkit.errors import BuildError, ChecksumMismatch, DownloadError, LabkitError, MissingTool, ParameterError
+from labkit.install import _build, _checksums, _installer, _prebuilt, _products, _source
 
 GiB = 1024**3
 ROOT = Path(__file__).resolve().parents[1]
+GOMOD = ROOT / "labkit/install/_gomod"  # the committed wrapper modules
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +34,7 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setenv("VSOLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(_prebuilt.SOURCE_ENV, raising=False)
+    monkeypatch.delenv(_source.SOURCE_ENV, raising=False)
     return tmp_path / "cache"
 
 
@@ -45,8 +47,8 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ("auto", 2 * GiB, {}, True, ("prebuilt", "build")),  # Binder: 2 GB
         ("auto", 24 * GiB, {}, True, ("build",)),  # a laptop or CI
         ("auto", None, {}, True, ("build",)),  # memory unknown: as CI does
-        ("auto", _prebuilt.BUILD_MIN_MEMORY, {}, True, ("build",)),
-        ("auto", _prebuilt.BUILD_MIN_MEMORY - 1, {}, True, ("prebuilt", "build")),
+        ("auto", _source.BUILD_MIN_MEMORY, {}, True, ("build",)),
+        ("auto", _source.BUILD_MIN_MEMORY - 1, {}, True, ("prebuilt", "build")),
         ("auto", 24 * GiB, {"VSOLAB_INSTALL_SOURCE": "prebuilt"}, True, ("prebuilt", "build")),
         ("auto", 24 * GiB, {"VSOLAB_INSTALL_SOURCE": " Prebuilt "}, True, ("prebuilt", "build")),
         ("auto", 1 * GiB, {"VSOLAB_INSTALL_SOURCE": "build"}, True, ("build",)),
@@ -57,17 +59,17 @@ def offline_and_private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     ],
 )
 def test_choose_source(requested: str, mem: int | None, env: dict[str, str], have_go: bool, order: tuple[str, ...]) -> None:
-    choice = _prebuilt.choose_source(requested, mem, env, have_go=have_go)
+    choice = _source.choose_source(requested, mem, env, have_go=have_go)
     assert choice.order == order
     assert choice.reason
 
 
 def test_choose_source_says_why_it_took_prebuilt() -> None:
-    assert "2.0 GiB" in _prebuilt.choose_source("auto", 2 * GiB, {}).reason
+    assert "2.0 GiB" in _source.choose_source("auto", 2 * GiB, {}).reason
 
 
-ANSWERED = _prebuilt.HostProbe(True, "dl.k8s.io HTTP 200, github.com HTTP 302")
-SILENT = _prebuilt.HostProbe(False, "dl.k8s.io: [Errno -2] Name or service not known")
+ANSWERED = _source.HostProbe(True, "dl.k8s.io HTTP 200, github.com HTTP 302")
+SILENT = _source.HostProbe(False, "dl.k8s.io: [Errno -2] Name or service not known")
 
 
 @pytest.mark.parametrize(
@@ -83,9 +85,9 @@ SILENT = _prebuilt.HostProbe(False, "dl.k8s.io: [Errno -2] Name or service not k
     ],
 )
 def test_auto_prefers_release_binaries_when_their_hosts_answer(
-    mem: int, env: dict[str, str], have_go: bool, hosts: _prebuilt.HostProbe, order: tuple[str, ...], says: str
+    mem: int, env: dict[str, str], have_go: bool, hosts: _source.HostProbe, order: tuple[str, ...], says: str
 ) -> None:
-    choice = _prebuilt.choose_source("auto", mem, env, have_go=have_go, hosts=hosts)
+    choice = _source.choose_source("auto", mem, env, have_go=have_go, hosts=hosts)
     assert choice.order == order
     assert says in choice.reason
 
@@ -93,7 +95,7 @@ def test_auto_prefers_release_binaries_when_their_hosts_answer(
 def test_probe_urls_name_one_checksum_per_release_host() -> None:
     env = {"VSOLAB_K8S_RELEASES": "http://m/k8s", "VSOLAB_ETCD_RELEASES": "http://m/etcd",
            "VSOLAB_HASHICORP_RELEASES": "http://m/hc", "GOPROXY": "http://m/goproxy,direct"}
-    urls = _prebuilt.probe_urls([("etcd", "3.6.16"), ("kube", "1.36.3"), ("vso", "1.5.0")], "amd64", env)
+    urls = _source.probe_urls([("etcd", "3.6.16"), ("kube", "1.36.3"), ("vso", "1.5.0")], "amd64", env)
     assert urls == [
         "http://m/etcd/v3.6.16/SHA256SUMS",
         "http://m/k8s/v1.36.3/bin/linux/amd64/kube-apiserver.sha256",
@@ -103,15 +105,15 @@ def test_probe_urls_name_one_checksum_per_release_host() -> None:
 
 def test_probe_of_a_file_mirror(tmp_path: Path) -> None:
     (tmp_path / "SHA256SUMS").write_text("")
-    assert _prebuilt.probe_release_hosts([(tmp_path / "SHA256SUMS").as_uri()]).answered
-    probe = _prebuilt.probe_release_hosts([(tmp_path / "gone").as_uri()])
+    assert _source.probe_release_hosts([(tmp_path / "SHA256SUMS").as_uri()]).answered
+    probe = _source.probe_release_hosts([(tmp_path / "gone").as_uri()])
     assert not probe.answered and "gone is missing" in probe.detail
 
 
 @pytest.mark.parametrize(("requested", "env"), [("download", {}), ("auto", {"VSOLAB_INSTALL_SOURCE": "binary"})])
 def test_choose_source_refuses_unknown_sources(requested: str, env: dict[str, str]) -> None:
     with pytest.raises(ParameterError) as err:
-        _prebuilt.choose_source(requested, 8 * GiB, env)
+        _source.choose_source(requested, 8 * GiB, env)
     assert err.value.checked.startswith("Checked") and len(err.value.fixes) == 3
 
 
@@ -137,26 +139,26 @@ def _fake_root(tmp_path: Path, meminfo_gib: int, cgroup: dict[str, str]) -> Path
     ],
 )
 def test_memory_limit_reads_ram_and_cgroup(tmp_path: Path, cgroup: dict[str, str], expected: int) -> None:
-    assert _prebuilt.memory_limit(_fake_root(tmp_path, 24, cgroup)) == expected
+    assert _source.memory_limit(_fake_root(tmp_path, 24, cgroup)) == expected
 
 
 def test_memory_limit_unknown(tmp_path: Path) -> None:
-    assert _prebuilt.memory_limit(tmp_path) is None
+    assert _source.memory_limit(tmp_path) is None
 
 
 # -- checksums --------------------------------------------------------------------------------
 def test_verify_sha256_accepts_the_right_digest(tmp_path: Path) -> None:
     f = tmp_path / "kube-apiserver"
     f.write_bytes(b"real binary")
-    _prebuilt.verify_sha256(f, hashlib.sha256(b"real binary").hexdigest().upper())
+    _checksums.verify_sha256(f, hashlib.sha256(b"real binary").hexdigest().upper())
 
 
 def test_verify_sha256_refuses_a_wrong_digest(tmp_path: Path) -> None:
     f = tmp_path / "kube-apiserver"
     f.write_bytes(b"tampered binary")
     fake = hashlib.sha256(b"real binary").hexdigest()
-    with pytest.raises(_prebuilt.ChecksumMismatch) as err:
-        _prebuilt.verify_sha256(f, fake, url="https://example.invalid/kube-apiserver", checksum_source="kube-apiserver.sha256")
+    with pytest.raises(ChecksumMismatch) as err:
+        _checksums.verify_sha256(f, fake, url="https://example.invalid/kube-apiserver", checksum_source="kube-apiserver.sha256")
     exc = err.value
     assert isinstance(exc, BuildError) and isinstance(exc, LabkitError)
     assert exc.checked.startswith("Checked") and "refused" in exc.checked
@@ -167,24 +169,24 @@ def test_verify_sha256_refuses_a_wrong_digest(tmp_path: Path) -> None:
 def test_parse_checksums() -> None:
     a, b = "a" * 64, "B" * 64
     sums = f"{a}  etcd-v3.6.16-linux-arm64.tar.gz\n{b} *etcd-v3.6.16-linux-amd64.tar.gz\n{'c' * 64}  ./other.zip\n"
-    assert _prebuilt.parse_checksums(sums, "etcd-v3.6.16-linux-amd64.tar.gz", source="SHA256SUMS") == b.lower()
-    assert _prebuilt.parse_checksums(sums, "other.zip", source="SHA256SUMS") == "c" * 64
-    assert _prebuilt.parse_checksums(f"{a}\n", None, source="kube-apiserver.sha256") == a  # dl.k8s.io's .sha256 files
-    assert _prebuilt.parse_checksums(f"{a}  kube-apiserver\n", None, source="x.sha256") == a
+    assert _checksums.parse_checksums(sums, "etcd-v3.6.16-linux-amd64.tar.gz", source="SHA256SUMS") == b.lower()
+    assert _checksums.parse_checksums(sums, "other.zip", source="SHA256SUMS") == "c" * 64
+    assert _checksums.parse_checksums(f"{a}\n", None, source="kube-apiserver.sha256") == a  # dl.k8s.io's .sha256 files
+    assert _checksums.parse_checksums(f"{a}  kube-apiserver\n", None, source="x.sha256") == a
     with pytest.raises(BuildError, match="not listed"):
-        _prebuilt.parse_checksums(sums, "etcd-v3.6.16-darwin-amd64.zip", source="SHA256SUMS")
+        _checksums.parse_checksums(sums, "etcd-v3.6.16-darwin-amd64.zip", source="SHA256SUMS")
     with pytest.raises(BuildError):
-        _prebuilt.parse_checksums("<html>Not Found</html>", None, source="x.sha256")
+        _checksums.parse_checksums("<html>Not Found</html>", None, source="x.sha256")
 
 
 def test_module_zip_hash_matches_go(tmp_path: Path) -> None:
     """Our h1: hash equals Go's own, for the VSO module zip Go downloaded and recorded in go.sum."""
-    expected = _prebuilt.go_sum_hash(_prebuilt.VSO_MODULE, install.VSO_VERSION, install.GOMOD_DIR / "vso" / "go.sum")
+    expected = _checksums.go_sum_hash(_products.VSO_MODULE, install.VSO_VERSION, install.GOMOD_DIR / "vso" / "go.sum")
     assert expected.startswith("h1:")
-    cached = install._gomodcache() / "cache/download" / _prebuilt.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
+    cached = _build._gomodcache() / "cache/download" / _products.VSO_MODULE / "@v" / f"v{install.VSO_VERSION}.zip"
     if not cached.exists():
         pytest.skip(f"the Go module cache has no {cached.name} (run `labkit install --source build` once)")
-    assert _prebuilt.module_zip_hash(cached) == expected
+    assert _checksums.module_zip_hash(cached) == expected
     ziphash = cached.with_suffix(".ziphash")
     if ziphash.exists():
         assert ziphash.read_text().strip() == expected
@@ -198,14 +200,14 @@ def test_module_zip_hash_changes_with_content(tmp_path: Path) -> None:
             z.writestr("m@v1.0.0/a.txt", b"a")
         return p
 
-    assert _prebuilt.module_zip_hash(make(b"one")) != _prebuilt.module_zip_hash(make(b"other"))
+    assert _checksums.module_zip_hash(make(b"one")) != _checksums.module_zip_hash(make(b"other"))
 
 
 # -- URLs and versions ------------------------------------------------------------------------
 def _gomod_version(product: str, module: str) -> str:
-    text = (ROOT / "labkit/_gomod" / product / "go.mod").read_text()
+    text = (GOMOD / product / "go.mod").read_text()
     m = re.search(rf"^\s*(?:require\s+)?{re.escape(module)} v(\S+)", text, re.M)
-    assert m, f"{module} not in labkit/_gomod/{product}/go.mod"
+    assert m, f"{module} not in labkit/install/_gomod/{product}/go.mod"
     return m.group(1)
 
 
@@ -213,16 +215,16 @@ def test_pins_agree_between_build_and_prebuilt() -> None:
     """Both sources give the same versions: the pins equal what the Go wrapper modules build."""
     assert install.PRODUCTS["etcd"].version == install.ETCD_VERSION == _gomod_version("etcd", "go.etcd.io/etcd/server/v3")
     assert install.PRODUCTS["kube"].version == install.KUBE_VERSION == _gomod_version("kube", "k8s.io/kubernetes")
-    assert install.PRODUCTS["vso"].version == install.VSO_VERSION == _gomod_version("vso", _prebuilt.VSO_MODULE)
+    assert install.PRODUCTS["vso"].version == install.VSO_VERSION == _gomod_version("vso", _products.VSO_MODULE)
 
 
 def test_tool_pins_agree_with_their_wrapper_modules_and_go_sum() -> None:
-    """helm and kube-rbac-proxy build what labkit/install.py pins, checked against a committed go.sum."""
+    """helm and kube-rbac-proxy build what labkit/install/_products.py pins, checked against a committed go.sum."""
     assert install.TOOLS["helm"].version == install.HELM_VERSION == _gomod_version("helm", "helm.sh/helm/v3")
     krp = install.TOOLS["kube-rbac-proxy"]
     assert krp.version == install.KUBE_RBAC_PROXY_VERSION == _gomod_version("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")
     for name, module in (("helm", "helm.sh/helm/v3"), ("kube-rbac-proxy", "github.com/brancz/kube-rbac-proxy")):
-        assert _prebuilt.go_sum_hash(module, install.TOOLS[name].version, ROOT / "labkit/_gomod" / name / "go.sum").startswith("h1:")
+        assert _checksums.go_sum_hash(module, install.TOOLS[name].version, GOMOD / name / "go.sum").startswith("h1:")
     assert install.TOOLS["helm"].extra == [f"charts/vault-secrets-operator-{install.VSO_VERSION}.tgz", "charts/index.yaml"]
     assert not set(install.TOOLS) & set(install.PRODUCTS)  # `labkit up` does not need them
 
@@ -256,7 +258,7 @@ def test_mirrors_and_goproxy() -> None:
     env = {"VSOLAB_K8S_RELEASES": "https://mirror.example/k8s/", "GOPROXY": "direct"}
     (a, _) = _prebuilt.release_artifacts("kube", "1.36.3", "amd64", env)
     assert a.url == "https://mirror.example/k8s/v1.36.3/bin/linux/amd64/kube-apiserver"
-    assert _prebuilt.module_zip_url(_prebuilt.VSO_MODULE, "1.5.0", env) == (
+    assert _prebuilt.module_zip_url(_products.VSO_MODULE, "1.5.0", env) == (
         "https://proxy.golang.org/github.com/hashicorp/vault-secrets-operator/@v/v1.5.0.zip")
     env = {"GOPROXY": "https://goproxy.corp/,https://proxy.golang.org,direct"}
     assert _prebuilt.module_zip_url("github.com/BurntSushi/toml", "1.0.0", env) == (
@@ -306,10 +308,10 @@ def _mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     (vdir / f"vault-secrets-operator_{v}_SHA256SUMS").write_text(f"{_sha(vzip.read_bytes())}  {vzip.name}\n")
     files["vso"] = vzip
     # VSO's module zip on a file:// GOPROXY, and a go.sum that records its hash.
-    mdir = m / "goproxy" / _prebuilt.VSO_MODULE / "@v"
+    mdir = m / "goproxy" / _products.VSO_MODULE / "@v"
     mdir.mkdir(parents=True)
     mzip = mdir / f"v{v}.zip"
-    prefix = f"{_prebuilt.VSO_MODULE}@v{v}/"
+    prefix = f"{_products.VSO_MODULE}@v{v}/"
     with zipfile.ZipFile(mzip, "w") as z:
         z.writestr(prefix + "chart/crds/secrets.hashicorp.com_vaultauths.yaml", "kind: CustomResourceDefinition\n")
         z.writestr(prefix + "chart/crds/secrets.hashicorp.com_vaultstaticsecrets.yaml", "kind: CustomResourceDefinition\n")
@@ -318,7 +320,7 @@ def _mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     gomod = tmp_path / "gomod"
     (gomod / "vso").mkdir(parents=True)
     (gomod / "vso" / "go.sum").write_text(
-        f"{_prebuilt.VSO_MODULE} v{v} {_prebuilt.module_zip_hash(mzip)}\n{_prebuilt.VSO_MODULE} v{v}/go.mod h1:x=\n")
+        f"{_products.VSO_MODULE} v{v} {_checksums.module_zip_hash(mzip)}\n{_products.VSO_MODULE} v{v}/go.mod h1:x=\n")
     files["module"] = mzip
     monkeypatch.setattr(_prebuilt, "GOMOD_DIR", gomod)
     monkeypatch.setattr(_prebuilt, "machine_arch", lambda machine=None: "amd64")
@@ -360,8 +362,8 @@ def test_prebuilt_fills_the_same_cache_as_a_build(tmp_path: Path, monkeypatch: p
     assert not (vso / "LICENSE.txt").exists()
     # install() now finds everything cached and downloads nothing.
     monkeypatch.setattr(_prebuilt, "_download", lambda *a, **k: pytest.fail("downloaded a cached product"))
-    monkeypatch.setattr(install, "bao_binary", lambda: tmp_path / "bao")
-    monkeypatch.setattr(install, "postgres_bindir", lambda: tmp_path / "pg")
+    monkeypatch.setattr(_installer, "bao_binary", lambda: tmp_path / "bao")
+    monkeypatch.setattr(_installer, "postgres_bindir", lambda: tmp_path / "pg")
     assert install.install(source="prebuilt")["vso-crds"] == vso / "crds"
 
 
@@ -369,7 +371,7 @@ def test_a_tampered_download_is_refused_and_leaves_no_binary(tmp_path: Path, mon
     files = _mirror(tmp_path, monkeypatch)
     files["kube-controller-manager"].write_bytes(b"#!/bin/sh\necho evil\n")
     kube = install.PRODUCTS["kube"]
-    with pytest.raises(_prebuilt.ChecksumMismatch, match="kube-controller-manager"):
+    with pytest.raises(ChecksumMismatch, match="kube-controller-manager"):
         _prebuilt.fetch_prebuilt(kube)
     assert not kube.built()
     assert not (kube.dir / "kube-apiserver").exists()  # nothing half-installed
@@ -379,8 +381,8 @@ def test_a_tampered_download_is_refused_and_leaves_no_binary(tmp_path: Path, mon
 def test_a_tampered_module_zip_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _mirror(tmp_path, monkeypatch)
     with zipfile.ZipFile(files["module"], "a") as z:
-        z.writestr(f"{_prebuilt.VSO_MODULE}@v{install.VSO_VERSION}/extra.go", "package evil\n")
-    with pytest.raises(_prebuilt.ChecksumMismatch, match=r"go\.sum"):
+        z.writestr(f"{_products.VSO_MODULE}@v{install.VSO_VERSION}/extra.go", "package evil\n")
+    with pytest.raises(ChecksumMismatch, match=r"go\.sum"):
         _prebuilt.fetch_prebuilt(install.PRODUCTS["vso"])
     assert not install.PRODUCTS["vso"].built()
 
@@ -408,8 +410,8 @@ def test_auto_falls_back_to_build_when_prebuilt_fails(tmp_path: Path, monkeypatc
     files = _mirror(tmp_path, monkeypatch)
     files["kube-apiserver"].write_bytes(b"corrupted")
     calls: list[str] = []
-    monkeypatch.setattr(install, "build", _fake_build(calls))
-    choice = _prebuilt.choose_source("auto", 2 * GiB, {})
+    monkeypatch.setattr(_installer, "build", _fake_build(calls))
+    choice = _source.choose_source("auto", 2 * GiB, {})
     assert install.install_product(install.PRODUCTS["kube"], choice) == "build"
     assert install.install_product(install.PRODUCTS["etcd"], choice) == "prebuilt"
     assert calls == ["kube"]
@@ -420,9 +422,9 @@ def test_prebuilt_asked_for_does_not_fall_back(tmp_path: Path, monkeypatch: pyte
     files = _mirror(tmp_path, monkeypatch)
     files["etcd"].write_bytes(b"corrupted")
     calls: list[str] = []
-    monkeypatch.setattr(install, "build", _fake_build(calls))
-    with pytest.raises(_prebuilt.ChecksumMismatch):
-        install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("prebuilt", 2 * GiB, {}))
+    monkeypatch.setattr(_installer, "build", _fake_build(calls))
+    with pytest.raises(ChecksumMismatch):
+        install.install_product(install.PRODUCTS["etcd"], _source.choose_source("prebuilt", 2 * GiB, {}))
     assert calls == []
 
 
@@ -431,11 +433,11 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
     files["etcd"].write_bytes(b"corrupted")
 
     def no_go(product: install.Product, *, force: bool = False) -> dict[str, Path]:
-        raise install.MissingTool("Checked PATH for the Go toolchain: it is not there.", ["a", "b", "c"])
+        raise MissingTool("Checked PATH for the Go toolchain: it is not there.", ["a", "b", "c"])
 
-    monkeypatch.setattr(install, "build", no_go)
+    monkeypatch.setattr(_installer, "build", no_go)
     with pytest.raises(BuildError) as err:
-        install.install_product(install.PRODUCTS["etcd"], _prebuilt.choose_source("auto", 2 * GiB, {}))
+        install.install_product(install.PRODUCTS["etcd"], _source.choose_source("auto", 2 * GiB, {}))
     assert "prebuilt, then build" in err.value.checked
     assert "[prebuilt]" in err.value.detail and "[build]" in err.value.detail
 
@@ -443,7 +445,7 @@ def test_when_every_source_fails_the_error_names_each(tmp_path: Path, monkeypatc
 def test_a_download_that_fails_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _mirror(tmp_path, monkeypatch)
     monkeypatch.setenv("VSOLAB_ETCD_RELEASES", (tmp_path / "nowhere").as_uri())
-    with pytest.raises(_prebuilt.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         _prebuilt.fetch_prebuilt(install.PRODUCTS["etcd"])
     assert "nowhere" in err.value.checked and len(err.value.fixes) == 3
 
@@ -469,6 +471,7 @@ import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from labkit import install
+from labkit.install import _installer
 
 me, other, log = sys.argv[2], sys.argv[3], Path(sys.argv[4])
 product = install.PRODUCTS["etcd"]
@@ -492,7 +495,7 @@ def fake_build(p, *, force=False):
         f.write(f"end {me}\n")
     return p.paths()
 
-install.build = fake_build
+_installer.build = fake_build
 (log.parent / f"ready-{me}").write_text("")
 while not (log.parent / f"ready-{other}").exists():  # both processes start installing together
     time.sleep(0.02)

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from _mirror import REAL, Mirror, mirror_env, serve
 
-from labkit import _prebuilt, install
+from labkit import install
+from labkit.install import _checksums, _source
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mirror, d
 
 
 def _install(server: Mirror, cache: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != _prebuilt.SOURCE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != _source.SOURCE_ENV}
     env.update(VSOLAB_CACHE=str(cache), **mirror_env(server))
     return subprocess.run([sys.executable, "-m", "labkit", "install", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -75,7 +76,7 @@ def test_auto_installs_the_release_binaries_from_the_mirror(mirror: tuple[Mirror
         assert f"{name}: downloaded and verified" in res.stderr
         for out in product.outputs:
             got = cache / f"{name}-{product.version}" / out
-            assert _prebuilt.sha256_file(got) == _prebuilt.sha256_file(REAL / f"{name}-{product.version}" / out)
+            assert _checksums.sha256_file(got) == _checksums.sha256_file(REAL / f"{name}-{product.version}" / out)
             assert got.stat().st_mode & 0o777 == 0o755
         assert '"source": "prebuilt"' in (cache / f"{name}-{product.version}" / "build-metrics.json").read_text()
     assert f"Kubernetes v{K}" in _version(cache / f"kube-{K}" / "kube-apiserver")
@@ -110,7 +111,7 @@ def test_a_corrupted_archive_is_refused(mirror: tuple[Mirror, dict[str, Path]], 
     first = [line for line in res.stderr.splitlines() if line.startswith("labkit install:")]
     assert first == [f"labkit install: Checked kube-controller-manager ({server.url}{path}) against its published checksum "
                      f"({server.url}{path}.sha256): it does not match, so it was refused."]
-    assert f"expected {_prebuilt.sha256_file(files['kube-controller-manager'])}" in res.stderr
+    assert f"expected {_checksums.sha256_file(files['kube-controller-manager'])}" in res.stderr
     assert f"got {hashlib.sha256(bytes(data)).hexdigest()}" in res.stderr
     assert "To fix it:" in res.stderr and "  3. " in res.stderr and "Traceback" not in res.stderr
     kube = cache / f"kube-{K}"
