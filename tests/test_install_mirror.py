@@ -87,6 +87,9 @@ def test_auto_installs_the_release_binaries_from_the_mirror(mirror: tuple[Mirror
     vso = cache / f"vso-{V}"
     assert sorted(p.name for p in (vso / "crds").iterdir()) == sorted(p.name for p in (REAL / f"vso-{V}" / "crds").iterdir())
     assert (vso / "rbac" / "role.yaml").read_bytes() == (REAL / f"vso-{V}" / "rbac" / "role.yaml").read_bytes()
+    # the chart's pre-upgrade hook runs scripts/upgrade-crds: laid out at install time (a shared cache is read-only later)
+    assert os.readlink(vso / "scripts" / "upgrade-crds") == "../vso-manager"
+    assert (vso / "scripts" / "crds").resolve() == (vso / "crds").resolve()
     # the probe asked each release host with HEAD; then each checksum file and archive was fetched once
     heads = [p for m, p in server.requests if m == "HEAD"]
     assert f"/k8s/release/v{K}/bin/linux/amd64/kube-apiserver.sha256" in heads and f"/etcd/v{E}/SHA256SUMS" in heads

@@ -268,7 +268,7 @@ def fetch_prebuilt(
             total += n
             record.append(rec)
         # Extras first, outputs last: built() only turns true once everything is in place.
-        for extra in ("crds", "rbac"):
+        for extra in ("crds", "rbac", "scripts"):
             if (out / extra).is_dir():
                 if (product.dir / extra).exists():
                     shutil.rmtree(product.dir / extra)
