@@ -6,6 +6,8 @@ the Vault Secrets Operator through small functions named after the lab's steps.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .errors import (
     CheckFailed,
@@ -20,8 +22,11 @@ from .errors import (
     VaultError,
 )
 
+if TYPE_CHECKING:
+    from .backends.contract import Lab
 
-def get_lab(backend: str = "local", state: str | None = None):  # a backend's lab object
+
+def get_lab(backend: str = "local", state: str | None = None) -> Lab:
     """The lab object for ``backend`` (not started): ``get_lab().up()``.
 
     Ready clients: ``lab.kube`` (kubernetes ApiClient), ``labkit.vault.client(lab)`` (hvac),

@@ -21,6 +21,7 @@ from typing import Any
 import nbformat
 import yaml
 
+from .backends.contract import Lab
 from .errors import LabkitError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -77,7 +78,7 @@ def with_this_python(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PATH": os.pathsep.join(parts)}
 
 
-def cell_env(lab: Any, params: dict[str, Any]) -> dict[str, str]:
+def cell_env(lab: Lab, params: dict[str, Any]) -> dict[str, str]:
     """What a cell sees besides the kernel's own environment: the lab's (``labkit env``), the attendee prefix
     (``$PREFIX``, empty on a lab of your own) and the notebook's parameters."""
     env = with_this_python(dict(lab.env()))
@@ -88,7 +89,7 @@ def cell_env(lab: Any, params: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def run_steps(lab: Any, number: int, params: dict[str, Any], *, folder: Path = NOTEBOOK_DIR,
+def run_steps(lab: Lab, number: int, params: dict[str, Any], *, folder: Path = NOTEBOOK_DIR,
               timeout: float = 300) -> list[str]:
     """Run notebook ``number``'s step cells in order, as the notebook would; return their ids."""
     path = notebook_path(number, folder)

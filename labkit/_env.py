@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+
+from .backends.contract import Lab
 
 
 def tool_targets() -> dict[str, Path]:
@@ -61,7 +62,7 @@ def ensure_tools(tools_dir: Path, targets: dict[str, Path] | None = None) -> Pat
     return tools_dir
 
 
-def lab_env(lab: Any, *, tools_dir: Path, helm_env: dict[str, str], shared_operator: bool) -> dict[str, str]:
+def lab_env(lab: Lab, *, tools_dir: Path, helm_env: dict[str, str], shared_operator: bool) -> dict[str, str]:
     """The variables for shells and kernels, from the contract's properties (see the module docstring);
     ``helm_env`` is the backend's ``VSO_CHART_REPO``/``LAB_HELM_VALUES``/``LAB_HELM_POSTRENDERER``
     (:func:`labkit.helm.env` on the local lab, :func:`labkit.helm.passthrough_env` elsewhere)."""

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends.contract import Lab
+
+#: ``checker(lab, namespace) -> [(what was checked, passed, what to look at when not)]``
+Checker = Callable[["Lab", dict[str, Any]], list[tuple[str, bool, str]]]
 
 
 @dataclass
@@ -17,7 +23,7 @@ class Exercise:
     notebook: int
     task: str
     hints: list[str]
-    checker: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
+    checker: Checker
     #: how many hints this kernel has shown so far
     shown: int = field(default=0)
 
@@ -25,12 +31,9 @@ class Exercise:
 REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(id: str, notebook: int, task: str, hints: list[str]) -> Callable[
-        [Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]],
-        Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]]:
+def exercise(id: str, notebook: int, task: str, hints: list[str]) -> Callable[[Checker], Checker]:
     """Register a checker: ``checker(lab, namespace) -> [(what was checked, passed, what to look at when not)]``."""
-    def register(fn: Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]
-                 ) -> Callable[[Any, dict[str, Any]], list[tuple[str, bool, str]]]:
+    def register(fn: Checker) -> Checker:
         REGISTRY[id] = Exercise(id, notebook, task, hints, fn)
         return fn
     return register

@@ -17,6 +17,7 @@ import requests
 import yaml
 
 from . import k8s
+from .backends.contract import Lab
 from .display import Done, mask
 from .errors import SyncError
 
@@ -56,9 +57,9 @@ def manifests(namespace: str, secret_name: str, db_host: str, db_port: int, name
     ]
 
 
-def deploy(lab: Any, namespace: str, secret_name: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Done:
+def deploy(lab: Lab, namespace: str, secret_name: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Done:
     """Apply the app's Deployment and wait until a pod is Ready."""
-    host, port = lab.pg_address_for_pods if hasattr(lab, "pg_address_for_pods") else lab.pg_address
+    host, port = lab.pg_address_for_pods
     objs = manifests(namespace, secret_name, host, port, name)
     k8s.apply(lab.kube, objs)
     pod = wait_ready(lab, namespace, name, timeout)
@@ -68,7 +69,7 @@ def deploy(lab: Any, namespace: str, secret_name: str, name: str = "hashicups-ex
                 f"kubectl apply -n {namespace} -f - <<'EOF'\n{docs}\nEOF\nkubectl get pods -n {namespace}")
 
 
-def wait_ready(lab: Any, namespace: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Any:
+def wait_ready(lab: Lab, namespace: str, name: str = "hashicups-exampleapp", timeout: float = 60) -> Any:
     def probe() -> Any:
         pods = k8s.ready_pods(lab.kube, namespace, f"app={name}")
         return pods[0] if pods else None
@@ -85,14 +86,14 @@ def wait_ready(lab: Any, namespace: str, name: str = "hashicups-exampleapp", tim
     return k8s.wait_for(f"a Ready pod of {namespace}/{name}", probe, timeout, hint=hint)
 
 
-def remove(lab: Any, namespace: str, name: str = "hashicups-exampleapp") -> Done:
+def remove(lab: Lab, namespace: str, name: str = "hashicups-exampleapp") -> Done:
     for kind, n in (("Deployment", name), ("ConfigMap", f"{name}-code"), ("ConfigMap", f"{name}-db")):
         k8s.delete(lab.kube, "apps/v1" if kind == "Deployment" else "v1", kind, n, namespace)
     k8s.wait_for(f"the pods of {namespace}/{name} to go", lambda: not k8s.pods(lab.kube, namespace, f"app={name}"), 60)
     return Done(f"deleted the {name} Deployment in {namespace}", f"kubectl delete deployment {name} -n {namespace}")
 
 
-def call(lab: Any, namespace: str, path: str, name: str = "hashicups-exampleapp", timeout: float = 20) -> tuple[int, dict]:
+def call(lab: Lab, namespace: str, path: str, name: str = "hashicups-exampleapp", timeout: float = 20) -> tuple[int, dict]:
     """GET an app endpoint through the backend's route to the pod; retried while pods roll."""
     deadline = time.monotonic() + timeout
     last = ""

@@ -4,14 +4,18 @@ survive operator restarts."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client as kclient
 
 from . import app, dynamic, k8s, vault, vso
 from ._exercise_registry import exercise
+from .backends.contract import Lab
 from .connect import connection_ref
 from .display import Check
+
+if TYPE_CHECKING:
+    from .backends.cluster import ClusterLab
 
 HELM_VALUES = """controller:
   manager:
@@ -30,19 +34,19 @@ HELM_VALUES = """controller:
 """
 
 
-def helm_values(lab: Any) -> str:
+def helm_values(lab: Lab) -> str:
     n = lab.names
     return HELM_VALUES.format(connection=connection_ref(lab), key=n.transit_key, mount=n.transit_mount,
                               auth_mount=n.k8s_auth_mount, role=n.transit_role, sa=n.operator_sa)
 
 
-def shared(lab: Any) -> bool:
+def shared(lab: Lab) -> bool:
     """VSO belongs to the team (``VSOLAB_SHARED_OPERATOR=1``): the notebook's Helm cell only shows the release,
     and nothing here restarts it."""
     return bool(getattr(lab, "shared_operator", False))
 
 
-def cache_secrets(lab: Any) -> list[dict[str, Any]]:
+def cache_secrets(lab: Lab) -> list[dict[str, Any]]:
     """The ``vso-cc-*`` Secrets VSO keeps in its namespace, with their labels."""
     items = kclient.CoreV1Api(lab.kube).list_namespaced_secret(lab.names.operator_ns).items
     out: list[dict[str, Any]] = []
@@ -53,7 +57,7 @@ def cache_secrets(lab: Any) -> list[dict[str, Any]]:
     return out
 
 
-def wait_for_cache(lab: Any, timeout: float = 90) -> list[dict[str, Any]]:
+def wait_for_cache(lab: Lab, timeout: float = 90) -> list[dict[str, Any]]:
     """Wait for VSO's encrypted ``vso-cc-*`` Secrets; on a shared VSO, only look (its settings are the team's)."""
     if shared(lab):
         return [s for s in cache_secrets(lab) if s["labels"].get("encrypted") == "true"]
@@ -62,7 +66,7 @@ def wait_for_cache(lab: Any, timeout: float = 90) -> list[dict[str, Any]]:
                         hint="check the transit VaultAuth (`kubectl get vaultauth -n vault-secrets-operator`) and the VSO log")
 
 
-def _seconds_to_rotation(lab: Any) -> float | None:
+def _seconds_to_rotation(lab: Lab) -> float | None:
     """How long the VaultDynamicSecret's lease has before Vault cuts it short at the role's ``max_ttl``."""
     n = lab.names
     lid = dynamic.lease(lab)["lease_id"]
@@ -78,7 +82,7 @@ def _seconds_to_rotation(lab: Any) -> float | None:
     return start.timestamp() + max_ttl - time.time()
 
 
-def _wait_for_room(lab: Any, room: float) -> None:
+def _wait_for_room(lab: Lab, room: float) -> None:
     """Wait until the lease has ``room`` seconds before its ``max_ttl`` rotation (a rotation first, if need be)."""
     left = _seconds_to_rotation(lab)
     if left is None or left >= room:
@@ -90,7 +94,7 @@ def _wait_for_room(lab: Any, room: float) -> None:
     dynamic.wait_steady(lab)
 
 
-def restart_experiment(lab: Any, *, settle: float = 8.0, room: float = 30.0) -> dict[str, Any]:
+def restart_experiment(lab: Lab, *, settle: float = 8.0, room: float = 30.0) -> dict[str, Any]:
     """Restart VSO's pod (``kubectl rollout restart``) with its current settings; report whether the lease and the
     app pods survived. Starts only with ``room`` seconds before the lease's ``max_ttl`` rotation, so that a
     scheduled rotation is not counted as the restart's doing.
@@ -126,13 +130,13 @@ def restart_experiment(lab: Any, *, settle: float = 8.0, room: float = 30.0) -> 
     }
 
 
-def operator_pod(lab: Any) -> str:
+def operator_pod(lab: Lab) -> str:
     """The name of the operator's running pod ("" when none runs)."""
     pods = k8s.ready_pods(lab.kube, lab.names.operator_ns, "control-plane=controller-manager")
     return pods[0].metadata.name if pods else ""
 
 
-def snapshot(lab: Any, room: float = 28.0) -> dict[str, str]:
+def snapshot(lab: Lab, room: float = 28.0) -> dict[str, str]:
     """What exercise ``restart-kept`` compares against: the operator's pod and the VaultDynamicSecret's lease.
 
     Recorded with ``room`` seconds before the lease's scheduled rotation (waiting for that rotation first if it is
@@ -142,7 +146,7 @@ def snapshot(lab: Any, room: float = 28.0) -> dict[str, str]:
     return {"operator_pod": operator_pod(lab), "lease_id": dynamic.lease(lab)["lease_id"]}
 
 
-def rotated_on_schedule(lab: Any, lease_id: str) -> bool:
+def rotated_on_schedule(lab: Lab, lease_id: str) -> bool:
     """Whether Vault's record of a replaced lease says it reached the role's ``max_ttl`` (its last renewal was cut
     short: VSO's scheduled rotation), rather than being dropped early (e.g. by a restart that lost VSO's client)."""
     import datetime as dt
@@ -164,7 +168,7 @@ def rotated_on_schedule(lab: Any, lease_id: str) -> bool:
     return abs(when(info["expire_time"]) - (when(info["issue_time"]) + max_ttl)) <= 2
 
 
-def _shared_check(lab: Any) -> Check:
+def _shared_check(lab: Lab) -> Check:
     """On a shared VSO: this attendee's half of the stage (transit key, policy, role) is in place and VSO answers."""
     from hvac import exceptions as hvexc
 
@@ -185,11 +189,13 @@ def _shared_check(lab: Any) -> Check:
          f"{n.transit_mount}/encrypt/{n.transit_key}" in policy, "run the `vault policy write` cell"),
         (f"the role {n.transit_role} binds {n.operator_sa} in {n.operator_ns}",
          n.operator_sa in (role or {}).get("bound_service_account_names", []), "run the operator's role cell"),
-        ("the team's VSO is ready", lab.operator().ready, "ask the instructor: `kubectl get pods -n vault-secrets-operator`"),
+        # a shared VSO is a cluster backend's: ClusterLab.operator() finds its Deployment
+        ("the team's VSO is ready", cast("ClusterLab", lab).operator().ready,
+         "ask the instructor: `kubectl get pods -n vault-secrets-operator`"),
     ])
 
 
-def check(lab: Any) -> Check:
+def check(lab: Lab) -> Check:
     if shared(lab):
         return _shared_check(lab)
     n = lab.names
@@ -214,7 +220,7 @@ def check(lab: Any) -> Check:
      "`kubectl rollout status deployment/vault-secrets-operator-controller-manager -n vault-secrets-operator` "
      "waits for it.",
      "Run the cell that records `before_restart` first, then restart; the checker compares with it."])
-def _check_restart_kept(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_restart_kept(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     before = ns.get("before_restart") or {}
     now = snapshot(lab)
     if shared(lab):  # the team's VSO: nobody restarts it for an exercise; the lease must simply still be there
@@ -246,7 +252,7 @@ def _check_restart_kept(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ["Transit keys rotate with `vault write -f <mount>/keys/<name>/rotate`.",
      "The mount is ${PREFIX}demo-transit and the key vso-client-cache.",
      "`vault read -field=latest_version ${PREFIX}demo-transit/keys/vso-client-cache` shows the version."])
-def _check_rotate_key(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_rotate_key(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     from hvac import exceptions as hvexc
 

@@ -16,10 +16,11 @@ from kubernetes.client.exceptions import ApiException
 
 from . import k8s, pg, vault, vso
 from ._exercise_registry import exercise
+from .backends.contract import Lab, OperatorRelease
 from .display import Check, Done, Steps
 
 
-def _delete_namespace(lab: Any, ns: str) -> None:
+def _delete_namespace(lab: Lab, ns: str) -> None:
     """Empty the namespace first, then delete it.
 
     The namespace controller retries a namespace that still has content with a growing delay
@@ -61,7 +62,7 @@ def _vault_quiet(fn: Any, *a: Any, **kw: Any) -> None:
         fn(*a, **kw)
 
 
-def undo_instant(lab: Any) -> Done:
+def undo_instant(lab: Lab) -> Done:
     """Back to a VaultStaticSecret without instant updates, and the plain read policy."""
     from . import static
 
@@ -73,14 +74,14 @@ def undo_instant(lab: Any) -> Done:
     return Done("instant updates turned off", "")
 
 
-def undo_cache(lab: Any) -> Done:
+def undo_cache(lab: Lab) -> Done:
     """Client-cache persistence off, then the transit engine, key, policy and role gone. On a shared VSO (the
     team's) only this attendee's Vault objects go: the operator, its settings and its cache Secrets stay."""
     n = lab.names
     shared = bool(getattr(lab, "shared_operator", False))
     if not shared and lab.operator_settings().get("client_cache_persistence_model") != "none":
         lab.restart_operator(client_cache_persistence_model="none")
-    if not shared and not getattr(lab, "helm_managed_operator", False):
+    if not shared and not lab.helm_managed_operator:
         vso.delete(lab, "VaultAuth", n.transit_auth, n.operator_ns)
     c = vault.client(lab)
     _vault_quiet(c.auth.kubernetes.delete_role, n.transit_role, mount_point=n.k8s_auth_mount)
@@ -107,7 +108,7 @@ def _leases(c: Any, prefix: str) -> list[str]:
     return [prefix.rstrip("/") + "/" + k for k in keys]
 
 
-def undo_dynamic(lab: Any, wait: float = 15.0) -> Done:
+def undo_dynamic(lab: Lab, wait: float = 15.0) -> Done:
     """Delete the VaultDynamicSecret and watch VSO revoke its lease; then the app, the namespace and the Vault side.
 
     VSO revokes only the lease it holds, with the VaultAuth's token (``sys/leases/revoke`` in the policy). Leases
@@ -149,7 +150,7 @@ def undo_dynamic(lab: Any, wait: float = 15.0) -> Done:
                 f"vault list sys/leases/lookup/{prefix}\nvault lease revoke -prefix {prefix}\nvault secrets disable {n.db_mount}")
 
 
-def undo_static(lab: Any) -> Done:
+def undo_static(lab: Lab) -> Done:
     n = lab.names
     _delete_namespace(lab, n.static_ns)
     c = vault.client(lab)
@@ -161,7 +162,7 @@ def undo_static(lab: Any) -> Done:
                 f"kubectl delete namespace {n.static_ns}\nvault secrets disable {n.kv_mount}")
 
 
-def undo_connect(lab: Any) -> Done:
+def undo_connect(lab: Lab) -> Done:
     n = lab.names
     _delete_namespace(lab, n.vault_ns)
     try:
@@ -177,9 +178,9 @@ def undo_connect(lab: Any) -> Done:
                 f"vault auth disable {n.k8s_auth_mount}")
 
 
-def install_operator(lab: Any) -> Done:
+def install_operator(lab: Lab) -> Done:
     """Notebook 01's first step, for ``labkit stage N`` (N ≥ 2) on the local lab: VSO's Helm release, if missing."""
-    if not hasattr(lab, "operator_installed") or lab.operator_installed():
+    if not isinstance(lab, OperatorRelease) or lab.operator_installed():
         return Done("VSO is installed", "")
     lab.install_operator()
     from .helm import INSTALL_COMMAND
@@ -187,13 +188,13 @@ def install_operator(lab: Any) -> Done:
     return Done("installed VSO's Helm release", INSTALL_COMMAND)
 
 
-def undo_operator(lab: Any) -> Done:
+def undo_operator(lab: Lab) -> Done:
     """Back to before notebook 01 on the local lab: VSO's Helm release uninstalled (notebook 01 installs it).
 
     The release's own VaultAuths and VaultConnections are deleted first, while the manager still runs to remove
     their finalizers; ``helm uninstall`` alone would leave them stuck (see :func:`labkit.helm.uninstall_release`).
     Other backends keep their operator (``labkit up`` installs it there)."""
-    if not hasattr(lab, "uninstall_operator"):
+    if not isinstance(lab, OperatorRelease):
         return Done("VSO kept (this backend's `labkit up` installs it)", "")
     from .helm import UNINSTALL_COMMAND
 
@@ -201,12 +202,12 @@ def undo_operator(lab: Any) -> Done:
     return Done("; ".join(steps) or "VSO's Helm release was not installed", UNINSTALL_COMMAND if steps else "")
 
 
-def undo_connect_and_operator(lab: Any) -> Steps:
+def undo_connect_and_operator(lab: Lab) -> Steps:
     """Stage 1's undo: notebook 01 connects VSO to Vault after installing it, so the connection goes first."""
     return Steps([undo_connect(lab), undo_operator(lab)])
 
 
-def _strip_vso_finalizers(lab: Any, ns: str) -> int:
+def _strip_vso_finalizers(lab: Lab, ns: str) -> int:
     """With no operator running, nothing removes VSO's finalizers: remove them, so the namespace can go."""
     custom = kclient.CustomObjectsApi(lab.kube)
     count = 0
@@ -221,11 +222,11 @@ def _strip_vso_finalizers(lab: Any, ns: str) -> int:
     return count
 
 
-def _operator_runs(lab: Any) -> bool:
+def _operator_runs(lab: Lab) -> bool:
     return bool(k8s.ready_pods(lab.kube, lab.names.operator_ns, "control-plane=controller-manager"))
 
 
-def sweep(lab: Any) -> Done:
+def sweep(lab: Lab) -> Done:
     """Find what notebook 07's steps (or a learner who skipped some) left behind; remove it and say what it was.
 
     Nothing is touched that is already gone, so after a complete clean-up the sweep reports that it found nothing.
@@ -243,10 +244,10 @@ def sweep(lab: Any) -> Done:
     if k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding) is not None:
         k8s.delete(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
         found.append(f"ClusterRoleBinding {n.reviewer_binding}")
-    if not shared and hasattr(lab, "operator_installed") and lab.operator_installed():
+    if not shared and isinstance(lab, OperatorRelease) and lab.operator_installed():
         lab.uninstall_operator()
         found.append("VSO's Helm release")
-    if not shared and hasattr(lab, "operator_installed") and not lab.operator_installed() and \
+    if not shared and isinstance(lab, OperatorRelease) and not lab.operator_installed() and \
             not k8s.namespace_gone(lab.kube, n.operator_ns):
         # helm leaves the namespace --create-namespace made, and what VSO wrote there (its cache's HMAC key)
         _delete_namespace(lab, n.operator_ns)
@@ -278,7 +279,7 @@ def sweep(lab: Any) -> Done:
                 details={"left over": len(found)})
 
 
-def check(lab: Any) -> Check:
+def check(lab: Lab) -> Check:
     n = lab.names
     roles = pg.lab_roles(lab)
     leases = vault.list_leases(lab, f"{n.db_mount}/creds/{n.db_role}")
@@ -302,7 +303,7 @@ def check(lab: Any) -> Check:
     "transit-gone", 7, "Disable the client cache's transit engine and delete its policy.",
     ["Engines go with `vault secrets disable <path>`, policies with `vault policy delete <name>`.",
      "vault secrets disable ${PREFIX}demo-transit; vault policy delete ${PREFIX}vso-transit-policy"])
-def _check_transit_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_transit_gone(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     mounts = vault.client(lab).sys.list_mounted_secrets_engines()["data"]
     return [(f"the transit engine {n.transit_mount}/ is disabled", f"{n.transit_mount}/" not in mounts,
@@ -316,7 +317,7 @@ def _check_transit_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
     ["ClusterRoleBindings are cluster-scoped: `kubectl get clusterrolebindings` (no -n).",
      "Its name ends in vault-to-k8s-sa-auth-delegator (notebook 01).",
      "kubectl delete clusterrolebinding ${PREFIX}vault-to-k8s-sa-auth-delegator"])
-def _check_binding_gone(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_binding_gone(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     crb = k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
     return [(f"the ClusterRoleBinding {n.reviewer_binding} is gone", crb is None,

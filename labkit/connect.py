@@ -10,18 +10,19 @@ from kubernetes import client as kclient
 
 from . import k8s, vault, vso
 from ._exercise_registry import exercise
+from .backends.contract import Lab
 from .display import Check, Done
 
 OPERATOR_RELEASE = "vault-secrets-operator"
 
 
-def create_vault_namespace(lab: Any) -> Done:
+def create_vault_namespace(lab: Lab) -> Done:
     n = lab.names
     k8s.ensure_namespace(lab.kube, n.vault_ns)
     return Done(f"namespace {n.vault_ns} exists", f"kubectl create namespace {n.vault_ns}")
 
 
-def create_vault_connection(lab: Any) -> Done:
+def create_vault_connection(lab: Lab) -> Done:
     """A VaultConnection that tells VSO where Vault is."""
     n = lab.names
     obj = vso.vault_connection(n.vault_connection, n.vault_ns, lab.vault_addr_for_cluster)
@@ -30,12 +31,12 @@ def create_vault_connection(lab: Any) -> Done:
     return done
 
 
-def connection_ref(lab: Any) -> str:
+def connection_ref(lab: Lab) -> str:
     n = lab.names
     return f"{n.vault_ns}/{n.vault_connection}"
 
 
-def create_token_reviewer(lab: Any) -> Done:
+def create_token_reviewer(lab: Lab) -> Done:
     """The service account Vault uses to call TokenReview, its token Secret and its binding."""
     n = lab.names
     k8s.apply(lab.kube, [
@@ -62,14 +63,14 @@ def create_token_reviewer(lab: Any) -> Done:
     )
 
 
-def read_token_reviewer(lab: Any) -> dict[str, str]:
+def read_token_reviewer(lab: Lab) -> dict[str, str]:
     """The decoded ``ca.crt`` and ``token`` of vault-auth-secret."""
     n = lab.names
     data = k8s.secret_data(lab.kube, n.reviewer_secret, n.vault_ns) or {}
     return {"ca.crt": data.get("ca.crt", ""), "token": data.get("token", ""), "namespace": data.get("namespace", "")}
 
 
-def enable_kubernetes_auth(lab: Any) -> Done:
+def enable_kubernetes_auth(lab: Lab) -> Done:
     """Enable auth/kubernetes and point it at the cluster's API with the reviewer's token."""
     n = lab.names
     d = read_token_reviewer(lab)
@@ -78,7 +79,7 @@ def enable_kubernetes_auth(lab: Any) -> Done:
     return Done(f"{first.what}; {second.what}", f"{first.command}\n{second.command}")
 
 
-def check(lab: Any) -> Check:
+def check(lab: Lab) -> Check:
     n = lab.names
     conn = vso.get(lab, "VaultConnection", n.vault_connection, n.vault_ns)
     valid = bool(conn and (conn.get("status") or {}).get("valid"))
@@ -123,7 +124,7 @@ TYPO_CONNECTION = "vault-connection-typo"
      "VSO checks that, a moment later.",
      "`kubectl describe vaultconnection vault-connection-typo -n ${PREFIX}vault`: status.valid is false, and the "
      "events at the bottom carry VSO's reason (VaultClientError: Failed to check Vault seal status …)."])
-def _check_connection_typo(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_connection_typo(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The learner's VaultConnection exists with another address than the lab's, and VSO has judged it invalid."""
     n = lab.names
     deadline = time.monotonic() + 15  # VSO reconciles a new VaultConnection within a second or two
@@ -156,7 +157,7 @@ def _check_connection_typo(lab: Any, namespace: dict[str, Any]) -> list[tuple[st
      "post-renderer).",
      "The chart turns the value into the manager's flag --zap-log-level=debug: a new pod template, so Kubernetes "
      "replaces the pod (new name, age a few seconds). `kubectl logs … -c manager` then shows debug lines."])
-def _check_operator_debug_log(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_operator_debug_log(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The release's Deployment runs the manager with --zap-log-level=debug, and it is available again."""
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException

@@ -8,6 +8,7 @@ from typing import Any
 from . import app, k8s, pg, vault, vso
 from ._duration import duration_seconds
 from ._exercise_registry import exercise
+from .backends.contract import Lab
 from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
 
@@ -36,27 +37,27 @@ def short_user(username: str) -> str:
     return username[:16] + "…" if len(username) > 16 else mask(username)
 
 
-def enable_database(lab: Any) -> Done:
+def enable_database(lab: Lab) -> Done:
     return vault.enable_secrets_engine(lab, "database", lab.names.db_mount)
 
 
-def configure_connection(lab: Any) -> Done:
+def configure_connection(lab: Lab) -> Done:
     n = lab.names
     host, port = lab.pg_address_for_vault
     return vault.configure_postgres_connection(
-        lab, name=n.db_connection, host=host, port=port, username=getattr(lab, "pg_admin_user", "root"), password=lab.pg_admin_password,
+        lab, name=n.db_connection, host=host, port=port, username=lab.pg_admin_user, password=lab.pg_admin_password,
         allowed_roles=[n.db_role], mount=n.db_mount,
     )
 
 
-def create_db_role(lab: Any, default_ttl: str = "1m", max_ttl: str = "3m") -> Done:
+def create_db_role(lab: Lab, default_ttl: str = "1m", max_ttl: str = "3m") -> Done:
     n = lab.names
     return vault.create_database_role(lab, n.db_role, db_name=n.db_connection, creation_statements=CREATION,
                                       revocation_statements=REVOCATION, default_ttl=default_ttl, max_ttl=max_ttl,
                                       mount=n.db_mount)
 
 
-def generate_test_credentials(lab: Any) -> Done:
+def generate_test_credentials(lab: Lab) -> Done:
     """Ask Vault for one set of credentials, show the role it created in PostgreSQL, and revoke it again."""
     n = lab.names
     creds = vault.generate_credentials(lab, n.db_role, mount=n.db_mount)
@@ -72,16 +73,16 @@ def generate_test_credentials(lab: Any) -> Done:
     )
 
 
-def db_policy(lab: Any) -> str:
+def db_policy(lab: Lab) -> str:
     n = lab.names
     return DB_POLICY.format(mount=n.db_mount, role=n.db_role)
 
 
-def write_policy(lab: Any) -> Done:
+def write_policy(lab: Lab) -> Done:
     return vault.write_policy(lab, lab.names.db_policy, db_policy(lab))
 
 
-def create_role(lab: Any) -> Done:
+def create_role(lab: Lab) -> Done:
     n = lab.names
     return vault.create_kubernetes_role(
         lab, n.dynamic_role, bound_service_account_names=[n.dynamic_sa], bound_service_account_namespaces=[n.dynamic_ns],
@@ -89,7 +90,7 @@ def create_role(lab: Any) -> Done:
     )
 
 
-def create_namespace(lab: Any) -> Done:
+def create_namespace(lab: Lab) -> Done:
     n = lab.names
     k8s.ensure_namespace(lab.kube, n.dynamic_ns)
     k8s.apply(lab.kube, {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -98,13 +99,13 @@ def create_namespace(lab: Any) -> Done:
                 f"kubectl create namespace {n.dynamic_ns}\nkubectl create serviceaccount {n.dynamic_sa} -n {n.dynamic_ns}")
 
 
-def create_vault_auth(lab: Any) -> Done:
+def create_vault_auth(lab: Lab) -> Done:
     n = lab.names
     return vso.apply(lab, vso.vault_auth(n.dynamic_auth, n.dynamic_ns, role=n.dynamic_role, service_account=n.dynamic_sa,
                                          connection_ref=connection_ref(lab), mount=n.k8s_auth_mount))
 
 
-def dynamic_secret(lab: Any, renewal_percent: int = 67, ttl_label: str = "") -> dict:
+def dynamic_secret(lab: Lab, renewal_percent: int = 67, ttl_label: str = "") -> dict:
     """The VaultDynamicSecret; ``ttl_label`` records the role's TTLs on the destination Secret.
 
     Changing the label changes the resource's spec, and VSO answers a spec change
@@ -120,7 +121,7 @@ def dynamic_secret(lab: Any, renewal_percent: int = 67, ttl_label: str = "") -> 
     )
 
 
-def create_dynamic_secret(lab: Any, renewal_percent: int = 67) -> Done:
+def create_dynamic_secret(lab: Lab, renewal_percent: int = 67) -> Done:
     n = lab.names
     done = vso.apply(lab, dynamic_secret(lab, renewal_percent))
     vso.wait_synced(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
@@ -128,12 +129,12 @@ def create_dynamic_secret(lab: Any, renewal_percent: int = 67) -> Done:
     return done
 
 
-def read_secret(lab: Any) -> dict[str, str]:
+def read_secret(lab: Lab) -> dict[str, str]:
     n = lab.names
     return k8s.secret_data(lab.kube, n.dynamic_secret, n.dynamic_ns) or {}
 
 
-def describe_secret(lab: Any, reveal: bool = False) -> Done:
+def describe_secret(lab: Lab, reveal: bool = False) -> Done:
     n = lab.names
     data = read_secret(lab)
     shown = mask_mapping({k: v for k, v in data.items() if k != "_raw"}, reveal)
@@ -143,7 +144,7 @@ def describe_secret(lab: Any, reveal: bool = False) -> Done:
                 f"kubectl get secret {n.dynamic_secret} -n {n.dynamic_ns} -o json | jq '.data | map_values(@base64d)'", shown)
 
 
-def lease(lab: Any) -> dict[str, Any]:
+def lease(lab: Lab) -> dict[str, Any]:
     """The VaultDynamicSecret's view of its lease: id, duration, last renewal."""
     n = lab.names
     obj = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns) or {}
@@ -152,7 +153,7 @@ def lease(lab: Any) -> dict[str, Any]:
             "last_renewal": st.get("lastRenewalTime"), "generation": st.get("lastGeneration")}
 
 
-def wait_steady(lab: Any, quiet: float = 3.0, timeout: float = 90) -> None:
+def wait_steady(lab: Lab, quiet: float = 3.0, timeout: float = 90) -> None:
     """Wait until the lease has not changed for ``quiet`` seconds and the app runs exactly one Ready pod."""
     import time
 
@@ -171,13 +172,13 @@ def wait_steady(lab: Any, quiet: float = 3.0, timeout: float = 90) -> None:
     k8s.wait_for("the dynamic secret and the app to settle", probe, timeout, interval=0.3)
 
 
-def app_pods(lab: Any) -> list[str]:
+def app_pods(lab: Lab) -> list[str]:
     """The names of the app's pods (a restart shows as a new name)."""
     n = lab.names
     return sorted(p.metadata.name for p in k8s.pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
-def restarted(lab: Any, pods_before: list[str], timeout: float = 30) -> bool:
+def restarted(lab: Lab, pods_before: list[str], timeout: float = 30) -> bool:
     """Whether a Ready app pod exists that was not there before (waits up to ``timeout`` for the rollout)."""
     import time
 
@@ -192,12 +193,12 @@ def restarted(lab: Any, pods_before: list[str], timeout: float = 30) -> bool:
         time.sleep(0.5)
 
 
-def deploy_app(lab: Any) -> Done:
+def deploy_app(lab: Lab) -> Done:
     n = lab.names
     return app.deploy(lab, n.dynamic_ns, n.dynamic_secret, n.app)
 
 
-def app_status(lab: Any) -> Done:
+def app_status(lab: Lab) -> Done:
     n = lab.names
     code, body = app.call(lab, n.dynamic_ns, "/status", n.app)
     body = dict(body)
@@ -210,7 +211,7 @@ def app_status(lab: Any) -> Done:
     return Done(f"/status answered {code}", cmd, body)
 
 
-def check(lab: Any) -> Check:
+def check(lab: Lab) -> Check:
     n = lab.names
     vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
     sec = read_secret(lab)
@@ -247,7 +248,7 @@ def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
      "Any spec change bumps metadata.generation; VSO then syncs with reason ResourceUpdated: a new lease, the Secret "
      "rewritten, the app restarted. The old lease is not revoked: `vault list sys/leases/lookup/${PREFIX}database/"
      "creds/vault-role-dynamic-exampleapp/` shows both until the old one's TTL ends."])
-def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_secret_label(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
 
@@ -282,7 +283,7 @@ def _check_secret_label(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, s
      "`vault read -format=json …/creds/… | python3 -c '…[\"lease_duration\"]'` (never print the password).",
      "VSO's lease keeps its duration at renewals (VSO asks for the duration it has); the new default_ttl applies from "
      "VSO's next new lease."])
-def _check_role_ttl(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_role_ttl(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
     create = " ".join(role.get("creation_statements") or []).upper()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# the registry lives in a module of its own: the stage modules register into it, and this one imports them
 from ._exercise_registry import REGISTRY as REGISTRY
 from ._exercise_registry import Exercise as Exercise
 from ._exercise_registry import exercise as exercise
+
+# the registry lives in a module of its own: the stage modules register into it, and this one imports them
+from .backends.contract import Lab
 from .display import Check
 from .errors import CheckFailed, ParameterError
 
@@ -46,7 +48,7 @@ def hint(id: str) -> str:
     return "\n".join(f"hint {i + 1}/{len(ex.hints)}: {h}" for i, h in enumerate(ex.hints[: ex.shown]))
 
 
-def check(lab: Any, id: str, namespace: dict[str, Any] | None = None, *, required: bool | None = None) -> Check:
+def check(lab: Lab, id: str, namespace: dict[str, Any] | None = None, *, required: bool | None = None) -> Check:
     """Check exercise ``id`` against the lab's real state. With ``required`` (default: the notebook's
     ``EXERCISES_SOLVED``, which CI sets after typing the solutions in) a failed check fails the cell."""
     ex = _get(id)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, cast
 import yaml
 
 from . import install
+from .backends.contract import Lab
 from .errors import LabkitError, ParameterError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class HelmError(LabkitError):
     """A helm command failed."""
 
 
-def helm_home(lab: Any) -> dict[str, str]:
+def helm_home(lab: Lab) -> dict[str, str]:
     """Helm's config, cache and data dirs in the lab's state: two labs' ``hashicorp`` repos never mix."""
     base = lab.state.path("helm")
     return {"HELM_CONFIG_HOME": str(base / "config"), "HELM_CACHE_HOME": str(base / "cache"),
@@ -255,7 +256,7 @@ def persistence_model(values: dict[str, Any]) -> str:
 
 
 def _check_model(model: str | None) -> None:
-    from ._contract import CACHE_MODELS
+    from .backends.contract import CACHE_MODELS
 
     if model is not None and model not in CACHE_MODELS:
         raise ParameterError(

@@ -10,16 +10,17 @@ from typing import Any
 
 from . import k8s, static, vault, vso
 from ._exercise_registry import exercise
+from .backends.contract import Lab
 from .display import Check, Done
 
 
-def watcher_events(lab: Any) -> list[tuple[str, str, str]]:
+def watcher_events(lab: Lab) -> list[tuple[str, str, str]]:
     """VSO's EventWatcherStarted / EventWatcherError events for the static secret."""
     n = lab.names
     return [e for e in vso.events(lab, "VaultStaticSecret", n.static_vss, n.static_ns) if e[1].startswith("EventWatcher")]
 
 
-def wait_for_watcher(lab: Any, timeout: float = 30) -> tuple[str, str, str]:
+def wait_for_watcher(lab: Lab, timeout: float = 30) -> tuple[str, str, str]:
     def latest() -> tuple[str, str, str] | None:
         events = watcher_events(lab)
         return events[-1] if events else None
@@ -27,7 +28,7 @@ def wait_for_watcher(lab: Any, timeout: float = 30) -> tuple[str, str, str]:
     return k8s.wait_for("VSO to report on its event watcher (EventWatcherStarted or EventWatcherError)", latest, timeout)
 
 
-def measure_propagation(lab: Any, samples: int = 3, timeout: float = 60) -> list[float]:
+def measure_propagation(lab: Lab, samples: int = 3, timeout: float = 60) -> list[float]:
     """Write a new password to Vault and time how long the Kubernetes Secret takes to follow."""
     n = lab.names
     out = []
@@ -61,7 +62,7 @@ def describe(times: list[float], refresh_after_s: float | None = None) -> Done:
                 {"seconds": times})
 
 
-def check(lab: Any, times: list[float], refresh_after_s: float) -> Check:
+def check(lab: Lab, times: list[float], refresh_after_s: float) -> Check:
     supported, why = lab.events_supported()
     events = watcher_events(lab)
     reasons = {e[1] for e in events}
@@ -86,20 +87,20 @@ def check(lab: Any, times: list[float], refresh_after_s: float) -> Check:
     return Check("instant updates" + ("" if supported else " (fallback: polling)"), rows)
 
 
-def refresh_after(lab: Any) -> str:
+def refresh_after(lab: Lab) -> str:
     """The VaultStaticSecret's ``spec.refreshAfter`` as it is now."""
     n = lab.names
     return str(((vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns) or {}).get("spec") or {}).get("refreshAfter", ""))
 
 
-def kv_version(lab: Any) -> int:
+def kv_version(lab: Lab) -> int:
     """The KV v2 secret's current version (``vault kv metadata get``)."""
     n = lab.names
     meta = vault.client(lab).secrets.kv.v2.read_secret_metadata(n.kv_path, mount_point=n.kv_mount)["data"]
     return int(meta.get("current_version") or 0)
 
 
-def _synced_soon(lab: Any, timeout: float = 20) -> bool:
+def _synced_soon(lab: Lab, timeout: float = 20) -> bool:
     """The VaultStaticSecret reports its current spec synced within ``timeout`` (VSO reconciles a change at once)."""
     n = lab.names
     deadline = time.monotonic() + timeout
@@ -115,7 +116,7 @@ def _synced_soon(lab: Any, timeout: float = 20) -> bool:
     ["Only spec.refreshAfter changes: `kubectl patch ... --type merge -p '{\"spec\":{...}}'`, or re-apply the manifest.",
      "kubectl patch vaultstaticsecret vault-static-secret -n ${PREFIX}static-exampleapp --type merge "
      "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'"])
-def _check_refresh(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_refresh(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     obj = vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns) or {}
     return [("refreshAfter is 2s", (obj.get("spec") or {}).get("refreshAfter") == "2s",
@@ -132,7 +133,7 @@ def _check_refresh(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
      "vault kv patch ${PREFIX}static/exampleapp/creds password=\"$(openssl rand -hex 12)\"",
      "Wait up to refreshAfter, then compare: `vault kv get -field=password ...` against the Secret's "
      "`.data.password` (base64 -d); print only whether they match."])
-def _check_patch(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_patch(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     before = ns.get("version_before")
     data = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}

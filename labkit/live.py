@@ -34,6 +34,7 @@ from ._livemodel import (
     parse_time,
     redact,
 )
+from .backends.contract import Lab
 
 if TYPE_CHECKING:
     from ._livemodel import Link
@@ -56,7 +57,7 @@ class _Live:
 
     css, max_width = "vsolab-live", "none"
 
-    def __init__(self, lab: Any, children: list[widgets.Widget], *, interval: float, interactive: bool = False,
+    def __init__(self, lab: Lab, children: list[widgets.Widget], *, interval: float, interactive: bool = False,
                  refresh: bool = True) -> None:
         self.lab, self.interval, self.interactive, self.error = lab, interval, bool(interactive), ""
         self._stop, self._lock = threading.Event(), threading.RLock()
@@ -152,7 +153,7 @@ class SecretView(_Live):
 
     css, max_width = "vsolab-secretview", "900px"
 
-    def __init__(self, lab: Any, name: str | None = None, namespace: str | None = None, *, owner: tuple[str, str] | None = None,
+    def __init__(self, lab: Lab, name: str | None = None, namespace: str | None = None, *, owner: tuple[str, str] | None = None,
                  interactive: bool = False, interval: float = 1.0, highlight_seconds: float = 5.0, refresh: bool = True) -> None:
         self.name, self.namespace = name or lab.names.dynamic_secret, namespace or lab.names.dynamic_ns
         self.owner_ref, self.revealed = owner, False
@@ -205,7 +206,7 @@ class LeaseView(_Live):
 
     css, max_width = "vsolab-leaseview", "900px"
 
-    def __init__(self, lab: Any, name: str | None = None, namespace: str | None = None, *, max_ttl: float | None = None,
+    def __init__(self, lab: Lab, name: str | None = None, namespace: str | None = None, *, max_ttl: float | None = None,
                  interval: float = 1.0, refresh: bool = True) -> None:
         self.name, self.namespace = name or lab.names.dynamic_vds, namespace or lab.names.dynamic_ns
         self.model, self._max_ttl_known = LeaseModel(max_ttl=max_ttl), max_ttl is not None
@@ -263,7 +264,7 @@ class LeaseView(_Live):
 class _Chain(_Live):
     """A VSO resource, its Secret and the Deployment it restarts: what the pipeline and the timeline read."""
 
-    def __init__(self, lab: Any, children: list[widgets.Widget], kind: str, name: str | None, namespace: str | None,
+    def __init__(self, lab: Lab, children: list[widgets.Widget], kind: str, name: str | None, namespace: str | None,
                  deployment: str | None, **kw: Any) -> None:
         static = kind == "VaultStaticSecret"
         self.kind, self.deployment = kind, deployment
@@ -290,7 +291,7 @@ class PipelineView(_Chain):
 
     css = "vsolab-pipelineview"
 
-    def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
+    def __init__(self, lab: Lab, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
                  deployment: str | None = None, app_path: str = "/status", interval: float = 2.0, refresh: bool = True) -> None:
         self.app_path, self.model = app_path, PipelineModel()
         self.links: tuple[Link, ...] = ()
@@ -340,7 +341,7 @@ class Timeline(_Chain):
     css = "vsolab-timeline"
     SYMBOLS = ("triangle-up", "triangle-down", "circle", "star", "diamond", "square", "x", "cross")
 
-    def __init__(self, lab: Any, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
+    def __init__(self, lab: Lab, kind: str = "VaultDynamicSecret", name: str | None = None, namespace: str | None = None, *,
                  deployment: str | None = None, interval: float = 2.0, refresh: bool = True) -> None:
         self.model = TimelineModel()
         # plotly's FigureWidget needs anywidget; an Output widget with plotly's mimetype needs only jupyterlab-plotly.

@@ -30,10 +30,10 @@ import requests
 import urllib3
 
 from . import _procs, _repair, _runas, install
-from ._contract import CACHE_MODELS as CACHE_MODELS  # shared with the other backends and helm; re-exported
-from ._contract import Health as Health
 from ._pki import ETCD_PEER_CN, ca_pem, ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 from ._state import State, port_free
+from .backends.contract import CACHE_MODELS as CACHE_MODELS  # shared with the other backends and helm; re-exported
+from .backends.contract import Health as Health
 from .errors import ComponentError, NotRunning, StateError, SyncError
 from .names import Names
 

@@ -17,6 +17,7 @@ from typing import Any
 from ._duration import duration_seconds as duration_seconds  # it lived here: notebooks and tests import it from here
 from ._lost import CONNECTION_ERRORS, explain
 from .backends import get_backend
+from .backends.contract import Lab
 from .errors import LabkitError, NotRunning, ParameterError
 
 
@@ -24,7 +25,7 @@ class CellCommandFailed(LabkitError):
     """A command in a %%bash cell exited with a non-zero status."""
 
 #: the lab of the last ``setup`` in this kernel, to name the component that stops answering
-_current_lab: Any = None
+_current_lab: Lab | None = None
 
 #: name → (type, learner default)
 SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -108,7 +109,7 @@ def _short_errors() -> None:
     ip.set_custom_exc((LabkitError, subprocess.CalledProcessError, *CONNECTION_ERRORS), handler)
 
 
-def export_params(lab: Any, params: dict[str, Any]) -> list[str]:
+def export_params(lab: Lab, params: dict[str, Any]) -> list[str]:
     """Put ``$PREFIX`` (the attendee prefix, empty on a lab of your own) and the parameters a cell uses
     (``$REFRESH_AFTER``, ``$DEFAULT_TTL``, ``$MAX_TTL``, ``$RENEWAL_PERCENT``) into this kernel's environment."""
     from ._cells import PARAM_ENV
@@ -119,7 +120,7 @@ def export_params(lab: Any, params: dict[str, Any]) -> list[str]:
     return ["PREFIX", *PARAM_ENV]
 
 
-def use_lab_env(lab: Any) -> list[str]:
+def use_lab_env(lab: Lab) -> list[str]:
     """Put the lab's environment into this kernel, so `!vault …`, `%%bash` and `!kubectl …` cells reach this lab.
 
     The same variables `labkit env` prints. Returns their names; [] while the lab has none yet (before its first
@@ -137,7 +138,7 @@ def use_lab_env(lab: Any) -> list[str]:
 
 @dataclass
 class Session:
-    lab: Any
+    lab: Lab
     params: dict[str, Any]
 
     def __getitem__(self, key: str) -> Any:

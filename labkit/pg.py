@@ -7,10 +7,11 @@ from typing import Any
 import psycopg
 
 from ._state import listening
+from .backends.contract import Lab
 from .errors import NotRunning
 
 
-def _connect(lab: Any, **kw: Any) -> psycopg.Connection:
+def _connect(lab: Lab, **kw: Any) -> psycopg.Connection:
     try:
         return psycopg.connect(lab.pg_dsn(**kw), connect_timeout=5, autocommit=True)
     except psycopg.OperationalError as exc:
@@ -34,7 +35,7 @@ def _connect(lab: Any, **kw: Any) -> psycopg.Connection:
         ) from None
 
 
-def dynamic_roles(lab: Any, prefix: str = "v-") -> list[dict[str, Any]]:
+def dynamic_roles(lab: Lab, prefix: str = "v-") -> list[dict[str, Any]]:
     """Roles Vault created (name starts with ``v-``), with their expiry (``VALID UNTIL``)."""
     with _connect(lab) as conn:
         rows = conn.execute(
@@ -44,13 +45,13 @@ def dynamic_roles(lab: Any, prefix: str = "v-") -> list[dict[str, Any]]:
     return [{"role": r[0], "valid_until": r[1], "can_login": r[2]} for r in rows]
 
 
-def lab_roles(lab: Any) -> list[dict[str, Any]]:
+def lab_roles(lab: Lab) -> list[dict[str, Any]]:
     """The dynamic roles of this lab: every ``v-`` role on a lab of one's own; under an attendee prefix (a shared
     database) those Vault created for this attendee's VSO logins (:attr:`labkit.names.Names.vso_db_users`)."""
     return dynamic_roles(lab, lab.names.vso_db_users if lab.names.prefix else "v-")
 
 
-def can_login(lab: Any, username: str, password: str) -> tuple[bool, str]:
+def can_login(lab: Lab, username: str, password: str) -> tuple[bool, str]:
     """Try to log in as ``username``; return (ok, current_user or PostgreSQL's error)."""
     try:
         with _connect(lab, user=username, password=password) as conn:

@@ -13,10 +13,11 @@ from typing import Any
 from . import app, dynamic, k8s, pg, vault, vso
 from ._exercise_registry import exercise
 from ._livemodel import ROLE_NUMBERS, parse_time, renewal_window
+from .backends.contract import Lab
 from .display import Check, Done
 
 
-def use_short_ttls(lab: Any, default_ttl: str, max_ttl: str, renewal_percent: int = 67) -> Done:
+def use_short_ttls(lab: Lab, default_ttl: str, max_ttl: str, renewal_percent: int = 67) -> Done:
     """Shorten the database role's TTLs, then re-apply the VaultDynamicSecret so VSO
     fetches fresh credentials under them (a spec change makes VSO sync anew)."""
     n = lab.names
@@ -101,12 +102,12 @@ class Observation:
     __str__ = summary
 
 
-def _pods(lab: Any) -> list[str]:
+def _pods(lab: Lab) -> list[str]:
     n = lab.names
     return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
-def _before_watching(lab: Any, lease_id: str, obs: Observation, note: Callable[[str, str], None]) -> None:
+def _before_watching(lab: Lab, lease_id: str, obs: Observation, note: Callable[[str, str], None]) -> None:
     """What Vault says of the lease watching starts with (``PUT sys/leases/lookup``): its age, and a renewal
     that happened before watching began (it counts: the lesson is the lease's life, not our start)."""
     try:
@@ -122,7 +123,7 @@ def _before_watching(lab: Any, lease_id: str, obs: Observation, note: Callable[[
         note("renewal", f"lease …{lease_id[-6:]} was renewed {renewed - issued:.1f}s after issue (before watching began)")
 
 
-def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
+def observe(lab: Lab, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
             progress: Callable[[str], None] | None = None) -> Observation:
     """Poll the lease, the PostgreSQL roles, the app's pods and /status for ``seconds``.
 
@@ -186,7 +187,7 @@ def observe(lab: Any, seconds: float, *, until_rotation_and_revocation: bool = F
     return obs
 
 
-def check(lab: Any, obs: Observation) -> Check:
+def check(lab: Lab, obs: Observation) -> Check:
     n = lab.names
     sec = dynamic.read_secret(lab)
     current = sec.get("username", "")
@@ -219,7 +220,7 @@ def check(lab: Any, obs: Observation) -> Check:
      "A spec change means a new lease at once (and an app restart). Its first renewal comes at 30–40 % of its duration.",
      "Wait in a loop until `vault lease lookup -format=json <lease>` has a last_renewal, printing progress as you go; "
      "then compare last_renewal − issue_time with the duration."])
-def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_renew_earlier(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns) or {}
     now = dynamic.lease(lab)
@@ -255,7 +256,7 @@ def _check_renew_earlier(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, 
      "Vault grants min(asked, max_ttl − age): with max_ttl = default_ttl every renewal comes back shorter than asked.",
      "A short grant is VSO's LeaseTruncatedError: it fetches new credentials and restarts the app. Poll "
      "`.status.secretLease.id` until it changes (print progress while you wait)."])
-def _check_every_renewal_rotates(lab: Any, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_every_renewal_rotates(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
     before, pods_before = ns.get("lease_before"), ns.get("pods_before")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _cells, cleanup
+from .backends.contract import Lab
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
@@ -27,12 +28,12 @@ NOTEBOOKS = [
 ]
 
 
-def _noop(lab: Any) -> None:
+def _noop(lab: Lab) -> None:
     return None
 
 
 #: notebook number → how to remove what it creates (what it creates: its own step cells)
-STAGES: dict[int, Callable[[Any], Any]] = {
+STAGES: dict[int, Callable[[Lab], Any]] = {
     1: cleanup.undo_connect_and_operator,
     2: cleanup.undo_static,
     3: cleanup.undo_dynamic,
@@ -42,12 +43,12 @@ STAGES: dict[int, Callable[[Any], Any]] = {
 }
 
 
-def apply_stage(lab: Any, k: int, p: dict[str, Any]) -> None:
+def apply_stage(lab: Lab, k: int, p: dict[str, Any]) -> None:
     """Do what notebook ``k`` does: run its step cells."""
     _cells.run_steps(lab, k, p)
 
 
-def prepare_stage(lab: Any, n: int, params: dict[str, Any] | None = None) -> list[str]:
+def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> list[str]:
     """Make the lab look as it does at the start of notebook ``n``; return what was done."""
     if not 0 <= n < len(NOTEBOOKS):
         raise ParameterError(f"Checked the stage number {n}: notebooks are numbered 0 to {len(NOTEBOOKS) - 1}.",

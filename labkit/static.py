@@ -9,6 +9,7 @@ from typing import Any
 
 from . import app, k8s, vault, vso
 from ._exercise_registry import exercise
+from .backends.contract import Lab
 from .connect import connection_ref
 from .display import Check, Done
 
@@ -18,27 +19,27 @@ KV_POLICY = """path "{mount}/data/{path}" {{
 """
 
 
-def enable_kv(lab: Any) -> Done:
+def enable_kv(lab: Lab) -> Done:
     return vault.enable_secrets_engine(lab, "kv", lab.names.kv_mount, options={"version": "2"})
 
 
-def write_creds(lab: Any, username: str = "static-user", password: str | None = None) -> Done:
+def write_creds(lab: Lab, username: str = "static-user", password: str | None = None) -> Done:
     """Put ``username`` and ``password`` at static/exampleapp/creds (a random password unless given)."""
     n = lab.names
     return vault.kv_put(lab, n.kv_mount, n.kv_path, {"username": username,
                                                       "password": password or _secrets.token_urlsafe(12)})
 
 
-def kv_policy(lab: Any) -> str:
+def kv_policy(lab: Lab) -> str:
     n = lab.names
     return KV_POLICY.format(mount=n.kv_mount, path=n.kv_path)
 
 
-def write_policy(lab: Any) -> Done:
+def write_policy(lab: Lab) -> Done:
     return vault.write_policy(lab, lab.names.kv_policy, kv_policy(lab))
 
 
-def create_role(lab: Any) -> Done:
+def create_role(lab: Lab) -> Done:
     n = lab.names
     return vault.create_kubernetes_role(
         lab, n.static_role, bound_service_account_names=[n.static_sa], bound_service_account_namespaces=[n.static_ns],
@@ -46,7 +47,7 @@ def create_role(lab: Any) -> Done:
     )
 
 
-def create_namespace(lab: Any) -> Done:
+def create_namespace(lab: Lab) -> Done:
     n = lab.names
     k8s.ensure_namespace(lab.kube, n.static_ns)
     k8s.apply(lab.kube, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n.static_sa, "namespace": n.static_ns}})
@@ -54,24 +55,24 @@ def create_namespace(lab: Any) -> Done:
                 f"kubectl create namespace {n.static_ns}\nkubectl create serviceaccount {n.static_sa} -n {n.static_ns}")
 
 
-def vault_auth(lab: Any, role: str | None = None) -> dict:
+def vault_auth(lab: Lab, role: str | None = None) -> dict:
     n = lab.names
     return vso.vault_auth(n.static_auth, n.static_ns, role=role or n.static_role, service_account=n.static_sa,
                           connection_ref=connection_ref(lab), mount=n.k8s_auth_mount)
 
 
-def create_vault_auth(lab: Any) -> Done:
+def create_vault_auth(lab: Lab) -> Done:
     return vso.apply(lab, vault_auth(lab))
 
 
-def static_secret(lab: Any, refresh_after: str = "10s", instant_updates: bool = False, path: str | None = None) -> dict:
+def static_secret(lab: Lab, refresh_after: str = "10s", instant_updates: bool = False, path: str | None = None) -> dict:
     n = lab.names
     return vso.vault_static_secret(n.static_vss, n.static_ns, mount=n.kv_mount, path=path or n.kv_path,
                                    vault_auth_ref=n.static_auth, destination=n.static_secret,
                                    refresh_after=refresh_after, instant_updates=instant_updates)
 
 
-def create_static_secret(lab: Any, refresh_after: str = "10s") -> Done:
+def create_static_secret(lab: Lab, refresh_after: str = "10s") -> Done:
     n = lab.names
     done = vso.apply(lab, static_secret(lab, refresh_after))
     vso.wait_synced(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
@@ -79,22 +80,22 @@ def create_static_secret(lab: Any, refresh_after: str = "10s") -> Done:
     return done
 
 
-def read_secret(lab: Any) -> dict[str, str]:
+def read_secret(lab: Lab) -> dict[str, str]:
     n = lab.names
     return k8s.secret_data(lab.kube, n.static_secret, n.static_ns) or {}
 
 
-def deploy_app(lab: Any) -> Done:
+def deploy_app(lab: Lab) -> Done:
     n = lab.names
     return app.deploy(lab, n.static_ns, n.static_secret, n.app)
 
 
-def remove_app(lab: Any) -> Done:
+def remove_app(lab: Lab) -> Done:
     n = lab.names
     return app.remove(lab, n.static_ns, n.app)
 
 
-def check(lab: Any, *, app_expected: bool = False) -> Check:
+def check(lab: Lab, *, app_expected: bool = False) -> Check:
     n = lab.names
     kv = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
     sec = read_secret(lab)
@@ -152,7 +153,7 @@ def _refresh_wait(namespace: dict[str, Any]) -> float:
      'vault kv patch ${PREFIX}static/exampleapp/creds api_key="$(openssl rand -hex 16)"',
      "VSO copies it at its next refresh (up to refreshAfter). The app does not see it: its pod read its "
      "environment when it started, and only the keys its Deployment names (DB_USERNAME, DB_PASSWORD)."])
-def _check_api_key(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """Vault's secret has api_key beside username and password, and VSO copied it into the Kubernetes Secret."""
     n = lab.names
     kv = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
@@ -183,7 +184,7 @@ def _check_api_key(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool,
      "exampleapp-kv-read allows only static/data/exampleapp/creds.",
      "Write the policy again with both paths (`vault policy write` replaces it, so keep the creds path): "
      'path "${PREFIX}static/data/exampleapp/api" { capabilities = ["read"] }. VSO retries on its own.'])
-def _check_second_secret(lab: Any, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _check_second_secret(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The second VaultStaticSecret syncs api_key, and the app's secret still syncs."""
     n = lab.names
     kv = vault.kv_get(lab, n.kv_mount, API_PATH).get("data") or {}

@@ -17,11 +17,12 @@ import hvac
 import requests
 from hvac import exceptions as hvexc
 
+from .backends.contract import Lab
 from .display import Done, mask
 from .errors import VaultError
 
 
-def client(lab: Any) -> hvac.Client:
+def client(lab: Lab) -> hvac.Client:
     """An authenticated hvac client for the lab's Vault; fails with a clear message."""
     addr, token = lab.vault_addr, lab.vault_token
     c = hvac.Client(url=addr, token=token, timeout=10)
@@ -91,7 +92,7 @@ def _vault_error(exc: Exception, what: str, fixes: list[str]) -> VaultError:
 
 
 # -- secrets engines and auth methods ---------------------------------------------------------------
-def enable_secrets_engine(lab: Any, backend_type: str, path: str, options: dict[str, str] | None = None) -> Done:
+def enable_secrets_engine(lab: Lab, backend_type: str, path: str, options: dict[str, str] | None = None) -> Done:
     """POST /sys/mounts/:path (skipped when already enabled with that type)."""
     c = client(lab)
     mounts = c.sys.list_mounted_secrets_engines()["data"]
@@ -124,7 +125,7 @@ def _wait_kv_v2_ready(c: hvac.Client, mount: str, timeout: float = 15.0) -> None
             time.sleep(0.2)
 
 
-def enable_auth_method(lab: Any, method_type: str, path: str | None = None) -> Done:
+def enable_auth_method(lab: Lab, method_type: str, path: str | None = None) -> Done:
     """POST /sys/auth/:path (skipped when already enabled)."""
     c = client(lab)
     path = path or method_type
@@ -135,7 +136,7 @@ def enable_auth_method(lab: Any, method_type: str, path: str | None = None) -> D
     return Done(f"enabled the {method_type} auth method at auth/{path}/", cmd)
 
 
-def configure_kubernetes_auth(lab: Any, kubernetes_host: str, kubernetes_ca_cert: str, token_reviewer_jwt: str,
+def configure_kubernetes_auth(lab: Lab, kubernetes_host: str, kubernetes_ca_cert: str, token_reviewer_jwt: str,
                               mount: str = "kubernetes") -> Done:
     """POST /auth/:mount/config."""
     client(lab).write(f"auth/{mount}/config", kubernetes_host=kubernetes_host, kubernetes_ca_cert=kubernetes_ca_cert,
@@ -147,7 +148,7 @@ def configure_kubernetes_auth(lab: Any, kubernetes_host: str, kubernetes_ca_cert
     )
 
 
-def create_kubernetes_role(lab: Any, name: str, *, bound_service_account_names: list[str],
+def create_kubernetes_role(lab: Lab, name: str, *, bound_service_account_names: list[str],
                            bound_service_account_namespaces: list[str], policies: list[str], ttl: str = "24h",
                            audience: str | None = None, mount: str = "kubernetes", token_period: str | None = None) -> Done:
     """POST /auth/:mount/role/:name."""
@@ -168,13 +169,13 @@ def create_kubernetes_role(lab: Any, name: str, *, bound_service_account_names: 
     return Done(f"wrote the kubernetes auth role {name} (policies: {', '.join(policies)})", cmd)
 
 
-def read_kubernetes_role(lab: Any, name: str, mount: str = "kubernetes") -> dict[str, Any]:
+def read_kubernetes_role(lab: Lab, name: str, mount: str = "kubernetes") -> dict[str, Any]:
     """GET /auth/:mount/role/:name."""
     r = client(lab).read(f"auth/{mount}/role/{name}")
     return r["data"] if r else {}
 
 
-def kubernetes_login(lab: Any, role: str, jwt: str, mount: str = "kubernetes") -> dict[str, Any]:
+def kubernetes_login(lab: Lab, role: str, jwt: str, mount: str = "kubernetes") -> dict[str, Any]:
     """POST /auth/:mount/login; raises :class:`VaultError` when Vault refuses."""
     c = hvac.Client(url=lab.vault_addr)
     try:
@@ -187,13 +188,13 @@ def kubernetes_login(lab: Any, role: str, jwt: str, mount: str = "kubernetes") -
 
 
 # -- policies --------------------------------------------------------------------------------------------
-def write_policy(lab: Any, name: str, policy: str) -> Done:
+def write_policy(lab: Lab, name: str, policy: str) -> Done:
     """PUT /sys/policies/acl/:name."""
     client(lab).sys.create_or_update_acl_policy(name=name, policy=policy)
     return Done(f"wrote the policy {name}", f"vault policy write {name} - <<EOF\n{policy.strip()}\nEOF")
 
 
-def read_policy(lab: Any, name: str) -> str:
+def read_policy(lab: Lab, name: str) -> str:
     """GET /sys/policies/acl/:name."""
     try:
         return client(lab).sys.read_acl_policy(name)["data"]["policy"]
@@ -202,7 +203,7 @@ def read_policy(lab: Any, name: str) -> str:
 
 
 # -- KV v2 ------------------------------------------------------------------------------------------------
-def kv_put(lab: Any, mount: str, path: str, data: dict[str, str]) -> Done:
+def kv_put(lab: Lab, mount: str, path: str, data: dict[str, str]) -> Done:
     """POST /:mount/data/:path (a new version)."""
     r = client(lab).secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point=mount)
     shown = " ".join(f"{k}={mask(v)}" for k, v in data.items())
@@ -210,7 +211,7 @@ def kv_put(lab: Any, mount: str, path: str, data: dict[str, str]) -> Done:
                 f"vault kv put {mount}/{path} " + " ".join(f"{k}=<{k}>" for k in data))
 
 
-def kv_get(lab: Any, mount: str, path: str) -> dict[str, Any]:
+def kv_get(lab: Lab, mount: str, path: str) -> dict[str, Any]:
     """GET /:mount/data/:path; returns {} when missing."""
     try:
         return client(lab).secrets.kv.v2.read_secret_version(path=path, mount_point=mount, raise_on_deleted_version=True)["data"]
@@ -219,7 +220,7 @@ def kv_get(lab: Any, mount: str, path: str) -> dict[str, Any]:
 
 
 # -- database secrets engine --------------------------------------------------------------------------------
-def configure_postgres_connection(lab: Any, *, name: str, host: str, port: int, username: str, password: str,
+def configure_postgres_connection(lab: Lab, *, name: str, host: str, port: int, username: str, password: str,
                                   allowed_roles: list[str], mount: str = "database") -> Done:
     """POST /:mount/config/:name with the postgresql-database-plugin."""
     url = f"postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{port}/postgres?sslmode=disable"
@@ -236,7 +237,7 @@ def configure_postgres_connection(lab: Any, *, name: str, host: str, port: int, 
                 f"username={username} password=\"$PGPASSWORD\" allowed_roles={','.join(allowed_roles)}")
 
 
-def create_database_role(lab: Any, name: str, *, db_name: str, creation_statements: list[str],
+def create_database_role(lab: Lab, name: str, *, db_name: str, creation_statements: list[str],
                          revocation_statements: list[str], default_ttl: str, max_ttl: str, mount: str = "database") -> Done:
     """POST /:mount/roles/:name."""
     client(lab).write(f"{mount}/roles/{name}", db_name=db_name, creation_statements=creation_statements,
@@ -249,12 +250,12 @@ def create_database_role(lab: Any, name: str, *, db_name: str, creation_statemen
                 + f" \\\n    default_ttl={default_ttl} max_ttl={max_ttl}")
 
 
-def read_database_role(lab: Any, name: str, mount: str = "database") -> dict[str, Any]:
+def read_database_role(lab: Lab, name: str, mount: str = "database") -> dict[str, Any]:
     r = client(lab).read(f"{mount}/roles/{name}")
     return r["data"] if r else {}
 
 
-def generate_credentials(lab: Any, role: str, mount: str = "database") -> dict[str, Any]:
+def generate_credentials(lab: Lab, role: str, mount: str = "database") -> dict[str, Any]:
     """GET /:mount/creds/:role: a new PostgreSQL role and its lease."""
     r = client(lab).secrets.database.generate_credentials(name=role, mount_point=mount)
     return {"username": r["data"]["username"], "password": r["data"]["password"], "lease_id": r["lease_id"],
@@ -262,7 +263,7 @@ def generate_credentials(lab: Any, role: str, mount: str = "database") -> dict[s
 
 
 # -- leases ---------------------------------------------------------------------------------------------------
-def list_leases(lab: Any, prefix: str) -> list[str]:
+def list_leases(lab: Lab, prefix: str) -> list[str]:
     """LIST /sys/leases/lookup/:prefix (lease ids under it)."""
     try:
         r = client(lab).list(f"sys/leases/lookup/{prefix.strip('/')}/")
@@ -271,12 +272,12 @@ def list_leases(lab: Any, prefix: str) -> list[str]:
     return [f"{prefix.strip('/')}/{k}" for k in (r or {}).get("data", {}).get("keys", [])]
 
 
-def read_lease(lab: Any, lease_id: str) -> dict[str, Any]:
+def read_lease(lab: Lab, lease_id: str) -> dict[str, Any]:
     """PUT /sys/leases/lookup."""
     return client(lab).sys.read_lease(lease_id)["data"]
 
 
-def revoke_prefix(lab: Any, prefix: str) -> Done:
+def revoke_prefix(lab: Lab, prefix: str) -> Done:
     """PUT /sys/leases/revoke-prefix/:prefix."""
     n = len(list_leases(lab, prefix))
     client(lab).sys.revoke_prefix(prefix)
@@ -284,14 +285,14 @@ def revoke_prefix(lab: Any, prefix: str) -> Done:
 
 
 # -- transit -----------------------------------------------------------------------------------------------------
-def create_transit_key(lab: Any, name: str, mount: str = "transit") -> Done:
+def create_transit_key(lab: Lab, name: str, mount: str = "transit") -> Done:
     """POST /:mount/keys/:name."""
     client(lab).secrets.transit.create_key(name=name, mount_point=mount)
     return Done(f"created the transit key {name} in {mount}/", f"vault write -f {mount}/keys/{name}")
 
 
 # -- events (instant updates) ---------------------------------------------------------------------------------------
-def server_info(lab: Any) -> dict[str, Any]:
+def server_info(lab: Lab) -> dict[str, Any]:
     """GET /sys/health and /sys/license/status: product, version, enterprise."""
     health = requests.get(f"{lab.vault_addr}/v1/sys/health", timeout=5).json()
     version = str(health.get("version", ""))
@@ -300,12 +301,12 @@ def server_info(lab: Any) -> dict[str, Any]:
     return {"product": product, "version": version, "enterprise": bool(enterprise) and product == "vault"}
 
 
-def _is_openbao(lab: Any) -> bool:
+def _is_openbao(lab: Lab) -> bool:
     """OpenBao's ``sys/seal-status`` names its build time ``commit_date`` where Vault's says ``build_date``: that
     field, not the address or the backend, tells them apart (the external backend may sit on either)."""
     try:
         r = requests.get(f"{lab.vault_addr}/v1/sys/seal-status", timeout=5).json()
-        return ("commit_date" in r and "build_date" not in r) or getattr(lab, "backend", "") == "local"
+        return ("commit_date" in r and "build_date" not in r) or lab.backend == "local"
     except (requests.RequestException, ValueError):
         return False
 
@@ -315,7 +316,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in core.split(".")[:3] if x.isdigit())
 
 
-def events_supported(lab: Any) -> tuple[bool, str]:
+def events_supported(lab: Lab) -> tuple[bool, str]:
     """Whether this Vault can push event notifications to VSO, and why (not)."""
     info = server_info(lab)
     if info["product"] == "openbao":

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from . import _vsoerrors, k8s
+from .backends.contract import Lab
 from .display import Done
 
 GROUP = "secrets.hashicorp.com"
@@ -77,18 +78,18 @@ def to_yaml(obj: dict) -> str:
     return yaml.safe_dump(obj, sort_keys=False)
 
 
-def apply(lab: Any, obj: dict) -> Done:
+def apply(lab: Lab, obj: dict) -> Done:
     """Server-side apply a VSO resource (``kubectl apply -f``)."""
     k8s.apply(lab.kube, obj)
     m = obj["metadata"]
     return Done(f"applied {obj['kind']} {m['namespace']}/{m['name']}", f"kubectl apply -f - <<EOF\n{to_yaml(obj).strip()}\nEOF")
 
 
-def get(lab: Any, kind: str, name: str, namespace: str) -> dict | None:
+def get(lab: Lab, kind: str, name: str, namespace: str) -> dict | None:
     return k8s.get(lab.kube, API_VERSION, kind, name, namespace)
 
 
-def delete(lab: Any, kind: str, name: str, namespace: str) -> bool:
+def delete(lab: Lab, kind: str, name: str, namespace: str) -> bool:
     return k8s.delete(lab.kube, API_VERSION, kind, name, namespace)
 
 
@@ -129,12 +130,12 @@ def is_synced(obj: dict | None) -> bool:
             and str(healthy.get("lastTransitionTime", "")) >= str(synced.get("lastTransitionTime", "~")))
 
 
-def events(lab: Any, kind: str, name: str, namespace: str) -> list[tuple[str, str, str]]:
+def events(lab: Lab, kind: str, name: str, namespace: str) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the events about a VSO resource, oldest first."""
     return [(e.type, e.reason, e.message) for e in k8s.events_for(lab.kube, namespace, name, kind)]
 
 
-def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
+def hint_from_events(lab: Lab, kind: str, name: str, namespace: str) -> str:
     """Turn VSO's latest warning into a hint a learner can act on."""
     obj = get(lab, kind, name, namespace)
     if obj is None:  # events outlive their object: a deleted resource's old warnings are not the cause
@@ -156,7 +157,7 @@ def hint_from_events(lab: Any, kind: str, name: str, namespace: str) -> str:
     return f"VSO reported {reason}: {msg[:300]} — likely cause: {cause}"
 
 
-def wait_synced(lab: Any, kind: str, name: str, namespace: str, timeout: float = 60) -> dict:
+def wait_synced(lab: Lab, kind: str, name: str, namespace: str, timeout: float = 60) -> dict:
     """Wait until the resource reports SecretSynced and Ready."""
 
     def probe() -> dict | None:

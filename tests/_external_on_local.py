@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labkit.external import ExternalLab
+from labkit.backends.external import ExternalLab
 
 PREFIXES = ("alice-", "bob-")
 

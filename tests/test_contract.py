@@ -27,9 +27,10 @@ from kubernetes import client as kclient
 from labkit import _procs, app, connect, k8s, static, vault, vso
 from labkit._state import port_free
 from labkit.backends import get_backend
+from labkit.backends.cluster import SharedOperator
+from labkit.backends.external import ExternalLab
 from labkit.doctor import doctor
 from labkit.errors import ParameterError
-from labkit.external import ExternalLab, SharedOperator
 from labkit.names import Names
 
 BACKEND = os.environ.get("VSOLAB_CONTRACT_BACKEND", "local").strip().lower()

@@ -1,7 +1,8 @@
 """The minikube backend's plan, without Docker, minikube or Helm: container specs, network wiring,
 Helm values and command lines; and ``labkit doctor --backend minikube`` on a machine without them.
 
-Also the pure parts ``external.py`` shares with it (prefixes, kubeconfigs, the manager's flags).
+Also the pure parts it shares with the external backend (``labkit/backends/cluster_plan.py``: kubeconfigs, the
+manager's flags) and the external backend's own (``labkit/backends/external.py``: prefixes, addresses).
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import pytest
 import yaml
 from docker.models.containers import _create_container_args
 
-from labkit import external, install, minikube
-from labkit.backends import get_backend
+from labkit import install
+from labkit.backends import cluster, cluster_plan, external, get_backend
+from labkit.backends.cluster_plan import cache_model_from_args, kubeconfig_cluster, vso_values
+from labkit.backends.external import ExternalLab, validate_prefix
+from labkit.backends.minikube import MinikubeLab
+from labkit.backends.minikube import doctor as mkdoctor
+from labkit.backends.minikube import lab as mklab
+from labkit.backends.minikube import plan as mkplan
+from labkit.backends.minikube.plan import Settings, plan, wiring
 from labkit.errors import LabkitError, MissingTool, NotRunning, ParameterError
-from labkit.external import ExternalLab, cache_model_from_args, kubeconfig_cluster, validate_prefix, vso_values
-from labkit.minikube import MinikubeLab, Settings, plan, wiring
 from labkit.names import Names
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +44,7 @@ def make_plan(environ: dict[str, str] | None = None, model: str = "none", **opti
                 model=model)
 
 
-def all_words(p: minikube.Plan) -> list[str]:
+def all_words(p: mkplan.Plan) -> list[str]:
     """Every string of the plan: command lines, container specs and Helm values."""
     words: list[str] = [w for cmd in p.commands() for w in cmd]
     for spec in (p.vault, p.postgres):
@@ -64,8 +70,8 @@ def test_without_license_vault_is_community_and_says_what_that_loses() -> None:
     assert not p.settings.enterprise
     assert p.vault.image.startswith("hashicorp/vault:")
     assert "VAULT_LICENSE" not in p.vault.environment
-    assert "instant updates" in minikube.COMMUNITY_LOSES and "event notifications" in minikube.COMMUNITY_LOSES
-    assert "Enterprise" in minikube.COMMUNITY_LOSES
+    assert "instant updates" in mkplan.COMMUNITY_LOSES and "event notifications" in mkplan.COMMUNITY_LOSES
+    assert "Enterprise" in mkplan.COMMUNITY_LOSES
 
 
 def test_a_blank_license_counts_as_none_and_an_image_override_wins() -> None:
@@ -91,7 +97,7 @@ def test_adding_a_license_changes_the_vault_fingerprint_so_up_recreates_it() -> 
 
 def test_postgres_has_the_tutorials_admin_role() -> None:
     p = make_plan({})
-    assert p.postgres.image == minikube.PG_IMAGE
+    assert p.postgres.image == mkplan.PG_IMAGE
     assert p.postgres.environment == {"POSTGRES_USER": "root", "POSTGRES_PASSWORD": "pw-456"}
 
 
@@ -165,8 +171,8 @@ def test_minikube_start_uses_the_profile_docker_driver_and_embedded_certs() -> N
     cmd = p.minikube_start
     assert cmd[:4] == ["minikube", "start", "-p", "lab-y"]
     assert "--driver=docker" in cmd and "--embed-certs" in cmd and "--kubernetes-version=v1.34.0" in cmd
-    assert minikube.minikube_command("status", "lab-y") == ["minikube", "status", "-p", "lab-y", "-o", "json"]
-    assert minikube.minikube_command("delete", "lab-y") == ["minikube", "delete", "-p", "lab-y"]
+    assert mkplan.minikube_command("status", "lab-y") == ["minikube", "status", "-p", "lab-y", "-o", "json"]
+    assert mkplan.minikube_command("delete", "lab-y") == ["minikube", "delete", "-p", "lab-y"]
 
 
 def test_settings_refuse_a_bad_profile_and_unknown_options() -> None:
@@ -181,7 +187,7 @@ def test_helm_installs_vso_at_the_pinned_chart_version_into_the_operator_namespa
     cmd = make_plan({}).helm_install
     assert cmd[:5] == ["helm", "upgrade", "--install", "vault-secrets-operator", "vault-secrets-operator"]
     assert cmd[cmd.index("--repo") + 1] == "https://helm.releases.hashicorp.com"
-    assert cmd[cmd.index("--version") + 1] == install.VSO_VERSION == external.CHART_VERSION
+    assert cmd[cmd.index("--version") + 1] == install.VSO_VERSION == cluster_plan.CHART_VERSION
     assert cmd[cmd.index("--namespace") + 1] == "vault-secrets-operator" and "--create-namespace" in cmd
     assert cmd[cmd.index("--values") + 1] == "/state/helm/vso-values.yaml"
     assert cmd[cmd.index("--kubeconfig") + 1] == "/state/kube/minikube.kubeconfig"
@@ -206,7 +212,7 @@ def test_helm_values_for_the_client_cache_stage_wire_transit_storage_encryption(
     }
     assert (n.transit_key, n.transit_mount, n.transit_role) == ("vso-client-cache", "demo-transit", "auth-role-operator")
     # The chart names its transit VaultAuth <release>-default-transit-auth: the name the cache stage looks for.
-    assert f"{external.RELEASE}-default-transit-auth" == n.transit_auth
+    assert f"{cluster_plan.RELEASE}-default-transit-auth" == n.transit_auth
 
 
 def test_the_cache_stage_shows_the_same_values_the_backend_sends() -> None:
@@ -226,7 +232,7 @@ def test_upgrade_through_the_lab_runs_the_planned_command(tmp_path: Path) -> Non
     lab.state.ensure()
     lab.state.update(minikube={"subnet": SUBNET, "node_ip": NODE_IP})
     p = lab.plan(model="direct-encrypted")
-    assert lab.helm_command(external.RELEASE, "vault-secrets-operator", external.CHART_VERSION, reuse=False) == p.helm_install
+    assert lab.helm_command(cluster_plan.RELEASE, "vault-secrets-operator", cluster_plan.CHART_VERSION, reuse=False) == p.helm_install
     assert lab.values_file == tmp_path / "state" / "helm" / "vso-values.yaml"
     assert p.vso_values["controller"]["manager"]["clientCache"]["persistenceModel"] == "direct-encrypted"
     # The lab's addresses come from the same wiring.
@@ -259,8 +265,8 @@ def test_get_backend_builds_a_minikube_lab_whose_addresses_explain_they_need_up(
 def test_a_cluster_backend_never_shares_a_local_labs_state_directory(tmp_path: Path) -> None:
     (tmp_path / "pki").mkdir()
     (tmp_path / "pki" / "ca.crt").write_text("a local lab's CA")
-    assert external.cluster_state(tmp_path, "minikube").root == tmp_path / "minikube"
-    assert external.cluster_state(tmp_path / "fresh", "minikube").root == tmp_path / "fresh"
+    assert cluster.cluster_state(tmp_path, "minikube").root == tmp_path / "minikube"
+    assert cluster.cluster_state(tmp_path / "fresh", "minikube").root == tmp_path / "fresh"
     used = MinikubeLab(tmp_path / "mk")
     used.state.ensure()
     assert MinikubeLab(tmp_path / "mk").state.root == tmp_path / "mk", "its own state directory is reused as is"
@@ -348,7 +354,7 @@ def test_doctor_passes_when_every_tool_and_the_engine_answer(tmp_path: Path, mon
         _stub(bindir, name, out)
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     monkeypatch.setenv("VAULT_LICENSE", LICENSE)
-    monkeypatch.setattr(minikube, "docker_client", lambda timeout=10: SimpleNamespace(version=lambda: {"Version": "28.2.2"}))
+    monkeypatch.setattr(mkdoctor, "docker_client", lambda timeout=10: SimpleNamespace(version=lambda: {"Version": "28.2.2"}))
     assert cli.main(["doctor", "--backend", "minikube"]) == 0
 
 
@@ -455,7 +461,7 @@ def test_external_env_carries_the_prefix_and_says_whose_operator_it_is(tmp_path:
     lab.state.update(installed_vso=True)
     assert "VSOLAB_SHARED_OPERATOR" not in lab.env(), "a VSO the lab installed is the attendee's own"
     assert ExternalLab(tmp_path / "alice", environ={**base, "VSOLAB_SHARED_OPERATOR": "1"}).shared_operator
-    with pytest.raises(external.SharedOperator, match="the team does"):
+    with pytest.raises(cluster.SharedOperator, match="the team does"):
         ExternalLab(tmp_path / "bob", environ={**base, "VSOLAB_PREFIX": "bob"}).restart_operator()
 
 
@@ -570,8 +576,8 @@ def fake_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespa
     monkeypatch.setenv("FAKE_MK", str(mk))
     monkeypatch.delenv("VAULT_LICENSE", raising=False)
     world = SimpleNamespace(docker=FakeDocker(), mk=mk, installed=[], helm=[], deleted=[], operator=None)
-    monkeypatch.setattr(minikube, "doctor_checks", lambda environ=None: [])
-    monkeypatch.setattr(minikube, "docker_client", lambda timeout=10: world.docker)
+    monkeypatch.setattr(mklab, "doctor_checks", lambda environ=None: [])
+    monkeypatch.setattr(mklab, "docker_client", lambda timeout=10: world.docker)
 
     def operator(self: MinikubeLab) -> object:
         if world.operator is None:
@@ -580,11 +586,11 @@ def fake_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespa
 
     def install_operator(self: MinikubeLab, model: str = "none") -> str:
         world.installed.append(model)
-        world.operator = external.Operator("vault-secrets-operator", "vault-secrets-operator-controller-manager", "1.5.0",
-                                           model, RELEASE_NAME, external.CHART_VERSION, True)
+        world.operator = cluster.Operator("vault-secrets-operator", "vault-secrets-operator-controller-manager", "1.5.0",
+                                           model, RELEASE_NAME, cluster_plan.CHART_VERSION, True)
         return "installed"
 
-    real_run = minikube.run
+    real_run = mklab.run
 
     def run(cmd: list[str], what: str, fixes: list[str], **kw: object) -> str:
         if cmd[0] != "helm":
@@ -603,12 +609,12 @@ def fake_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespa
     monkeypatch.setattr(MinikubeLab, "_vault_ok", lambda self: True)
     monkeypatch.setattr(MinikubeLab, "_pg_ok", lambda self: True)
     monkeypatch.setattr(MinikubeLab, "_delete_lab_objects", delete_lab_objects)
-    monkeypatch.setattr(minikube, "run", run)
-    monkeypatch.setattr(minikube.k8s, "delete", lambda *a, **kw: world.deleted.append(a[1:]) or True)
+    monkeypatch.setattr(mklab, "run", run)
+    monkeypatch.setattr(mklab.k8s, "delete", lambda *a, **kw: world.deleted.append(a[1:]) or True)
     return world
 
 
-RELEASE_NAME = external.RELEASE
+RELEASE_NAME = cluster_plan.RELEASE
 
 
 def test_up_runs_the_plan_through_the_docker_sdk_and_reuses_it_the_second_time(tmp_path: Path, fake_world: SimpleNamespace) -> None:
@@ -644,7 +650,7 @@ def test_up_with_a_license_recreates_vault_as_enterprise(tmp_path: Path, fake_wo
     actions = lab.up(progress=lambda m: None)
     assert actions["vault"].startswith("recreated") and actions["postgres"] == "reused"
     last = fake_world.docker.runs[-1]
-    assert last["image"] == minikube.VAULT_ENTERPRISE_IMAGE and last["environment"]["VAULT_LICENSE"] == LICENSE
+    assert last["image"] == mkplan.VAULT_ENTERPRISE_IMAGE and last["environment"]["VAULT_LICENSE"] == LICENSE
 
 
 def test_down_deletes_namespaces_before_vso_and_vso_before_the_containers(tmp_path: Path, fake_world: SimpleNamespace) -> None:
