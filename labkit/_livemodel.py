@@ -10,30 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
+from ._lease import FIRST, RENEWAL, ROTATION, LeaseTracker, Sighting, parse_time
 from .display import mask
 
 CONDITIONS = (("Synced", "SecretSynced"), ("Healthy", "Healthy"), ("Ready", "Ready"))
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
-
-
-def parse_time(value: Any) -> float | None:
-    """Unix seconds from a number or an RFC 3339 string (``2026-01-02T03:04:05Z``); None when absent."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    s = str(value).strip()
-    if s.isdigit():
-        return float(s)
-    s = s.replace("Z", "+00:00")
-    if "." in s:  # Vault gives nanoseconds; fromisoformat takes at most microseconds
-        head, _, rest = s.partition(".")
-        n = len(rest) - len(rest.lstrip("0123456789"))
-        s = f"{head}.{rest[:min(n, 6)]}{rest[n:]}"
-    return datetime.fromisoformat(s).timestamp()
 
 
 def short_lease(lease_id: str) -> str:
@@ -134,48 +116,54 @@ class LeaseModel:
     * TTL left = ``lastRenewalTime + secretLease.duration - now``, never past the ``max_ttl`` horizon;
     * VSO renews between ``renewalPercent`` and about 10 % later of ``duration`` after ``lastRenewalTime``
       (:func:`renewal_window`);
-    * a new ``lastRenewalTime`` with the same lease id is a renewal; a new lease id, or a new
-      ``lastGeneration`` (the resource was changed and resynced), is a rotation: new credentials.
+    * renewals and rotations are :class:`labkit._lease.LeaseTracker`'s (the one definition, shared with
+      ``rotation.observe``): the same lease id with a later ``lastRenewalTime`` is a renewal, a new lease id new
+      credentials; stale, duplicate and empty reads change nothing.
     """
 
     max_ttl: float | None = None
     renewal_percent: int = 67
-    lease_id: str = ""
     issued_at: float | None = None
-    last_renewal: float | None = None
-    duration: float = 0.0
-    generation: int | None = None
-    renewals: int = 0
-    total_renewals: int = 0
-    rotations: list[float] = field(default_factory=list)
+    tracker: LeaseTracker = field(default_factory=LeaseTracker)
 
-    def update(self, now: float, vds: dict | None, issued_at: float | None = None) -> LeaseState:
-        """Feed the VaultDynamicSecret as read at ``now`` (``issued_at``: Vault's ``issue_time``, when known)."""
-        spec, st = (vds or {}).get("spec") or {}, (vds or {}).get("status") or {}
-        lease = st.get("secretLease") or {}
+    @property
+    def lease_id(self) -> str:
+        return self.tracker.lease_id
+
+    @property
+    def last_renewal(self) -> float | None:
+        return self.tracker.renewed_at
+
+    @property
+    def duration(self) -> float:
+        return self.tracker.duration
+
+    @property
+    def renewals(self) -> int:
+        return self.tracker.renewals
+
+    @property
+    def total_renewals(self) -> int:
+        return self.tracker.total_renewals
+
+    @property
+    def rotations(self) -> list[float]:
+        return self.tracker.rotations
+
+    def update(self, now: float, vds: dict | None, issued_at: float | None = None,
+               vault_renewed_at: float | None = None) -> LeaseState:
+        """Feed the VaultDynamicSecret as read at ``now`` (``issued_at``, ``vault_renewed_at``: Vault's lease lookup,
+        ``issue_time`` and ``last_renewal``, when known)."""
+        spec = (vds or {}).get("spec") or {}
         if spec.get("renewalPercent") is not None:
             self.renewal_percent = int(spec["renewalPercent"])
-        lease_id, renewed = str(lease.get("id") or ""), parse_time(st.get("lastRenewalTime"))
-        generation = st.get("lastGeneration")
-        events: list[tuple[float, str]] = []
-        if lease_id and self.lease_id and (lease_id != self.lease_id or (generation is not None and self.generation is not None
-                                                                          and generation != self.generation)):
-            t = renewed or now
-            events.append((t, "rotation"))
-            self.rotations.append(t)
-            self.renewals, self.issued_at = 0, None
-        elif lease_id and lease_id == self.lease_id and renewed and self.last_renewal and renewed > self.last_renewal:
-            events.append((renewed, "renewal"))
-            self.renewals += 1
-            self.total_renewals += 1
-        if lease_id and lease_id != self.lease_id:
-            self.issued_at = renewed  # exact when we saw the lease from its start; Vault's issue_time overrides
-        if issued_at is not None:
+        seen = Sighting.from_vds(vds, vault_renewed_at)
+        found = self.tracker.see(now, seen)
+        if any(ev.kind == FIRST or (ev.kind == ROTATION and not ev.late) for ev in found):
+            self.issued_at = self.tracker.renewed_at  # exact when we saw the lease from its start; Vault's issue_time overrides
+        if issued_at is not None and seen.lease_id and seen.lease_id == self.tracker.lease_id:
             self.issued_at = issued_at
-        if lease_id:
-            self.lease_id, self.last_renewal, self.generation = lease_id, renewed, generation
-            self.duration = float(lease.get("duration") or 0)
-        return self.state(now, tuple(events))
+        return self.state(now, tuple((ev.time, ev.kind) for ev in found if ev.kind in (RENEWAL, ROTATION)))
 
     def state(self, now: float, events: tuple[tuple[float, str], ...] = ()) -> LeaseState:
         if not self.lease_id or self.last_renewal is None:

@@ -210,7 +210,7 @@ class LeaseView(_Live):
                  interval: float = 1.0, refresh: bool = True) -> None:
         self.name, self.namespace = name or lab.names.dynamic_vds, namespace or lab.names.dynamic_ns
         self.model, self._max_ttl_known = LeaseModel(max_ttl=max_ttl), max_ttl is not None
-        self._issued: dict[str, float | None] = {}
+        self._lookups: dict[str, tuple[float | None, float | None]] = {}
         self.bar = widgets.FloatProgress(value=0, min=0, max=1, description="TTL", layout=widgets.Layout(width="440px"))
         self.view = widgets.HTML()
         super().__init__(lab, [self.bar, self.view], interval=interval, refresh=refresh)
@@ -219,26 +219,29 @@ class LeaseView(_Live):
         """GET /:mount/roles/:role (the database role: default_ttl, max_ttl)."""
         return (self._vault().read(f"{mount}/roles/{role}") or {}).get("data") or {}
 
-    def _issue_time(self, lease_id: str) -> float | None:
-        """PUT /sys/leases/lookup: when Vault issued the lease (the max_ttl horizon counts from it)."""
-        return parse_time(self._vault().sys.read_lease(lease_id)["data"].get("issue_time"))
+    def _lookup(self, lease_id: str) -> tuple[float | None, float | None]:
+        """PUT /sys/leases/lookup: when Vault issued the lease (the max_ttl horizon counts from it) and last renewed it
+        (a renewal before the widget saw the lease counts, as in ``rotation.observe``)."""
+        data = self._vault().sys.read_lease(lease_id)["data"]
+        return parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
 
-    def observe(self) -> tuple[dict | None, float | None]:
+    def observe(self) -> tuple[dict | None, tuple[float | None, float | None]]:
         vds = vso.get(self.lab, "VaultDynamicSecret", self.name, self.namespace)
         spec = (vds or {}).get("spec") or {}
         if not self._max_ttl_known and str(spec.get("path", "")).startswith("creds/"):
             self.model.max_ttl = float(self._role(spec["mount"], spec["path"].split("/", 1)[1]).get("max_ttl") or 0) or None
             self._max_ttl_known = True
         lease_id = str((((vds or {}).get("status") or {}).get("secretLease") or {}).get("id") or "")
-        if lease_id and lease_id not in self._issued:
+        if lease_id and lease_id not in self._lookups:
             try:
-                self._issued = {lease_id: self._issue_time(lease_id)}
+                self._lookups = {lease_id: self._lookup(lease_id)}
             except Exception:  # without it the horizon counts from when the lease was first seen
-                self._issued = {lease_id: None}
-        return vds, self._issued.get(lease_id)
+                self._lookups = {lease_id: (None, None)}
+        return vds, self._lookups.get(lease_id, (None, None))
 
-    def apply(self, now: float, observed: tuple[dict | None, float | None]) -> None:
-        st = self.model.update(now, observed[0], issued_at=observed[1])
+    def apply(self, now: float, observed: tuple[dict | None, tuple[float | None, float | None]]) -> None:
+        vds, (issued, renewed) = observed
+        st = self.model.update(now, vds, issued_at=issued, vault_renewed_at=renewed)
         end = st.renewal_window_end_in
         opened = st.next_renewal_in is not None and st.next_renewal_in <= 0
         over = end is not None and end < 0

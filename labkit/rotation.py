@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import app, dynamic, k8s, pg, vault, vso
 from ._exercise_registry import exercise
-from ._livemodel import ROLE_NUMBERS, parse_time, renewal_window
+from ._lease import FIRST, ROTATION, Event, LeaseTracker, Sighting, parse_time
+from ._livemodel import ROLE_NUMBERS, renewal_window
 from .backends.contract import Lab
 from .display import Check, Done
 
@@ -107,20 +108,33 @@ def _pods(lab: Lab) -> list[str]:
     return sorted(p.metadata.name for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}"))
 
 
-def _before_watching(lab: Lab, lease_id: str, obs: Observation, note: Callable[[str, str], None]) -> None:
-    """What Vault says of the lease watching starts with (``PUT sys/leases/lookup``): its age, and a renewal
-    that happened before watching began (it counts: the lesson is the lease's life, not our start)."""
+def _lookup(lab: Lab, lease_id: str) -> tuple[float | None, float | None]:
+    """Vault's ``PUT sys/leases/lookup`` of a lease: its issue time and last renewal (None, None once it expired)."""
     try:
         data = vault.client(lab).sys.read_lease(lease_id)["data"]
     except Exception:  # expired in between: the next poll sees the new lease
-        return
-    issued, renewed = parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
-    if issued is None:
-        return
-    note("lease age", f"lease …{lease_id[-6:]} was issued {time.time() - issued:.1f}s before watching began")
-    if renewed is not None:
-        obs.renewals += 1
-        note("renewal", f"lease …{lease_id[-6:]} was renewed {renewed - issued:.1f}s after issue (before watching began)")
+        return None, None
+    return parse_time(data.get("issue_time")), parse_time(data.get("last_renewal"))
+
+
+def _note_events(obs: Observation, found: tuple[Event, ...], issued: float | None, note: Callable[[str, str], None]) -> None:
+    """Record the tracker's events: a renewal that happened before watching began counts (the lesson is the lease's
+    life, not our start)."""
+    for ev in found:
+        lid = f"lease …{ev.lease_id[-6:]}"
+        if ev.kind in (FIRST, ROTATION):
+            obs.leases.append(ev.lease_id)
+            kind = "new lease" if ev.kind == FIRST else "rotation"
+            note(kind, f"{lid} ({ev.duration:.0f}s)" + (" (seen after the next one)" if ev.late else ""))
+            if ev.kind == FIRST and issued is not None:
+                note("lease age", f"{lid} was issued {time.time() - issued:.1f}s before watching began")
+        elif ev.before_seen:
+            obs.renewals += 1
+            after = f" {ev.time - issued:.1f}s after issue" if issued is not None else ""
+            note("renewal", f"{lid} was renewed{after} (before watching began)")
+        else:
+            obs.renewals += 1
+            note("renewal", f"{lid} renewed for {ev.duration:.0f}s")
 
 
 def observe(lab: Lab, seconds: float, *, until_rotation_and_revocation: bool = False, interval: float = 0.5,
@@ -134,7 +148,7 @@ def observe(lab: Lab, seconds: float, *, until_rotation_and_revocation: bool = F
     n = lab.names
     obs = Observation(initial_user=dynamic.read_secret(lab).get("username", ""))
     start = time.monotonic()
-    last_renewal = None
+    tracker = LeaseTracker()
     roles_prev: set[str] = set()
 
     def note(kind: str, detail: str) -> None:
@@ -145,17 +159,12 @@ def observe(lab: Lab, seconds: float, *, until_rotation_and_revocation: bool = F
     heartbeat = 30.0
 
     while time.monotonic() - start < seconds:
-        lease = dynamic.lease(lab)
-        lid = lease.get("lease_id") or ""
-        if lid and (not obs.leases or obs.leases[-1] != lid):
-            obs.leases.append(lid)
-            note("new lease" if len(obs.leases) == 1 else "rotation", f"lease …{lid[-6:]} ({lease.get('duration')}s)")
-            if len(obs.leases) == 1:
-                _before_watching(lab, lid, obs, note)
-        elif lease.get("last_renewal") != last_renewal and last_renewal is not None and lid == obs.leases[-1]:
-            obs.renewals += 1
-            note("renewal", f"lease …{lid[-6:]} renewed for {lease.get('duration')}s")
-        last_renewal = lease.get("last_renewal")
+        seen = Sighting.from_vds(vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns))
+        issued = None
+        if seen.lease_id and tracker.is_new(seen):  # credentials new to us: ask Vault
+            issued, renewed = _lookup(lab, seen.lease_id)
+            seen = replace(seen, vault_renewed_at=renewed)
+        _note_events(obs, tracker.see(time.time(), seen), issued, note)
         roles = {r["role"] for r in pg.dynamic_roles(lab, lab.names.vso_db_users)}
         for r in sorted(roles - roles_prev):
             if r not in obs.roles_seen:

@@ -132,11 +132,35 @@ def test_rotation_is_detected_from_a_new_lease_id():
     assert s.ttl == pytest.approx(14.0)
 
 
-def test_rotation_is_detected_from_a_new_last_generation():
+def test_a_new_last_generation_alone_is_not_a_rotation():
+    """VSO's updateStatus copies the generation even when the sync after a spec change failed: the old lease and
+    Secret stay. A successful sync brings a new lease id, which is the rotation (the old rule counted both)."""
     m = lm.LeaseModel()
     m.update(T0 + 1, vds(generation=1))
-    s = m.update(T0 + 5, vds(generation=2, renewed=T0 + 4))
-    assert [k for _, k in s.events] == ["rotation"]
+    assert m.update(T0 + 5, vds(generation=2)).events == ()
+    s = m.update(T0 + 9, vds(lease_id="database/creds/r/BBBBBB222", generation=2, renewed=T0 + 8))
+    assert s.events == ((T0 + 8, "rotation"),) and s.rotations == (T0 + 8,)
+
+
+def test_stale_and_duplicate_reads_are_not_renewals_nor_rotations():
+    m = lm.LeaseModel()
+    m.update(T0 + 1, vds(renewed=T0))
+    assert m.update(T0 + 11, vds(renewed=T0 + 10)).events == ((T0 + 10, "renewal"),)
+    assert m.update(T0 + 12, vds(renewed=T0)).events == ()  # an older read: the old rule then counted T0 → T0+10 again
+    assert m.update(T0 + 13, vds(renewed=T0 + 10)).events == ()
+    assert m.state(T0 + 13).ttl == pytest.approx(12.0)  # the countdown keeps the newest renewal
+    m.update(T0 + 21, vds(lease_id="database/creds/r/BBBBBB222", renewed=T0 + 20))
+    assert m.update(T0 + 22, vds(renewed=T0 + 10)).events == ()  # the old lease read late: not a rotation back
+    s = m.update(T0 + 23, vds(lease_id="database/creds/r/BBBBBB222", renewed=T0 + 20))
+    assert (s.events, s.rotations, s.total_renewals, s.lease_id) == ((), (T0 + 20,), 1, "database/creds/r/BBBBBB222")
+
+
+def test_the_lease_view_counts_a_renewal_vault_reports_from_before_it_started():
+    m = lm.LeaseModel()
+    s = m.update(T0 + 12, vds(renewed=T0 + 10), issued_at=T0 - 0.4, vault_renewed_at=T0 + 10.3)
+    assert (s.events, s.renewals, s.total_renewals) == (((T0 + 10.3, "renewal"),), 1, 1)
+    assert m.update(T0 + 13, vds(renewed=T0 + 11)).events == ()  # VSO's record of that renewal, a second later
+    assert m.update(T0 + 21, vds(renewed=T0 + 20)).renewals == 2
 
 
 def test_the_first_sighting_is_not_a_rotation_and_no_lease_is_an_empty_state():
@@ -290,7 +314,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(live.vso, "get", lambda lab, kind, name, ns: world["vds"])
     monkeypatch.setattr(live.pg, "lab_roles", lambda lab: [{"role": USERNAME}])
     monkeypatch.setattr(live.LeaseView, "_role", lambda self, mount, role: {"max_ttl": 30})
-    monkeypatch.setattr(live.LeaseView, "_issue_time", lambda self, lease_id: None)
+    monkeypatch.setattr(live.LeaseView, "_lookup", lambda self, lease_id: (None, None))
     monkeypatch.setattr(live.PipelineView, "_vault_path", lambda self, spec: ("database/creds/r", True, "role exists"))
     return world
 
