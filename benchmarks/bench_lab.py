@@ -31,7 +31,7 @@ import psutil
 import requests
 
 from labkit import _procs, app, dynamic, helm, install, rotation, stages, static, vault, vso
-from labkit.local import LocalLab
+from labkit.backends.local import LocalLab
 from labkit.notebook import SPEC
 
 ROWS: list[tuple[str, str, str, str]] = []
@@ -51,7 +51,7 @@ def apiserver_alone(root: Path) -> float:
     """kube-apiserver's own time from exec to /readyz (etcd already up), in a scratch state."""
     lab = LocalLab(root)
     lab.state.ensure()
-    from labkit._pki import ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
+    from labkit.backends.local.pki import ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 
     ensure_pki(lab.state)
     ensure_etcd_pki(lab.state)
@@ -123,7 +123,7 @@ def recovery(lab: LocalLab) -> tuple[float, float]:
             code, body = app.call(lab, n.dynamic_ns, "/status", timeout=2)
             if code == 200 and body.get("connected_as") == dynamic.read_secret(lab).get("username"):
                 break
-        except Exception:  # noqa: BLE001 - pods restarting
+        except Exception:
             pass
         if time.monotonic() - t0 > 180:
             return t_up, float("nan")
@@ -161,7 +161,7 @@ def rotation_to_ready(lab: LocalLab, rotations: int) -> list[float]:
                     _, body = app.call(lab, n.dynamic_ns, "/secret", timeout=2)
                     if body.get("username") == new:
                         break
-                except Exception:  # noqa: BLE001 - pods rolling
+                except Exception:
                     pass
                 time.sleep(0.05)
             out.append(time.monotonic() - t0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-from . import _runas, install
+from . import install
 
 # Result and tool live with what the backends share (the backends' doctor_checks make Results): re-exported here
 from ._contract import Result as Result
 from ._contract import tool as tool
 from ._contract import tool_version as _version
+from .backends.local import runas as _runas
 from .errors import LabkitError, ParameterError
 
 
@@ -53,8 +54,8 @@ def _pods_python() -> Result:
 
 def _disk() -> Result:
     """Free space where the lab keeps its data (etcd alone preallocates a 64 MB write-ahead log)."""
-    from ._repair import MIN_FREE, free_bytes
     from ._state import State
+    from .backends.local.repair import MIN_FREE, free_bytes
 
     st = State()
     where = [st.root] + ([st.pg_root()] if os.getuid() == 0 else [])

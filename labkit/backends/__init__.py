@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 BACKENDS = ("local", "minikube", "external")
 
@@ -19,7 +19,7 @@ def get_backend(name: str | None = "local", state: str | Path | None = None, **o
     """Return the lab object for backend ``name``."""
     name = (name or "local").strip().lower()
     if name == "local":
-        from .local import LocalLab
+        from .local.lab import LocalLab
 
         return LocalLab(state)
     if name == "minikube":
