@@ -33,7 +33,7 @@ import psutil
 import requests
 
 from labkit import _procs, app, dynamic, helm, install, rotation, stages, static, vault, vso
-from labkit.local import LocalLab
+from labkit.backends.local import LocalLab
 from labkit.notebook import SPEC
 
 ROWS: list[tuple[str, str, str, str]] = []
@@ -71,7 +71,7 @@ def apiserver_alone(root: Path) -> float:
     """kube-apiserver's own time from exec to /readyz (etcd already up), in a scratch state."""
     lab = LocalLab(root)
     lab.state.ensure()
-    from labkit._pki import ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
+    from labkit.backends.local.pki import ensure_etcd_pki, ensure_kubelet_pki, ensure_pki
 
     ensure_pki(lab.state)
     ensure_etcd_pki(lab.state)

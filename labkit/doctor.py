@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .backends import backend as _backend
-from .backends._localchecks import local_checks as local_checks
 
 # Result and tool live with what the backends share (the backends' doctor_checks make Results): re-exported here
 from .backends.contract import Result as Result
 from .backends.contract import tool as tool
+from .backends.local.checks import local_checks as local_checks
 
 
 def doctor(backend: str = "local") -> list[Result]:

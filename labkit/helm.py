@@ -2,11 +2,11 @@
 
 The repository alias is ``hashicorp``, as in the tutorial, but on the local lab it names the lab's loopback copy
 of HashiCorp's chart (the chart of exactly the built manager's version, served by the ``charts`` component; see
-labkit/_chartrepo.py), so the notebook's commands are the tutorial's, offline.
+labkit/backends/local/chartrepo.py), so the notebook's commands are the tutorial's, offline.
 
 The release's manager pod runs on the node agent like any pod (images → the binaries ``labkit install`` built,
-see :data:`labkit._containers.IMAGES`), with its service account's token (:mod:`labkit._satoken`). The notebook's
-Helm cell is the same on every backend::
+see :data:`labkit.backends.local.containers.IMAGES`), with its service account's token
+(:mod:`labkit.backends.local.satoken`). The notebook's Helm cell is the same on every backend::
 
     helm repo add hashicorp "$VSO_CHART_REPO" --force-update
     helm upgrade --install vault-secrets-operator hashicorp/vault-secrets-operator --version 1.5.0 \\
@@ -54,7 +54,7 @@ from .errors import LabkitError, ParameterError
 
 if TYPE_CHECKING:
     from ._state import State
-    from .local import LocalLab
+    from .backends.local import LocalLab
 
 RELEASE = "vault-secrets-operator"
 NAMESPACE = "vault-secrets-operator"

@@ -7,7 +7,7 @@ import sys
 import time
 
 from labkit import connect, dynamic, static
-from labkit.local import LocalLab
+from labkit.backends.local import LocalLab
 
 
 def static_follows(lab: LocalLab, timeout: float = 40) -> bool:

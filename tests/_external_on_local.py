@@ -55,7 +55,7 @@ def external_labs(local: Any, root: Path, prefixes: tuple[str, ...] = PREFIXES) 
 
 
 def main(argv: list[str]) -> int:
-    from labkit.local import LocalLab
+    from labkit.backends.local import LocalLab
 
     if len(argv) != 2:
         print("usage: python3 tests/_external_on_local.py <attendee prefix> <state dir>", file=sys.stderr)

@@ -11,8 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def local_lab() -> Iterator[object]:
     """A local lab started once for the session and purged at its end; skipped when prerequisites are missing."""
+    from labkit.backends.local import LocalLab
     from labkit.doctor import local_checks
-    from labkit.local import LocalLab
 
     missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
     if missing:
@@ -31,8 +31,8 @@ def local_lab() -> Iterator[object]:
 def external_host() -> Iterator[object]:
     """A local lab of its own whose VSO is the Helm release's pod: the cluster, Vault and database that the external
     backend's attendees share (tests/_external_on_local.py)."""
+    from labkit.backends.local import LocalLab
     from labkit.doctor import local_checks
-    from labkit.local import LocalLab
 
     missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
     if missing:

@@ -5,7 +5,7 @@ import pytest
 from kubernetes import client as k
 from kubernetes.client.exceptions import ApiException
 
-from labkit.agent import ConfigMissing, _rewrite, image_repo, resolve_env
+from labkit.backends.local.containers import ConfigMissing, _rewrite, image_repo, resolve_env
 
 
 class FakeCore:

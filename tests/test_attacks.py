@@ -29,7 +29,7 @@ import pytest
 from _users import ensure_user
 
 from labkit import _procs, app, dynamic, k8s
-from labkit.local import LocalLab
+from labkit.backends.local import LocalLab
 from labkit.notebook import CI, SPEC
 from labkit.stages import prepare_stage
 
@@ -296,7 +296,7 @@ def test_exec_probes_run_as_the_pod_user_too(lab: LocalLab) -> None:
 def test_an_etcd_made_with_a_plain_http_peer_url_gains_tls_on_the_next_up(attacker: str) -> None:
     """State from an older labkit: no peer certificate, a server-only etcd certificate, a member advertised with an
     http peer URL, and that etcd still running. The next ``ensure`` replaces it and keeps its data."""
-    from labkit._pki import ensure_etcd_pki, ensure_pki
+    from labkit.backends.local.pki import ensure_etcd_pki, ensure_pki
 
     lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-attacks-old-"))
     etcd = lab.components["etcd"]
@@ -337,7 +337,7 @@ def _server_only_etcd_cert(lab: LocalLab) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from labkit._pki import _cert_pem, _issue, _key_pem, _name
+    from labkit.backends.local.pki import _cert_pem, _issue, _key_pem, _name
 
     pki = lab.state.path("pki")
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)

@@ -21,8 +21,8 @@ import pytest
 from _users import ensure_user
 
 from labkit._state import State
+from labkit.backends.local import LocalLab
 from labkit.errors import LabkitError
-from labkit.local import LocalLab
 
 ATTACKER = "vsolab-attacker"
 REPO = Path(__file__).resolve().parent.parent

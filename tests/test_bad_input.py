@@ -30,8 +30,8 @@ import pytest
 
 from labkit import _procs, install, notebook, static, vault, vso
 from labkit._state import State
+from labkit.backends.local import LocalLab
 from labkit.errors import MissingTool, ParameterError, SyncError, VaultError
-from labkit.local import LocalLab
 from labkit.notebook import CI, SPEC
 
 REPO = Path(__file__).resolve().parent.parent

@@ -63,7 +63,7 @@ def lab(base: Path) -> Iterator[Any]:
     """A local lab of our own at the dynamic-secret stage; torn down and purged afterwards."""
     _require_tools()
     from labkit import connect, dynamic, static
-    from labkit.local import LocalLab
+    from labkit.backends.local import LocalLab
 
     lab = LocalLab(base / "state")
     try:

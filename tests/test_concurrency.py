@@ -20,8 +20,8 @@ import pytest
 
 from labkit import _procs, vault
 from labkit._state import State
+from labkit.backends.local import LocalLab
 from labkit.errors import LabBusy
-from labkit.local import LocalLab
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("VSOLAB_RACE_ROUNDS", "2"))

@@ -68,7 +68,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if request.param == "local-second":
         import tempfile
 
-        from labkit.local import LocalLab
+        from labkit.backends.local import LocalLab
 
         first = request.getfixturevalue("local_lab")
         second = LocalLab(tempfile.mkdtemp(prefix="vsolab-contract-2-"))

@@ -27,10 +27,10 @@ import psutil
 import pytest
 from kubernetes import client as kclient
 
-from labkit import _cells, _procs, _runas, app, cache, dynamic, k8s, pg, static, vault, vso
+from labkit import _cells, _procs, app, cache, dynamic, k8s, pg, static, vault, vso
 from labkit._state import port_free
-from labkit.agent import PORT_ANNOTATION
-from labkit.local import LocalLab
+from labkit.backends.local import LocalLab, runas
+from labkit.backends.local.kubelet import PORT_ANNOTATION
 from labkit.notebook import CI, SPEC, duration_seconds
 from labkit.stages import prepare_stage
 
@@ -98,7 +98,7 @@ def pods_and_processes_agree(lab: LocalLab) -> None:
         running = {p.metadata.uid for p in live}
         containers = {p.metadata.uid: len(p.spec.containers) for p in live}
         procs = pod_processes(lab)
-        dirs = {d.name for d in _runas.pod_root(lab.state).iterdir() if not d.name.startswith(".")}
+        dirs = {d.name for d in runas.pod_root(lab.state).iterdir() if not d.name.startswith(".")}
         expected_dirs = {f"{p.metadata.namespace}_{p.metadata.name}" for p in pods}
         problems = []
         if set(procs) != running:

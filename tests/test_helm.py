@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from labkit import _cells, _procs, cache, connect, helm, install, k8s, static
+from labkit.backends.local import LocalLab
 from labkit.helm_postrender import render
-from labkit.local import LocalLab
 from labkit.notebook import SPEC
 
 SELECTOR = "control-plane=controller-manager"
@@ -161,7 +161,7 @@ def test_the_notebooks_helm_cell_installs_a_ready_manager_pod_that_syncs(lab: Lo
     row = _operator_row(lab)
     assert row.healthy and row.detail == "Running, Ready, restarts 0" and row.address.endswith(pod.metadata.name)
     cmdlines = _processes(lab, pod.metadata.uid)
-    # the built manager (under root, the pods' user runs a read-only mirror of it: labkit._runas.PodHost.runnable)
+    # the built manager (under root, the pods' user runs a read-only mirror of it: labkit.backends.local.runas.PodHost.runnable)
     manager = next(c for c in cmdlines if Path(c[0]).name == install.PRODUCTS["vso"].paths()["vso-manager"].name)
     assert "--leader-elect" in manager and row.pid in {p.pid for p in _procs.tagged(f"{lab.state.lab_id}:pod:")}
     # Everything the release listens on is on 127.0.0.1 only.
@@ -270,7 +270,7 @@ def test_chart_repository_serves_only_repository_files(tmp_path) -> None:
     import threading
     import urllib.error
 
-    from labkit._chartrepo import EMPTY_INDEX, handler
+    from labkit.backends.local.chartrepo import EMPTY_INDEX, handler
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(tmp_path))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -294,7 +294,7 @@ def test_chart_repository_serves_only_repository_files(tmp_path) -> None:
 
 
 def test_args_expand_the_containers_variables_as_a_kubelet_does() -> None:
-    from labkit._containers import expand_vars
+    from labkit.backends.local.containers import expand_vars
 
     env = {"KUBECONFIG": "/pods/a/serviceaccount/kubeconfig"}
     assert expand_vars("--kubeconfig=$(KUBECONFIG)", env) == "--kubeconfig=/pods/a/serviceaccount/kubeconfig"

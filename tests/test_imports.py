@@ -112,7 +112,7 @@ def test_the_graph_sees_labkits_imports() -> None:
     """The reader finds the imports the package is known to make (else an empty graph would pass)."""
     edges = graph()
     assert "labkit.errors" in edges["labkit"], edges["labkit"]
-    assert "labkit.k8s" in edges["labkit.local"]
+    assert "labkit.k8s" in edges["labkit.backends.local.lab"]
     assert sum(len(v) for v in edges.values()) > 50
 
 

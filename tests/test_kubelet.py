@@ -27,9 +27,8 @@ import requests
 from kubernetes import client as kclient
 
 from labkit import install
-from labkit._containers import IMAGES, Container, Run, pod_status, resolve_env
-from labkit._kubelet import LogOptions, read_log, run_probe
-from labkit.agent import PORT_ANNOTATION
+from labkit.backends.local.containers import IMAGES, Container, Run, pod_status, resolve_env
+from labkit.backends.local.kubelet import PORT_ANNOTATION, LogOptions, read_log, run_probe
 
 NS = "default"
 

@@ -11,8 +11,8 @@ import pytest
 from kubernetes import client as kclient
 
 from labkit import _procs, app, connect, dynamic, pg, static, vault, vso
+from labkit.backends.local import LocalLab
 from labkit.errors import VaultError
-from labkit.local import LocalLab
 from labkit.notebook import duration_seconds
 
 pytestmark = pytest.mark.lab

@@ -1,8 +1,8 @@
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from labkit._pki import ensure_pki
 from labkit._state import State
+from labkit.backends.local.pki import ensure_pki
 
 
 def test_pki_chain_and_identities(tmp_path):
@@ -25,7 +25,7 @@ def test_pki_chain_and_identities(tmp_path):
 def test_etcd_pairs_missing_from_an_older_state_are_issued_from_the_existing_ca(tmp_path):
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from labkit._pki import ETCD_PEER_CN, ensure_etcd_pki
+    from labkit.backends.local.pki import ETCD_PEER_CN, ensure_etcd_pki
 
     st = State(tmp_path / "lab")
     st.ensure()

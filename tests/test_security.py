@@ -30,9 +30,9 @@ from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 
 from labkit import _procs, cleanup, dynamic, k8s, pg, vault
-from labkit.agent import PORT_ANNOTATION
+from labkit.backends.local import LocalLab
+from labkit.backends.local.kubelet import PORT_ANNOTATION
 from labkit.errors import VaultError
-from labkit.local import LocalLab
 from labkit.notebook import CI, SPEC
 from labkit.stages import prepare_stage
 

@@ -11,8 +11,8 @@ import papermill as pm
 import pytest
 
 from labkit import _cells, cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
+from labkit.backends.local import LocalLab
 from labkit.errors import CheckFailed, NotRunning, ParameterError
-from labkit.local import LocalLab
 from labkit.notebook import CI, SPEC
 from labkit.runner import notebooks
 from labkit.stages import NOTEBOOKS, prepare_stage

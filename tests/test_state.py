@@ -146,7 +146,7 @@ def test_a_directory_that_is_not_a_lab_is_refused(tmp_path):
 
 # -- read-only status ------------------------------------------------------------------------------------------
 def test_status_writes_nothing(tmp_path):
-    from labkit.local import LocalLab
+    from labkit.backends.local import LocalLab
 
     fresh = tmp_path / "never-up"
     assert not any(h.healthy for h in LocalLab(fresh).status())
@@ -177,8 +177,8 @@ def staged_lab():
     """A lab at the start of notebook 04: VaultConnection, kubernetes auth, static and dynamic secrets, the app."""
     import tempfile
 
+    from labkit.backends.local import LocalLab
     from labkit.doctor import local_checks
-    from labkit.local import LocalLab
     from labkit.stages import prepare_stage
 
     missing = [r.name for r in local_checks() if not r.ok]
@@ -195,7 +195,7 @@ def staged_lab():
 
 def works(lab_works, root) -> None:
     from labkit import connect
-    from labkit.local import LocalLab
+    from labkit.backends.local import LocalLab
 
     lab = LocalLab(root)
     assert lab.healthy()
@@ -340,7 +340,7 @@ def test_a_deleted_pods_log_goes_with_it(staged_lab):
 def test_purge_through_a_symlink_with_a_damaged_state_json(tmp_path):
     import tempfile
 
-    from labkit.local import LocalLab
+    from labkit.backends.local import LocalLab
 
     cli, _, lab_processes, _ = _lab_tools()
     real = Path(tempfile.mkdtemp(prefix="vsolab-purge-"))

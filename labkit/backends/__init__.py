@@ -18,13 +18,13 @@ from .contract import Lab, Result
 
 
 def _local(state: str | Path | None, **options: Any) -> Lab:
-    from ..local import LocalLab
+    from .local.lab import LocalLab
 
     return LocalLab(state)  # the local lab takes no options
 
 
 def _local_checks() -> list[Result]:
-    from ._localchecks import local_checks
+    from .local.checks import local_checks
 
     return local_checks()
 

@@ -174,7 +174,7 @@ class ClusterLab:
         agent: annotation ``vsolab.dev/port``, its podIP is 127.0.0.1); then that port is used as is. Otherwise
         ``kubectl port-forward``, as on any remote cluster.
         """
-        from .._kubelet import PORT_ANNOTATION
+        from .local.kubelet import PORT_ANNOTATION
 
         pods = sorted(k8s.ready_pods(self.kube, namespace, f"app={name}"), key=lambda p: p.metadata.creation_timestamp)
         published = (pods[-1].metadata.annotations or {}).get(PORT_ANNOTATION) if pods else None

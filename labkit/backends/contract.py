@@ -1,6 +1,6 @@
 """The backend contract: what notebooks, stage functions and :mod:`labkit.doctor` rely on from every lab.
 
-:class:`Lab` types the lab object each backend gives (:class:`labkit.local.LocalLab`,
+:class:`Lab` types the lab object each backend gives (:class:`labkit.backends.local.LocalLab`,
 :class:`labkit.backends.minikube.MinikubeLab`, :class:`labkit.backends.external.ExternalLab`); with it the
 rows they report (:class:`Health` for ``labkit status``, :class:`Result` for ``labkit doctor``), the
 client-cache persistence models VSO knows and the type of ``up``'s progress callback.

@@ -2,7 +2,7 @@
 
 * :data:`IMAGES`: the one table mapping an image to a local command;
 * env resolution (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``) and mount-path rewriting;
-* the per-pod and per-container records of :mod:`labkit.agent`, and the pod status built from them.
+* the per-pod and per-container records of :mod:`labkit.backends.local.agent`, and the pod status built from them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
 
-from ._kubelet import LogPump, now_iso
+from .kubelet import LogPump, now_iso
 
 
 def _python_image(argv: list[str], ports: dict[int, int]) -> list[str]:
@@ -49,7 +49,7 @@ def _vso_image(argv: list[str], ports: dict[int, int]) -> list[str]:
     """``hashicorp/vault-secrets-operator``: the manager ``labkit install`` built. The image holds it as
     ``/vault-secrets-operator`` and, for the chart's pre-upgrade hook, as ``/scripts/upgrade-crds`` beside
     ``/scripts/crds`` (the binary upgrades the CRDs when called by that name); both are laid out the same way here."""
-    from . import install
+    from ... import install
 
     vso = install.PRODUCTS["vso"]
     local = {"/vault-secrets-operator": vso.paths()["vso-manager"], "/scripts/upgrade-crds": _vso_scripts(vso.dir)}
@@ -60,8 +60,8 @@ def _vso_scripts(vso_dir: Path) -> Path:
     """``<vso cache>/scripts/upgrade-crds``, beside ``scripts/crds``, as in VSO's Dockerfile (``labkit install``
     lays them out: :func:`labkit.install.lay_out_vso_scripts`). A cache made by an older labkit gets them here
     when it is writable; a shared, read-only one without them is one paragraph naming the fix."""
-    from . import install
-    from .errors import ComponentError
+    from ... import install
+    from ...errors import ComponentError
 
     scripts = vso_dir / "scripts"
     if not all((scripts / name).exists() for name in ("upgrade-crds", "crds")):
@@ -79,7 +79,7 @@ def _vso_scripts(vso_dir: Path) -> Path:
 
 def _kube_rbac_proxy_image(argv: list[str], ports: dict[int, int]) -> list[str]:
     """``quay.io/brancz/kube-rbac-proxy``: the one ``labkit install`` built from the same version's module."""
-    from . import install
+    from ... import install
 
     binary = install.TOOLS["kube-rbac-proxy"].paths()["kube-rbac-proxy"]
     return [str(binary), *argv[1:]] if argv and argv[0] == "/usr/local/bin/kube-rbac-proxy" else argv
@@ -96,7 +96,7 @@ IMAGES: dict[str, LocalImage] = {
 def unmapped_message(image: str) -> str:
     known = ", ".join(f"{name}:*" for name in sorted(IMAGES))
     return (f"The vsolab node runs containers as local processes and maps only the images {known}; {image!r} is "
-            f"not one of them (add it to IMAGES in labkit/_containers.py, or use one of those images).")
+            f"not one of them (add it to IMAGES in labkit/backends/local/containers.py, or use one of those images).")
 
 
 def image_repo(image: str) -> str:
@@ -252,7 +252,7 @@ class Run:
     start_time: str = ""
     conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_status: str = ""
-    credentials: Any = None  # its service-account token and kubeconfig (labkit._satoken.Credentials)
+    credentials: Any = None  # its service-account token and kubeconfig (labkit.backends.local.satoken.Credentials)
 
 
 def pod_status(pod: Any, run: Run) -> dict[str, Any]:

@@ -2,62 +2,51 @@
 
 It registers one Node (with its kubelet endpoint), binds the lab's Pending pods to it and, per container:
 resolves env once per start (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``envFrom``, ``fieldRef``); maps the image
-to a local command (:data:`labkit._containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
+to a local command (:data:`labkit.backends.local.containers.IMAGES`; an unmapped image waits with ``ErrImagePull``);
 writes ``configMap``/``secret`` volumes to the pod's directory; gives every containerPort a local port
 (``PORT``; annotations ``vsolab.dev/port`` and ``vsolab.dev/ports``; podIP 127.0.0.1); runs readiness and
 liveness probes by their periods and thresholds; gives each container its pod's service-account token through a
-per-pod ``KUBECONFIG`` (:mod:`labkit._satoken`; local processes cannot mount ``/var/run/secrets``); restarts
+per-pod ``KUBECONFIG`` (:mod:`labkit.backends.local.satoken`; local processes cannot mount ``/var/run/secrets``); restarts
 per ``restartPolicy`` with a short back-off; keeps
 one containerStatus per container; records the kubelet's events; and serves container logs to the API
-server over TLS (:mod:`labkit._kubelet`). A pod with a ``deletionTimestamp`` is stopped and deleted.
+server over TLS (:mod:`labkit.backends.local.kubelet`). A pod with a ``deletionTimestamp`` is stopped and deleted.
 
-Run it with ``python -m labkit.agent --state DIR``; ``labkit up`` does that.
+Run it with ``python -m labkit.backends.local.agent --state DIR``; ``labkit up`` does that.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import concurrent.futures
 import contextlib
 import http.server
 import json
 import os
 import queue
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import port_for
 from kubernetes import client as kclient
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from . import _kubelet, _procs, _runas, _satoken, k8s
-from ._containers import (
-    IMAGES,
+from ... import _procs, k8s
+from ..._state import State
+from . import kubelet, pods, runas
+from .containers import (
     ConfigMissing,
     Container,
-    Probe,
     Run,
     _rewrite,
-    expand_vars,
-    image_repo,
     pod_status,
-    resolve_env,
-    unmapped_message,
 )
-from ._kubelet import NODE_NAME, PORT_ANNOTATION, EventRecorder, LogPump, exit_code, log_path
-from ._kubelet import now_iso as _now
-from ._state import State
+from .kubelet import NODE_NAME, EventRecorder, exit_code, log_path
+from .kubelet import now_iso as _now
 
-PORTS_ANNOTATION = "vsolab.dev/ports"
 BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET = 10.0, 40.0, 120.0
 
 
@@ -71,7 +60,7 @@ class Agent:
         self.pods: dict[str, Any] = {}
         self.stopping = threading.Event()
         # Under root, pods run as an unprivileged user, in directories outside the 0700 state directory.
-        self.host = _runas.PodHost(state)
+        self.host = runas.PodHost(state)
         self.logs = state.path("logs")
         self.last_heartbeat = 0.0
         self.recorder = EventRecorder(self.core)
@@ -192,177 +181,16 @@ class Agent:
         self.recorder.emit(pod, "Scheduled", f"Successfully assigned {pod.metadata.namespace}/{pod.metadata.name} "
                                              f"to {NODE_NAME}", component="default-scheduler")
 
-    def pod_dir(self, pod: Any) -> Path:
-        return self.host.pod_dir(pod.metadata.namespace, pod.metadata.name)
-
-    def remove_pod_dir(self, pod: Any) -> None:
-        """Forget a deleted pod: its HOME, the Secret/ConfigMap volumes written there, its container logs."""
-        ns, name = pod.metadata.namespace, pod.metadata.name
-        self.recorder.forget(pod.metadata.uid)
-        if not any(r.namespace == ns and r.name == name for r in self.runs.values()):
-            shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
-            _kubelet.remove_logs(self.logs, ns, name)
-
-    def allocate_ports(self, run: Run, pod: Any) -> None:
-        """A local port for every containerPort and probe port of the pod, published in its annotations."""
-        wanted = [p.container_port for c in pod.spec.containers for p in (c.ports or [])]
-        for c in pod.spec.containers:
-            for pr in (c.readiness_probe, c.liveness_probe):
-                action = pr and (pr.http_get or pr.tcp_socket)
-                if action and isinstance(action.port, int):
-                    wanted.append(action.port)
-        known = json.loads((pod.metadata.annotations or {}).get(PORTS_ANNOTATION, "{}"))
-        for cp in wanted:
-            if cp not in run.ports:
-                run.ports[cp] = int(known.get(str(cp), 0)) or port_for.select_random()
-        if run.ports and not known:
-            first = [p.container_port for c in pod.spec.containers for p in (c.ports or [])] or list(run.ports)
-            self.core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace, {"metadata": {"annotations": {
-                PORT_ANNOTATION: str(run.ports[first[0]]),
-                PORTS_ANNOTATION: json.dumps({str(k): v for k, v in run.ports.items()})}}})
-
-    def port_of(self, run: Run, c: Container, port: Any) -> int | None:
-        if isinstance(port, str) and not port.isdigit():
-            named = [p.container_port for p in c.spec.ports or [] if p.name == port]
-            return run.ports.get(named[0]) if named else None
-        return run.ports.get(int(port))
-
-    def materialize_volumes(self, pod: Any, container: Any) -> dict[str, str]:
-        """Write configMap/secret volumes to disk; return mountPath → local dir."""
-        mounts: dict[str, str] = {}
-        vols = {v.name: v for v in pod.spec.volumes or []}
-        for vm in container.volume_mounts or []:
-            vol = vols.get(vm.name)
-            if vol is None or vm.mount_path.startswith("/var/run/secrets/kubernetes.io"):
-                continue
-            local = self.host.volume_dir(pod.metadata.namespace, pod.metadata.name, vm.name)
-            data: dict[str, str] = {}
-            if vol.config_map is not None:
-                try:
-                    data = dict(self.core.read_namespaced_config_map(vol.config_map.name, pod.metadata.namespace).data or {})
-                except ApiException as exc:
-                    if exc.status == 404 and not vol.config_map.optional:
-                        raise ConfigMissing(f'configmap "{vol.config_map.name}" not found') from None
-            elif vol.secret is not None:
-                try:
-                    raw = self.core.read_namespaced_secret(vol.secret.secret_name, pod.metadata.namespace).data or {}
-                    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in raw.items()}
-                except ApiException as exc:
-                    if exc.status == 404 and not vol.secret.optional:
-                        raise ConfigMissing(f'secret "{vol.secret.secret_name}" not found') from None
-            for k, v in data.items():
-                self.host.write_volume_file(local / k, v)
-            mounts[vm.mount_path.rstrip("/")] = str(local)
-        return mounts
-
-    def start(self, run: Run, c: Container) -> None:
-        """Start (or restart) one container's process, or say why it waits."""
-        pod, spec = self.pods[run.uid], c.spec
-        c.waiting, c.waiting_message, c.ready, c.kill_at, c.proc = "", "", False, None, None
-        image = IMAGES.get(image_repo(spec.image))
-        if image is None:
-            c.waiting, c.waiting_message, c.next_start = "ErrImagePull", unmapped_message(spec.image), float("inf")
-            self.recorder.emit(pod, "Failed", f'Failed to pull image "{spec.image}": {c.waiting_message}',
-                               container=c.name, warning=True)
-            return
-        try:
-            env = resolve_env(self.core, pod.metadata.namespace, spec, pod)
-            c.mounts = self.materialize_volumes(pod, spec)
-            if _satoken.wanted(pod) and run.credentials is None:
-                run.credentials = self.issue_credentials(pod)
-        except ConfigMissing as exc:
-            c.waiting, c.waiting_message, c.next_start = "CreateContainerConfigError", str(exc), time.monotonic() + 1
-            self.recorder.emit(pod, "Failed", f"Error: {exc}", container=c.name, warning=True)
-            return
-        python = self.host.python()
-        if python is None:
-            c.waiting, c.next_start = "RunContainerError", float("inf")
-            c.waiting_message = (f"the node agent found no Python that the pod user {self.host.user!r} can run "
-                                 "(install one system-wide: apt-get install python3 python3-psycopg)")
-            self.recorder.emit(pod, "Failed", f"Error: {c.waiting_message}", container=c.name, warning=True)
-            return
-        argv = [_rewrite(a, c.mounts) for a in image.argv(spec, run.ports)]
-        if argv and argv[0] == sys.executable:  # python:* images: the Python the pod's user can run
-            argv[0] = python
-        shim = self.host.shim(python)
-        home = self.host.home(pod.metadata.namespace, pod.metadata.name)
-        c.env = {"PATH": f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home),
-                 "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8", **env,
-                 _procs.TAG_ENV: f"{self.state.lab_id}:pod:{run.uid}"}
-        if run.credentials is not None and "KUBECONFIG" not in env:
-            c.env["KUBECONFIG"] = str(run.credentials.kubeconfig)  # the service account (see labkit._satoken)
-        own = [run.ports[p.container_port] for p in spec.ports or [] if p.container_port in run.ports]
-        if own:
-            # The local stand-ins for the pod's own network namespace.
-            c.env["PORT"], c.env["BIND_ADDR"] = str(own[0]), "127.0.0.1"
-        argv = [expand_vars(a, c.env) for a in argv]
-        if argv:
-            argv[0] = self.host.runnable(argv[0])  # under root: a copy of the lab's binary the pod user can run
-        # A workingDir inside a volume maps to it; any other path of the image's file system to HOME.
-        wd = spec.working_dir
-        c.cwd = _rewrite(wd, c.mounts) if wd and _rewrite(wd, c.mounts) != wd else str(home)
-        log = log_path(self.logs, run.namespace, run.name, c.name)
-        if log.exists():  # the previous instance's log, for `kubectl logs --previous`
-            os.replace(log, log_path(self.logs, run.namespace, run.name, c.name, previous=True))
-        self.recorder.emit(pod, "Pulled", f'Container image "{spec.image}" already present on machine',
-                           container=c.name)
-        try:
-            c.proc = subprocess.Popen(argv, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, cwd=c.cwd, start_new_session=True,
-                                      **self.host.as_pod_user())
-        except OSError as exc:
-            c.waiting, c.waiting_message, c.next_start = "RunContainerError", f"{argv[0]}: {exc.strerror or exc}", \
-                float("inf")
-            self.recorder.emit(pod, "Failed", f"Error: {c.waiting_message}", container=c.name, warning=True)
-            return
-        c.pump = LogPump(c.proc, log)
-        self.recorder.emit(pod, "Created", "Container created", container=c.name)
-        self.recorder.emit(pod, "Started", "Container started", container=c.name)
-        c.started_at, c.started_mono = _now(), time.monotonic()
-        now = time.monotonic()
-        c.probes = [Probe(kind, p, next_at=now + (p.initial_delay_seconds or 0))
-                    for kind, p in (("Readiness", spec.readiness_probe), ("Liveness", spec.liveness_probe)) if p]
-        c.ready = spec.readiness_probe is None
-
-    def issue_credentials(self, pod: Any) -> _satoken.Credentials:
-        """A token of the pod's service account, bound to the pod, and a kubeconfig using it."""
-        try:
-            cred = _satoken.issue(self.core, pod, self.pod_dir(pod), self.api.configuration.host,
-                                  self.state.path("pki", "ca.crt"))
-            self.host.share_with_pod(cred.dir)  # under root: readable by the pod user, writable by the agent only
-            return cred
-        except ApiException as exc:
-            reason = (json.loads(exc.body or "{}") if (exc.body or "").startswith("{") else {}).get("message", "")
-            raise ConfigMissing(f"service account token: {reason or exc.reason}") from None
-
-    def kill(self, run: Run, c: Container, message: str, grace: float) -> None:
-        """Ask a container to stop (SIGTERM to its process group); SIGKILL follows after ``grace`` in :meth:`tick`."""
-        if not c.running or c.kill_at is not None:
-            return
-        self.recorder.emit(self.pods[run.uid], "Killing", message, container=c.name)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(c.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
-        c.kill_at = time.monotonic() + grace
-
-    def stop_run(self, uid: str, grace: float = 3, pod: Any = None) -> None:
-        run = self.runs.pop(uid, None)
-        if run is None:
-            return
-        procs = [c.proc for c in run.containers.values() if c.running]
-        for c in run.containers.values():
-            if pod is not None and c.running:
-                self.recorder.emit(pod, "Killing", f"Stopping container {c.name}", container=c.name)
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, signal.SIGKILL)  # type: ignore[union-attr]
-                p.wait()  # type: ignore[union-attr]
+    # -- one pod: ports, volumes, credentials, its containers' processes (pods.py) ----------------------
+    pod_dir = pods.pod_dir
+    remove_pod_dir = pods.remove_pod_dir
+    allocate_ports = pods.allocate_ports
+    port_of = pods.port_of
+    materialize_volumes = pods.materialize_volumes
+    start = pods.start
+    issue_credentials = pods.issue_credentials
+    kill = pods.kill
+    stop_run = pods.stop_run
 
     # -- the sync loop ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -445,7 +273,7 @@ class Agent:
             if pr.pending is None and now >= pr.next_at:
                 pr.next_at = now + (pr.spec.period_seconds or 10)
                 pr.pending = self.probers.submit(
-                    _kubelet.run_probe, pr.spec, lambda port: self.port_of(run, c, port), c.env, c.cwd,
+                    kubelet.run_probe, pr.spec, lambda port: self.port_of(run, c, port), c.env, c.cwd,
                     lambda argv: [_rewrite(a, c.mounts) for a in argv], self.host.as_pod_user())
 
     def push_status(self, uid: str) -> None:
@@ -492,7 +320,7 @@ class Agent:
         for proc in _procs.tagged(f"{self.state.lab_id}:pod:"):
             _procs.stop_pid(proc.pid, grace=2)  # orphans of a crashed agent: restart them cleanly
         serve_health(port, self)
-        _kubelet.serve(self.kubelet_port, self.state.path("pki"), self, self.stopping)
+        kubelet.serve(self.kubelet_port, self.state.path("pki"), self, self.stopping)
         while True:
             try:
                 self.register_node()
@@ -538,7 +366,7 @@ def serve_health(port: int, agent: Agent) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="labkit.agent")
+    ap = argparse.ArgumentParser(prog="labkit.backends.local.agent")
     ap.add_argument("--state", required=True)
     args = ap.parse_args(argv)
     state = State(args.state)

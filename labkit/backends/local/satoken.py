@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from kubernetes import client as kclient
 
-from ._state import _write_private
+from ..._state import _write_private
 
 #: What the kubelet asks for (one hour and a few seconds); renewed at 80 %.
 TOKEN_SECONDS = 3607

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._state import State
+from ..._state import State
 
 _DAYS = 3650
 #: the common name etcd requires of a peer's client certificate (``--peer-cert-allowed-cn``)

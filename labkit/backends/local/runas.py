@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._state import State
-from .errors import MissingTool, StateError
+from ..._state import State
+from ...errors import MissingTool, StateError
 
 DEFAULT_POD_ROOT = "/var/lib/vsolab/pods"
 
@@ -198,7 +198,7 @@ class PodHost:
         e.g. VSO's ``scripts/`` and ``crds/``) is mirrored once into ``<pod root>/.images``, root's and read-only for
         everyone else, with hard links where the file system allows. Anything else is returned as it is.
         """
-        from .install import cache_root
+        from ...install import cache_root
 
         if self.ids is None:
             return path

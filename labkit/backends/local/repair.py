@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .errors import DiskFull, StateError
+from ...errors import DiskFull, StateError
 
 if TYPE_CHECKING:
-    from .local import LocalLab
+    from .lab import LocalLab
 
 #: etcd preallocates a 64 MB WAL file; PostgreSQL's fresh cluster and OpenBao's raft need some 40 MB more
 MIN_FREE = 100 * 1024 * 1024
@@ -129,7 +129,7 @@ def retoken(lab: LocalLab) -> list[str]:
     Delete every pod: its projected token was signed with the lost key too."""
     from kubernetes import client as kclient
 
-    from . import k8s
+    from ... import k8s
 
     core = kclient.CoreV1Api(k8s.api_client(lab.kubeconfig))
     done = []
@@ -153,7 +153,7 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
 
-    from . import k8s, vault
+    from ... import k8s, vault
 
     done: list[str] = []
     api = lab.kube
@@ -197,7 +197,7 @@ def propagate(lab: LocalLab, old: dict[str, Any], say: Callable[[str], None]) ->
             cfg = {}
         url = (cfg.get("connection_details") or {}).get("connection_url", "")
         if url and urllib.parse.urlsplit(url).port != lab.ports["postgres"]:
-            from . import dynamic
+            from ... import dynamic
 
             dynamic.configure_connection(lab)
             done.append(f"Vault {n.db_mount}/config/{n.db_connection}")
@@ -217,7 +217,7 @@ def _repoint_app(lab: LocalLab) -> bool:
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
 
-    from . import app, k8s
+    from ... import app, k8s
 
     api, n = lab.kube, lab.names
     host, port = lab.pg_address_for_pods

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .. import _runas, install
-from ..errors import LabkitError
-from .contract import Result
-from .contract import tool_version as _version
+from ... import install
+from ...errors import LabkitError
+from ..contract import Result
+from ..contract import tool_version as _version
+from . import runas as _runas
 
 
 def _try(name: str, fn: Callable[[], object], fix: str = "") -> Result:
@@ -51,8 +52,8 @@ def _pods_python() -> Result:
 
 def _disk() -> Result:
     """Free space where the lab keeps its data (etcd alone preallocates a 64 MB write-ahead log)."""
-    from .._repair import MIN_FREE, free_bytes
-    from .._state import State
+    from ..._state import State
+    from .repair import MIN_FREE, free_bytes
 
     st = State()
     where = [st.root] + ([st.pg_root()] if os.getuid() == 0 else [])

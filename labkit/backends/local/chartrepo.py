@@ -10,7 +10,7 @@ directory on the lab's recorded ``charts`` port, so that, offline::
 It serves only the files a chart repository has (``index.yaml`` and ``*.tgz`` at the top level), read-only.
 Before helm is installed the repository is empty (a valid ``index.yaml`` with no entries).
 
-Run it with ``python -m labkit._chartrepo --dir DIR --port PORT``.
+Run it with ``python -m labkit.backends.local.chartrepo --dir DIR --port PORT``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def handler(root: Path) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="labkit._chartrepo")
+    ap = argparse.ArgumentParser(prog="labkit.backends.local.chartrepo")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--port", required=True, type=int)
     args = ap.parse_args(argv)
