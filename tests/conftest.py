@@ -1,49 +1,19 @@
-"""Shared fixtures: one local lab per test session, in a state directory of its own."""
+"""Shared fixtures: one local lab per test session, in a state directory of its own (made by tests/_labs.py's
+``lab_fixture``, the factory every module uses for a lab of its own), and the external backend's attendees."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 
 import pytest
+from _labs import lab_fixture
 
+#: A local lab started once per session (per xdist worker) and purged at its end; skipped when prerequisites are missing.
+local_lab = lab_fixture(scope="session", name="test")
 
-@pytest.fixture(scope="session")
-def local_lab() -> Iterator[object]:
-    """A local lab started once for the session and purged at its end; skipped when prerequisites are missing."""
-    from labkit.backends.local import LocalLab
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing) + " — run `labkit doctor`")
-    # Not tmp_path_factory: its 0700 base directory would keep out the unprivileged user PostgreSQL
-    # runs as under root (its data lives in /var/lib/vsolab-pg/<lab id>, see State.pg_data_dir).
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-test-"))
-    try:
-        lab.up(progress=lambda m: None)
-        yield lab
-    finally:
-        lab.down(purge=True)
-
-
-@pytest.fixture(scope="session")
-def external_host() -> Iterator[object]:
-    """A local lab of its own whose VSO is the Helm release's pod: the cluster, Vault and database that the external
-    backend's attendees share (tests/_external_on_local.py)."""
-    from labkit.backends.local import LocalLab
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing) + " — run `labkit doctor`")
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-ext-host-"))
-    try:
-        lab.up(progress=lambda m: None)
-        lab.install_operator()
-        yield lab
-    finally:
-        lab.down(purge=True)
+#: A local lab of its own whose VSO is the Helm release's pod: the cluster, Vault and database that the external
+#: backend's attendees share (tests/_external_on_local.py).
+external_host = lab_fixture(scope="session", name="ext-host", prepare=lambda lab: lab.install_operator())
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ opens without the lab's credentials, and reach the files of its pods.
 
 Reusable pieces for other attack tests: the ``attacker`` fixture (skips unless root), ``as_attacker(cmd)``
 (runs a command as that user and returns the CompletedProcess), ``attacker_http(...)`` (one HTTP(S)
-request made by that user), and the ``root_lab`` fixture (a root-run lab in a temporary state directory,
-purged at the end of the session).
+request made by that user), and ``lab_fixture(..., requires=("attacker",))`` (tests/_labs.py: a root-run lab in a
+temporary state directory of its own, purged at the end).
 """
 
 from __future__ import annotations
@@ -20,23 +20,22 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from _labs import lab_fixture
+from _params import ci_params
 from _users import ensure_user
 
 from labkit import _procs, app, dynamic, k8s
 from labkit.backends.local import LocalLab
-from labkit.notebook import CI, SPEC
-from labkit.stages import prepare_stage
 
 pytestmark = pytest.mark.lab
 ATTACKER = "vsolab-attacker"
 ATTACKER_PATH = "/usr/local/bin:/usr/bin:/bin"
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 
 
 # -- the attacker ----------------------------------------------------------------------------------------------------
@@ -101,27 +100,9 @@ def attacker_http(port: int, path: str, *, tls: bool = False, method: str = "GET
 
 
 # -- the lab -----------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def root_lab(attacker: str) -> Iterator[LocalLab]:
-    """A lab run by root in a temporary state directory, up; purged at the end of the session."""
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing))
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-attacks-"))
-    try:
-        lab.up(progress=lambda m: None)
-        yield lab
-    finally:
-        lab.down(purge=True)
-
-
-@pytest.fixture(scope="module")
-def lab(root_lab: LocalLab) -> LocalLab:
-    """The root-run lab at the start of notebook 04: the example app runs with dynamic PostgreSQL credentials."""
-    prepare_stage(root_lab, 4, PARAMS)
-    return root_lab
+#: The lab run by root at the start of notebook 04 (the example app runs with dynamic PostgreSQL credentials), in a
+#: temporary state directory; purged at the end of the module. Skips unless the tests run as root (``attacker``).
+lab = lab_fixture(4, params=PARAMS, name="attacks", requires=("attacker",))
 
 
 def pod_processes(lab: LocalLab) -> list[psutil.Process]:

@@ -27,15 +27,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _labs import lab_fixture
+from _params import ci_params
 
 from labkit import _procs, install, notebook, static, vault, vso
 from labkit._state import State
 from labkit.backends.local import LocalLab
 from labkit.errors import MissingTool, ParameterError, SyncError, VaultError
-from labkit.notebook import CI, SPEC
 
 REPO = Path(__file__).resolve().parent.parent
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -316,23 +317,8 @@ def test_cli_up_with_a_foreign_listener_on_a_recorded_port(port_name: str, fresh
 
 
 # -- against a running lab ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LocalLab]:
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing))
-    # Not pytest's tmp_path: under root its 0700 parents keep out the PostgreSQL user (see tests/conftest.py).
-    the_lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-badinput-lab-"))
-    try:
-        the_lab.up(progress=lambda m: None)
-        from labkit.stages import prepare_stage
-
-        prepare_stage(the_lab, 3, PARAMS)  # connect and static secrets are in place
-        yield the_lab
-    finally:
-        the_lab.down(purge=True)
+#: A lab of its own with connect and static secrets in place (the start of notebook 03).
+lab = lab_fixture(3, params=PARAMS, name="badinput-lab")
 
 
 @pytest.mark.lab

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 import requests
 from _jupyterlab import run_all
+from _labs import lab_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "tests" / "notebooks" / "live_widgets.ipynb"
@@ -42,48 +42,28 @@ MASK = "••••••••"
 TIMINGS: dict[str, float] = {}
 
 
-def _require_tools() -> None:
-    from labkit import install
-
-    if not all(p.built() for p in install.PRODUCTS.values()):
-        pytest.skip("the lab's binaries are not built: run `labkit install`")
-
-
-@pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    # 0755: when run as root, PostgreSQL runs as another user and keeps its data beside the state dir.
-    path = Path(tempfile.mkdtemp(prefix="vsolab-live-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def lab(base: Path) -> Iterator[Any]:
-    """A local lab of our own at the dynamic-secret stage; torn down and purged afterwards."""
-    _require_tools()
+def _dynamic_stage_with_short_ttls(lab: Any) -> None:
+    """Connect, static and dynamic secrets with DB role TTLs of 15s/30s, the app running on them."""
     from labkit import connect, dynamic, static
-    from labkit.backends.local import LocalLab
 
-    lab = LocalLab(base / "state")
-    try:
-        t0 = time.monotonic()
-        lab.up(progress=lambda m: None)
-        TIMINGS["lab_up_s"] = round(time.monotonic() - t0, 1)
-        t0 = time.monotonic()
-        for step in (connect.create_vault_namespace, connect.create_vault_connection, connect.create_token_reviewer,
-                     connect.enable_kubernetes_auth, static.enable_kv, static.write_creds, static.write_policy, static.create_role,
-                     static.create_namespace, static.create_vault_auth, static.create_static_secret,
-                     dynamic.enable_database, dynamic.configure_connection, lambda lb: dynamic.create_db_role(lb, "15s", "30s"),
-                     dynamic.write_policy, dynamic.create_role, dynamic.create_namespace, dynamic.create_vault_auth,
-                     dynamic.create_dynamic_secret, dynamic.deploy_app):
-            step(lab)
-        assert dynamic.check(lab).passed, str(dynamic.check(lab))
-        TIMINGS["stages_s"] = round(time.monotonic() - t0, 1)
-        yield lab
-    finally:
-        lab.down(purge=True)
-        assert not (base / "state").exists()
+    for step in (connect.create_vault_namespace, connect.create_vault_connection, connect.create_token_reviewer,
+                 connect.enable_kubernetes_auth, static.enable_kv, static.write_creds, static.write_policy, static.create_role,
+                 static.create_namespace, static.create_vault_auth, static.create_static_secret,
+                 dynamic.enable_database, dynamic.configure_connection, lambda lb: dynamic.create_db_role(lb, "15s", "30s"),
+                 dynamic.write_policy, dynamic.create_role, dynamic.create_namespace, dynamic.create_vault_auth,
+                 dynamic.create_dynamic_secret, dynamic.deploy_app):
+        step(lab)
+    assert dynamic.check(lab).passed, str(dynamic.check(lab))
+
+
+#: A local lab of our own at the dynamic-secret stage; torn down and purged afterwards (TIMINGS: lab_up_s, stages_s).
+lab = lab_fixture(name="live", prepare=_dynamic_stage_with_short_ttls, timings=TIMINGS)
+
+
+@pytest.fixture(scope="module")
+def base(lab: Any) -> Path:
+    """The lab's 0755 base directory, beside its state directory: the notebooks and JupyterLab's files go there."""
+    return Path(lab.state.root).parent
 
 
 def _notebook_copy(dest: Path, **params: Any) -> Path:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from _params import ci_params
 
 from labkit import cleanup, dynamic, vault, vso
-from labkit.notebook import CI, SPEC
 from labkit.stages import prepare_stage
 
 pytestmark = pytest.mark.lab
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 
 
 def test_the_dynamic_policy_allows_vso_to_revoke() -> None:

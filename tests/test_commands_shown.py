@@ -10,13 +10,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from _params import ci_params
 
 from labkit import connect, dynamic, vault
-from labkit.notebook import CI, SPEC
 from labkit.stages import prepare_stage
 
 pytestmark = pytest.mark.lab
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 
 
 def run_shown(lab, command: str) -> subprocess.CompletedProcess[str]:

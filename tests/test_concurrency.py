@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _labs import lab_fixture
 
 from labkit import _procs, vault
 from labkit._state import State
@@ -136,21 +137,14 @@ def fresh_state() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[LocalLab]:
-    from labkit.doctor import local_checks
+def _race_data(lab: LocalLab) -> None:
+    """A KV secret that every race below must leave intact (``kept``)."""
+    vault.client(lab).sys.enable_secrets_engine("kv", path="race", options={"version": "2"})
+    vault.client(lab).secrets.kv.v2.create_or_update_secret("keep", {"v": "1"}, mount_point="race")
 
-    missing = [r.name for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + ", ".join(missing))
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-race-lab-"))
-    try:
-        lab.up(progress=lambda m: None)
-        vault.client(lab).sys.enable_secrets_engine("kv", path="race", options={"version": "2"})
-        vault.client(lab).secrets.kv.v2.create_or_update_secret("keep", {"v": "1"}, mount_point="race")
-        yield lab
-    finally:
-        lab.down(purge=True)
+
+#: A lab of its own, up, holding the ``race`` KV secret.
+running = lab_fixture(name="race-lab", prepare=_race_data)
 
 
 def kept(lab: LocalLab) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from _labs import running_lab
 from kubernetes import client as kclient
 
 from labkit import _procs, app, connect, k8s, static, vault, vso
@@ -66,19 +67,11 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield request.getfixturevalue("external_labs")[request.param.split("-", 1)[1] + "-"]
         return
     if request.param == "local-second":
-        import tempfile
-
-        from labkit.backends.local import LocalLab
-
         first = request.getfixturevalue("local_lab")
-        second = LocalLab(tempfile.mkdtemp(prefix="vsolab-contract-2-"))
-        try:
-            second.up(progress=lambda m: None)
+        with running_lab(name="contract-2") as second:  # taken down before the next parameter's lab starts
             assert first.healthy() and second.healthy()
             assert not set(first.ports.values()) & set(second.ports.values()), "two labs share a port"
             yield second
-        finally:
-            second.down(purge=True)
         assert first.healthy(), "taking the second lab down left the first one healthy"
         return
     missing = [f"{r.name}: {r.fix}" for r in doctor(BACKEND) if not r.ok]

@@ -15,29 +15,29 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import hvac
 import psutil
 import pytest
+from _labs import lab_fixture
+from _params import ci_params
 from kubernetes import client as kclient
 
 from labkit import _cells, _procs, app, cache, dynamic, k8s, pg, static, vault, vso
 from labkit._state import port_free
 from labkit.backends.local import LocalLab, runas
 from labkit.backends.local.kubelet import PORT_ANNOTATION
-from labkit.notebook import CI, SPEC, duration_seconds
-from labkit.stages import prepare_stage
+from labkit.notebook import duration_seconds
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parent.parent
 # CI's short TTLs, with a longer max_ttl so that one rotation is far enough from the next one
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI | {"DEFAULT_TTL": "15s", "MAX_TTL": "45s"}
+PARAMS = ci_params(DEFAULT_TTL="15s", MAX_TTL="45s")
 T = TypeVar("T")
 
 
@@ -221,21 +221,8 @@ def rotation_in_progress(lab: LocalLab, *, recorded: bool) -> tuple[str, str, li
 
 
 # -- the lab ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LocalLab]:
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing))
-    the_lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-faults-"))
-    try:
-        the_lab.up(progress=lambda m: None)
-        prepare_stage(the_lab, 4, PARAMS)
-        app_healthy(the_lab)
-        yield the_lab
-    finally:
-        the_lab.down(purge=True)
+#: One lab at the start of notebook 04, its app healthy, for every fault below in turn.
+lab = lab_fixture(4, params=PARAMS, name="faults", prepare=app_healthy)
 
 
 # -- VSO -------------------------------------------------------------------------------------------------------

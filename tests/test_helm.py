@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+from _labs import lab_fixture
 
 from labkit import _cells, _procs, cache, connect, helm, install, k8s, static
 from labkit.backends.local import LocalLab
@@ -87,15 +87,8 @@ needs_tools = pytest.mark.skipif(not all(p.built() for p in install.TOOLS.values
                                  reason="helm and kube-rbac-proxy are not built: run `labkit install`")
 
 
-@pytest.fixture(scope="module")
-def lab():
-    """A lab of its own, started as notebook 00 starts it: without the operator (notebook 01 installs it)."""
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-helm-"))
-    try:
-        lab.up(progress=lambda m: None, operator=False)
-        yield lab
-    finally:
-        lab.down(purge=True)
+#: A lab of its own, started as notebook 00 starts it: without the operator (notebook 01 installs it).
+lab = lab_fixture(operator=False, name="helm")
 
 
 def _pods(lab: LocalLab) -> list:

@@ -8,10 +8,10 @@ import time
 
 import psutil
 import pytest
+from _labs import lab_fixture
 from kubernetes import client as kclient
 
 from labkit import _procs, app, connect, dynamic, pg, static, vault, vso
-from labkit.backends.local import LocalLab
 from labkit.errors import VaultError
 from labkit.notebook import duration_seconds
 
@@ -27,14 +27,8 @@ def _listening_ports(pids: set[int]) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab = LocalLab(tmp_path_factory.mktemp("lab") / "state")
-    try:
-        lab.up()
-        yield lab
-    finally:  # also when `up` itself failed half-way: leave no process behind
-        lab.down(purge=True)
+#: One lab for the module, fresh from `up`.
+lab = lab_fixture(name="local-lab")
 
 
 def test_up_twice_changes_nothing_and_everything_is_healthy(lab):

@@ -18,7 +18,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _labs import lab_fixture
+from _params import ci_params
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 
@@ -33,13 +34,11 @@ from labkit import _procs, cleanup, dynamic, k8s, pg, vault
 from labkit.backends.local import LocalLab
 from labkit.backends.local.kubelet import PORT_ANNOTATION
 from labkit.errors import VaultError
-from labkit.notebook import CI, SPEC
-from labkit.stages import prepare_stage
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 MODULE_START = time.time()
 
 
@@ -81,20 +80,8 @@ class Recorder(threading.Thread):
         return secrets, {v for v in self.usernames if len(v) >= 8}
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[LocalLab]:
-    from labkit.doctor import local_checks
-
-    missing = [f"{r.name} ({r.fix})" for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + "; ".join(missing))
-    the_lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-security-"))
-    try:
-        the_lab.up(progress=lambda m: None)
-        prepare_stage(the_lab, 6, PARAMS)
-        yield the_lab
-    finally:
-        the_lab.down(purge=True)
+#: One lab at the start of notebook 06 (connect, static, dynamic, rotation and the client cache applied).
+lab = lab_fixture(6, params=PARAMS, name="security")
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import papermill as pm
 import pytest
+from _labs import lab_fixture
+from _params import ci_params
 
 from labkit import _cells, cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
 from labkit.backends.local import LocalLab
 from labkit.errors import CheckFailed, NotRunning, ParameterError
-from labkit.notebook import CI, SPEC
 from labkit.runner import notebooks
 from labkit.stages import NOTEBOOKS, prepare_stage
 
 pytestmark = pytest.mark.lab
-PARAMS = {k: d for k, (_, d) in SPEC.items()} | CI
+PARAMS = ci_params()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab = LocalLab(tmp_path_factory.mktemp("stages") / "state")
-    try:
-        lab.up()
-        yield lab
-    finally:  # also when `up` itself failed half-way: leave no process behind
-        lab.down(purge=True)
+#: One lab for the module; each case below brings it to the stage it needs (under xdist, one per worker).
+lab = lab_fixture(name="stages")
 
 
 def test_stage_before_up_is_refused(tmp_path):

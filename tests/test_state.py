@@ -5,6 +5,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from _labs import lab_fixture
 
 from labkit._state import State
 from labkit.errors import PortTaken, StateError
@@ -172,25 +173,9 @@ def _lab_tools():
     return cli, cli_error, lab_processes, lab_works
 
 
-@pytest.fixture(scope="module")
-def staged_lab():
-    """A lab at the start of notebook 04: VaultConnection, kubernetes auth, static and dynamic secrets, the app."""
-    import tempfile
-
-    from labkit.backends.local import LocalLab
-    from labkit.doctor import local_checks
-    from labkit.stages import prepare_stage
-
-    missing = [r.name for r in local_checks() if not r.ok]
-    if missing:
-        pytest.skip("the local lab's prerequisites are missing: " + ", ".join(missing))
-    lab = LocalLab(tempfile.mkdtemp(prefix="vsolab-state-lab-"))
-    try:
-        lab.up(progress=lambda m: None)
-        prepare_stage(lab, 4)
-        yield lab
-    finally:
-        lab.down(purge=True)
+#: A lab at the start of notebook 04: VaultConnection, kubernetes auth, static and dynamic secrets, the app (the
+#: notebooks' learner defaults).
+staged_lab = lab_fixture(4, name="state-lab")
 
 
 def works(lab_works, root) -> None:
