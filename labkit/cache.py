@@ -1,5 +1,7 @@
 """Stage 5: a persistent, transit-encrypted VSO client cache, so leases
-survive operator restarts."""
+survive operator restarts.
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ from typing import TYPE_CHECKING, Any, cast
 from kubernetes import client as kclient
 
 from . import app, dynamic, k8s, vault, vso
-from ._exercise_registry import exercise
+from ._stage import Stage, exercise
+from ._teardown import vault_quiet
 from .backends.contract import Lab
-from .connect import connection_ref
-from .display import Check
+from .display import Check, Done
 
 if TYPE_CHECKING:
     from .backends.cluster import ClusterLab
@@ -36,7 +38,7 @@ HELM_VALUES = """controller:
 
 def helm_values(lab: Lab) -> str:
     n = lab.names
-    return HELM_VALUES.format(connection=connection_ref(lab), key=n.transit_key, mount=n.transit_mount,
+    return HELM_VALUES.format(connection=n.connection_ref, key=n.transit_key, mount=n.transit_mount,
                               auth_mount=n.k8s_auth_mount, role=n.transit_role, sa=n.operator_sa)
 
 
@@ -214,13 +216,13 @@ def check(lab: Lab) -> Check:
 
 
 @exercise(
-    "restart-kept", 5,
+    "restart-kept",
     "Restart the operator with kubectl rollout restart and show that the dynamic secret's lease survives.",
     ["`kubectl rollout restart deployment/<name> -n <namespace>` gives the Deployment a new pod.",
      "`kubectl rollout status deployment/vault-secrets-operator-controller-manager -n vault-secrets-operator` "
      "waits for it.",
      "Run the cell that records `before_restart` first, then restart; the checker compares with it."])
-def _check_restart_kept(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _restart_kept(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     before = ns.get("before_restart") or {}
     now = snapshot(lab)
     if shared(lab):  # the team's VSO: nobody restarts it for an exercise; the lease must simply still be there
@@ -247,12 +249,12 @@ def _check_restart_kept(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, s
 
 
 @exercise(
-    "rotate-key", 5,
+    "rotate-key",
     "Rotate the transit key vso-client-cache (a new key version), and check VSO still syncs.",
     ["Transit keys rotate with `vault write -f <mount>/keys/<name>/rotate`.",
      "The mount is ${PREFIX}demo-transit and the key vso-client-cache.",
      "`vault read -field=latest_version ${PREFIX}demo-transit/keys/vso-client-cache` shows the version."])
-def _check_rotate_key(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _rotate_key(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     from hvac import exceptions as hvexc
 
@@ -267,3 +269,29 @@ def _check_rotate_key(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str
          vso.is_synced(vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)),
          "VSO decrypts older cache entries with the older key version; check the manager's log"),
     ]
+
+
+def undo(lab: Lab) -> Done:
+    """Client-cache persistence off, then the transit engine, key, policy and role gone. On a shared VSO (the
+    team's) only this attendee's Vault objects go: the operator, its settings and its cache Secrets stay."""
+    n = lab.names
+    if not shared(lab) and lab.operator_settings().get("client_cache_persistence_model") != "none":
+        lab.restart_operator(client_cache_persistence_model="none")
+    if not shared(lab) and not lab.helm_managed_operator:
+        vso.delete(lab, "VaultAuth", n.transit_auth, n.operator_ns)
+    c = vault.client(lab)
+    vault_quiet(c.auth.kubernetes.delete_role, n.transit_role, mount_point=n.k8s_auth_mount)
+    vault_quiet(c.sys.delete_policy, n.transit_policy)
+    if f"{n.transit_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.disable_secrets_engine(n.transit_mount)
+    core = kclient.CoreV1Api(lab.kube)
+    for s in [] if shared(lab) else core.list_namespaced_secret(n.operator_ns).items:
+        assert s.metadata is not None and s.metadata.name is not None  # the API server sets both
+        if s.metadata.name.startswith("vso-cc-") and s.metadata.name != "vso-cc-storage-hmac-key":
+            core.delete_namespaced_secret(s.metadata.name, n.operator_ns)
+    return Done("client-cache persistence off; transit engine, key, policy and role removed",
+                f"vault secrets disable {n.transit_mount}\nvault policy delete {n.transit_policy}")
+
+
+STAGE = Stage(5, "05-client-cache", "A persistent, encrypted client cache", undo=undo, check=check,
+              exercises=(_restart_kept, _rotate_key))

@@ -1,5 +1,7 @@
 """Stage 1: connect VSO to Vault (VaultConnection) and Vault to Kubernetes
-(the kubernetes auth method, with a token-reviewer service account)."""
+(the kubernetes auth method, with a token-reviewer service account).
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import time
 from typing import Any
 
 from kubernetes import client as kclient
+from kubernetes.client.exceptions import ApiException
 
 from . import k8s, vault, vso
-from ._exercise_registry import exercise
-from .backends.contract import Lab
-from .display import Check, Done
+from ._stage import Stage, exercise
+from ._teardown import delete_namespace
+from .backends.contract import Lab, OperatorRelease
+from .display import Check, Done, Steps
 
 OPERATOR_RELEASE = "vault-secrets-operator"
 
@@ -32,8 +36,7 @@ def create_vault_connection(lab: Lab) -> Done:
 
 
 def connection_ref(lab: Lab) -> str:
-    n = lab.names
-    return f"{n.vault_ns}/{n.vault_connection}"
+    return str(lab.names.connection_ref)
 
 
 def create_token_reviewer(lab: Lab) -> Done:
@@ -116,7 +119,7 @@ TYPO_CONNECTION = "vault-connection-typo"
 
 
 @exercise(
-    "connection-typo", 1,
+    "connection-typo",
     "Apply a second VaultConnection, vault-connection-typo, whose address has a wrong port, and find VSO's reason.",
     ["Copy the VaultConnection cell's manifest; change metadata.name to vault-connection-typo and spec.address to "
      "http://127.0.0.1:1.",
@@ -124,7 +127,7 @@ TYPO_CONNECTION = "vault-connection-typo"
      "VSO checks that, a moment later.",
      "`kubectl describe vaultconnection vault-connection-typo -n ${PREFIX}vault`: status.valid is false, and the "
      "events at the bottom carry VSO's reason (VaultClientError: Failed to check Vault seal status …)."])
-def _check_connection_typo(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _connection_typo(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The learner's VaultConnection exists with another address than the lab's, and VSO has judged it invalid."""
     n = lab.names
     deadline = time.monotonic() + 15  # VSO reconciles a new VaultConnection within a second or two
@@ -148,7 +151,7 @@ def _check_connection_typo(lab: Lab, namespace: dict[str, Any]) -> list[tuple[st
 
 
 @exercise(
-    "operator-debug-log", 1,
+    "operator-debug-log",
     "Upgrade the Helm release so that VSO logs at the debug level; predict what happens to its pod.",
     ["The chart's values: `helm show values hashicorp/vault-secrets-operator --version 1.5.0 | grep -n -A8 ' logging:'`"
      " — the key is under controller.manager.",
@@ -157,7 +160,7 @@ def _check_connection_typo(lab: Lab, namespace: dict[str, Any]) -> list[tuple[st
      "post-renderer).",
      "The chart turns the value into the manager's flag --zap-log-level=debug: a new pod template, so Kubernetes "
      "replaces the pod (new name, age a few seconds). `kubectl logs … -c manager` then shows debug lines."])
-def _check_operator_debug_log(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _operator_debug_log(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The release's Deployment runs the manager with --zap-log-level=debug, and it is available again."""
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
@@ -189,3 +192,45 @@ def _check_operator_debug_log(lab: Lab, namespace: dict[str, Any]) -> list[tuple
         ("the new operator pod is available", ready, "`helm upgrade … --wait` waits for it; or "
          "`kubectl rollout status deploy/vault-secrets-operator-controller-manager -n vault-secrets-operator`"),
     ]
+
+
+# -- undo ---------------------------------------------------------------------------------------------------------
+
+def undo_connection(lab: Lab) -> Done:
+    """The VaultConnection and the token reviewer (their namespace), its binding, and auth/kubernetes."""
+    n = lab.names
+    delete_namespace(lab, n.vault_ns)
+    try:
+        k8s.delete(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    c = vault.client(lab)
+    if f"{n.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]:
+        c.sys.disable_auth_method(n.k8s_auth_mount)
+    return Done(f"deleted namespace {n.vault_ns} (VaultConnection, reviewer account) and disabled auth/{n.k8s_auth_mount}",
+                f"kubectl delete namespace {n.vault_ns}\nkubectl delete clusterrolebinding {n.reviewer_binding}\n"
+                f"vault auth disable {n.k8s_auth_mount}")
+
+
+def undo_operator(lab: Lab) -> Done:
+    """Back to before notebook 01 on the local lab: VSO's Helm release uninstalled (notebook 01 installs it).
+
+    The release's own VaultAuths and VaultConnections are deleted first, while the manager still runs to remove
+    their finalizers; ``helm uninstall`` alone would leave them stuck (see :func:`labkit.helm.uninstall_release`).
+    Other backends keep their operator (``labkit up`` installs it there)."""
+    if not isinstance(lab, OperatorRelease):
+        return Done("VSO kept (this backend's `labkit up` installs it)", "")
+    from .helm import UNINSTALL_COMMAND
+
+    steps = lab.uninstall_operator()
+    return Done("; ".join(steps) or "VSO's Helm release was not installed", UNINSTALL_COMMAND if steps else "")
+
+
+def undo(lab: Lab) -> Steps:
+    """Stage 1's undo: notebook 01 connects VSO to Vault after installing it, so the connection goes first."""
+    return Steps([undo_connection(lab), undo_operator(lab)])
+
+
+STAGE = Stage(1, "01-install-vso-and-connect", "Install VSO and connect it to Vault", undo=undo, check=check,
+              exercises=(_connection_typo, _operator_debug_log))

@@ -1,15 +1,18 @@
 """Stage 3: dynamic PostgreSQL credentials from Vault's database secrets engine,
-synced by a VaultDynamicSecret that restarts the app when they rotate."""
+synced by a VaultDynamicSecret that restarts the app when they rotate.
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from . import app, k8s, pg, vault, vso
 from ._duration import duration_seconds
-from ._exercise_registry import exercise
+from ._stage import Stage, exercise
+from ._teardown import delete_namespace, leases, vault_quiet
 from .backends.contract import Lab
-from .connect import connection_ref
 from .display import Check, Done, mask, mask_mapping
 
 CREATION = [
@@ -102,7 +105,7 @@ def create_namespace(lab: Lab) -> Done:
 def create_vault_auth(lab: Lab) -> Done:
     n = lab.names
     return vso.apply(lab, vso.vault_auth(n.dynamic_auth, n.dynamic_ns, role=n.dynamic_role, service_account=n.dynamic_sa,
-                                         connection_ref=connection_ref(lab), mount=n.k8s_auth_mount))
+                                         connection_ref=n.connection_ref, mount=n.k8s_auth_mount))
 
 
 def dynamic_secret(lab: Lab, renewal_percent: int = 67, ttl_label: str = "") -> dict:
@@ -155,8 +158,6 @@ def lease(lab: Lab) -> dict[str, Any]:
 
 def wait_steady(lab: Lab, quiet: float = 3.0, timeout: float = 90) -> None:
     """Wait until the lease has not changed for ``quiet`` seconds and the app runs exactly one Ready pod."""
-    import time
-
     n = lab.names
     last, since = None, time.monotonic()
 
@@ -180,8 +181,6 @@ def app_pods(lab: Lab) -> list[str]:
 
 def restarted(lab: Lab, pods_before: list[str], timeout: float = 30) -> bool:
     """Whether a Ready app pod exists that was not there before (waits up to ``timeout`` for the rollout)."""
-    import time
-
     n = lab.names
     deadline = time.monotonic() + timeout
     while True:
@@ -239,7 +238,7 @@ def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
 
 
 @exercise(
-    "secret-label", 3,
+    "secret-label",
     "Add the label team=hashicups to VSO's Secret through the VaultDynamicSecret's spec.destination.labels; "
     "predict the side effects (a new lease? a restart?).",
     ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge -p '…'` "
@@ -248,7 +247,7 @@ def _recorded(ns: dict[str, Any], *names: str) -> tuple[bool, str]:
      "Any spec change bumps metadata.generation; VSO then syncs with reason ResourceUpdated: a new lease, the Secret "
      "rewritten, the app restarted. The old lease is not revoked: `vault list sys/leases/lookup/${PREFIX}database/"
      "creds/vault-role-dynamic-exampleapp/` shows both until the old one's TTL ends."])
-def _check_secret_label(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _secret_label(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     from kubernetes import client as kclient
     from kubernetes.client.exceptions import ApiException
 
@@ -274,7 +273,7 @@ def _check_secret_label(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, s
 
 
 @exercise(
-    "role-ttl", 3,
+    "role-ttl",
     "Give the database role a default_ttl of 2m, keeping its statements and max_ttl; predict how long a new "
     "credential lasts and what VSO's current lease gets at its next renewal.",
     ["`vault write ${PREFIX}database/roles/vault-role-dynamic-exampleapp …` replaces the whole role: copy the command "
@@ -283,7 +282,7 @@ def _check_secret_label(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, s
      "`vault read -format=json …/creds/… | python3 -c '…[\"lease_duration\"]'` (never print the password).",
      "VSO's lease keeps its duration at renewals (VSO asks for the duration it has); the new default_ttl applies from "
      "VSO's next new lease."])
-def _check_role_ttl(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _role_ttl(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
     create = " ".join(role.get("creation_statements") or []).upper()
@@ -299,3 +298,51 @@ def _check_role_ttl(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]
         ("the revocation statements still drop the login", "DROP ROLE" in revoke,
          "pass both revocation_statements=… arguments again"),
     ]
+
+
+# -- undo ---------------------------------------------------------------------------------------------------------
+
+def undo(lab: Lab, wait: float = 15.0) -> Done:
+    """Delete the VaultDynamicSecret and watch VSO revoke its lease; then the app, the namespace and the Vault side.
+
+    VSO revokes only the lease it holds, with the VaultAuth's token (``sys/leases/revoke`` in the policy). Leases
+    from earlier rotations or spec changes stay valid until they expire: the sweep that follows revokes them with
+    the admin token, and says how many there were.
+    """
+    n = lab.names
+    c = vault.client(lab)
+    prefix = f"{n.db_mount}/creds/{n.db_role}/"
+    engine = f"{n.db_mount}/" in c.sys.list_mounted_secrets_engines()["data"]
+    vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+    held = ((vds or {}).get("status", {}).get("secretLease") or {}).get("id", "")
+    vso_said = "no VaultDynamicSecret to delete"
+    if vds is not None:
+        vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+        if held and engine:
+            deadline = time.monotonic() + wait
+            while held in leases(c, prefix) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            refused = [m for kind, reason, m in vso.events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
+                       if kind == "Warning" and reason == "SecretLeaseRevoke"]
+            if held not in leases(c, prefix):
+                vso_said = "VSO revoked its lease"
+            elif refused:
+                vso_said = "VSO could not revoke its lease (" + " ".join(refused[-1].split())[:200] + ")"
+            else:
+                vso_said = f"VSO did not revoke its lease within {wait:.0f}s"
+    delete_namespace(lab, n.dynamic_ns)
+    left = leases(c, prefix) if engine else []
+    if engine:
+        c.sys.revoke_prefix(prefix.rstrip("/"))
+        c.sys.disable_secrets_engine(n.db_mount)  # revokes every remaining lease of the engine
+    vault_quiet(c.auth.kubernetes.delete_role, n.dynamic_role, mount_point=n.k8s_auth_mount)
+    vault_quiet(c.sys.delete_policy, n.db_policy)
+    swept = (f"the sweep revoked {len(left)} older lease{'s' if len(left) != 1 else ''} (earlier rotations or spec "
+             "changes: VSO revokes only the one it holds)") if left else "the sweep found no lease left"
+    return Done(f"deleted {n.dynamic_ns}; {vso_said}; {swept}; disabled {n.db_mount}/",
+                f"kubectl delete vaultdynamicsecret {n.dynamic_vds} -n {n.dynamic_ns}\nkubectl delete namespace {n.dynamic_ns}\n"
+                f"vault list sys/leases/lookup/{prefix}\nvault lease revoke -prefix {prefix}\nvault secrets disable {n.db_mount}")
+
+
+STAGE = Stage(3, "03-dynamic-secrets", "Dynamic secrets: PostgreSQL credentials → VaultDynamicSecret → app",
+              undo=undo, check=check, exercises=(_secret_label, _role_ttl))

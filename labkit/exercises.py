@@ -1,23 +1,24 @@
 """"Try it yourself": at least two exercises per notebook from 01 on.
 
-Each exercise is registered by its stage's module with :func:`exercise`: an id (the notebook's exercise cell is
-``exercise-<id>``, its checker cell calls ``check(lab, "<id>")``), the task, hints the learner asks for one at a
-time (``hint("<id>")``), and a checker that reads real state. The learner types the solution in the exercise cell;
-the text CI types is in ``notebooks/solutions/<notebook>.yaml`` (see :mod:`labkit._cells`).
+Each exercise is declared by its stage's module with :func:`exercise` and listed in that stage's record
+(``STAGE.exercises``, :mod:`labkit._stage`): an id (the notebook's exercise cell is ``exercise-<id>``, its checker
+cell calls ``check(lab, "<id>")``), the task, hints the learner asks for one at a time (``hint("<id>")``), and a
+checker that reads real state. The learner types the solution in the exercise cell; the text CI types is in
+``notebooks/solutions/<notebook>.yaml`` (see :mod:`labkit._cells`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._exercise_registry import REGISTRY as REGISTRY
-from ._exercise_registry import Exercise as Exercise
-from ._exercise_registry import exercise as exercise
-
-# the registry lives in a module of its own: the stage modules register into it, and this one imports them
+from ._stage import Exercise as Exercise
+from ._stage import exercise as exercise
 from .backends.contract import Lab
 from .display import Check
 from .errors import CheckFailed, ParameterError
+
+#: exercise id → exercise, read from the stage records on first use (:func:`_load`)
+REGISTRY: dict[str, Exercise] = {}
 
 
 def _get(id: str) -> Exercise:
@@ -29,14 +30,26 @@ def _get(id: str) -> Exercise:
     return REGISTRY[id]
 
 
-def _load() -> None:
-    # the stage modules register their exercises on import
-    from . import cache, cleanup, connect, dynamic, instant, rotation, static  # noqa: F401
+def _load() -> dict[str, Exercise]:
+    """Fill :data:`REGISTRY` from the stage records (imported here, not at the top: :mod:`labkit.stages` imports every
+    stage and the lab's parameters, which a kernel that only asks for a hint does not need yet)."""
+    if not REGISTRY:
+        from .stages import RECORDS
+
+        for stage in RECORDS:
+            for ex in stage.exercises:
+                if ex.id in REGISTRY:
+                    raise ValueError(f"exercise id {ex.id!r} is declared twice (stages {stage.number} and another)")
+                REGISTRY[ex.id] = ex
+    return REGISTRY
 
 
 def for_notebook(n: int) -> list[Exercise]:
+    """Notebook ``n``'s exercises, in its record's order (none for notebook 00)."""
     _load()
-    return [e for e in REGISTRY.values() if e.notebook == n]
+    from .stages import STAGES
+
+    return list(STAGES[n].exercises) if n in STAGES else []
 
 
 def hint(id: str) -> str:

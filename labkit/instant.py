@@ -1,5 +1,7 @@
 """Stage 6: instant updates through Vault event notifications (Vault Enterprise
-1.16.3+), and what happens where Vault has none (OpenBao, Vault Community)."""
+1.16.3+), and what happens where Vault has none (OpenBao, Vault Community).
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 from typing import Any
 
 from . import k8s, static, vault, vso
-from ._exercise_registry import exercise
+from ._stage import Stage, exercise
 from .backends.contract import Lab
 from .display import Check, Done
 
@@ -112,11 +114,11 @@ def _synced_soon(lab: Lab, timeout: float = 20) -> bool:
 
 
 @exercise(
-    "refresh-2s", 6, "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
+    "refresh-2s", "Make VSO poll Vault more often: set the VaultStaticSecret's refreshAfter to 2s.",
     ["Only spec.refreshAfter changes: `kubectl patch ... --type merge -p '{\"spec\":{...}}'`, or re-apply the manifest.",
      "kubectl patch vaultstaticsecret vault-static-secret -n ${PREFIX}static-exampleapp --type merge "
      "-p '{\"spec\":{\"refreshAfter\":\"2s\"}}'"])
-def _check_refresh(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _refresh_2s(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     obj = vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns) or {}
     return [("refreshAfter is 2s", (obj.get("spec") or {}).get("refreshAfter") == "2s",
@@ -127,13 +129,13 @@ def _check_refresh(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 
 @exercise(
-    "patch-password", 6,
+    "patch-password",
     "Give the KV secret a new password with vault kv patch (keeping username) and wait for the Kubernetes Secret.",
     ["`vault kv patch` changes only the keys you name; `vault kv put` would drop username.",
      "vault kv patch ${PREFIX}static/exampleapp/creds password=\"$(openssl rand -hex 12)\"",
      "Wait up to refreshAfter, then compare: `vault kv get -field=password ...` against the Secret's "
      "`.data.password` (base64 -d); print only whether they match."])
-def _check_patch(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _patch_password(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     before = ns.get("version_before")
     data = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
@@ -150,3 +152,17 @@ def _check_patch(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
             ("username is still there", "username" in data, "`vault kv put` replaces every key; use `vault kv patch`"),
             ("the Kubernetes Secret has Vault's password", bool(synced),
              "wait up to refreshAfter; check `kubectl describe vaultstaticsecret` for errors")]
+
+
+def undo(lab: Lab) -> Done:
+    """Back to a VaultStaticSecret without instant updates, and the plain read policy (stage 2's own)."""
+    n = lab.names
+    if vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns):
+        vso.apply(lab, static.static_secret(lab))
+    if vault.read_policy(lab, n.kv_policy):
+        static.write_policy(lab)
+    return Done("instant updates turned off", "")
+
+
+STAGE = Stage(6, "06-instant-updates", "Instant updates through Vault's event notifications", undo=undo,
+              check=check, exercises=(_refresh_2s, _patch_password))

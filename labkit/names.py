@@ -16,7 +16,34 @@ Two places where the tutorial contradicts itself, and what the kit uses:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a stage makes, by kind, as this lab spells the names (:meth:`Names.made_by`).
+
+    Stages 04 and 06 make nothing of their own (they change what 03 and 02 made); notebook 07 removes. VSO's Helm
+    release (notebook 01, on the local lab) and the Secrets VSO writes are not listed: the backend owns them.
+    """
+
+    namespaces: tuple[str, ...] = ()
+    cluster_role_bindings: tuple[str, ...] = ()
+    #: Vault auth methods (their mount paths)
+    auth_methods: tuple[str, ...] = ()
+    #: roles of the kubernetes auth method (``auth/<k8s_auth_mount>/role/<name>``)
+    auth_roles: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    #: Vault secrets engines (their mount paths)
+    secrets_engines: tuple[str, ...] = ()
+    #: where Vault keeps the leases of the credentials it issues (``sys/leases/lookup/<prefix>``)
+    lease_prefixes: tuple[str, ...] = ()
+
+    def __add__(self, other: Made) -> Made:
+        return Made(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(frozen=True)
@@ -26,7 +53,7 @@ class Names:
     def _p(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    # stage 2: connection and the token reviewer
+    # stage 1 (notebook 01): connection and the token reviewer
     @property
     def vault_ns(self) -> str:
         return self._p("vault")
@@ -34,6 +61,11 @@ class Names:
     @property
     def vault_connection(self) -> str:
         return "vault-connection"
+
+    @property
+    def connection_ref(self) -> str:
+        """How a VaultAuth (or VSO's client-cache settings) names the VaultConnection: ``<namespace>/<name>``."""
+        return f"{self.vault_ns}/{self.vault_connection}"
 
     @property
     def reviewer_sa(self) -> str:
@@ -51,7 +83,7 @@ class Names:
     def k8s_auth_mount(self) -> str:
         return self._p("kubernetes")
 
-    # stage 3: static secrets
+    # stage 2 (notebook 02): static secrets
     @property
     def kv_mount(self) -> str:
         return self._p("static")
@@ -75,7 +107,7 @@ class Names:
     static_vss = "vault-static-secret"
     static_secret = "vso-static-creds-from-vault"
 
-    # stage 4: dynamic secrets
+    # stage 3 (notebook 03): dynamic secrets
     @property
     def db_mount(self) -> str:
         return self._p("database")
@@ -110,7 +142,7 @@ class Names:
 
     app = "hashicups-exampleapp"
 
-    # stage 6: client cache
+    # stage 5 (notebook 05): client cache
     @property
     def transit_mount(self) -> str:
         return self._p("demo-transit")
@@ -128,3 +160,30 @@ class Names:
     operator_ns = "vault-secrets-operator"
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
+
+    # -- the inventory: what each stage makes --------------------------------------------------------------------
+
+    def inventory(self) -> dict[int, Made]:
+        """Stage number → what its notebook's steps make; a stage that makes nothing of its own is left out."""
+        return {
+            1: Made(namespaces=(self.vault_ns,), cluster_role_bindings=(self.reviewer_binding,),
+                    auth_methods=(self.k8s_auth_mount,)),
+            2: Made(namespaces=(self.static_ns,), auth_roles=(self.static_role,), policies=(self.kv_policy,),
+                    secrets_engines=(self.kv_mount,)),
+            3: Made(namespaces=(self.dynamic_ns,), auth_roles=(self.dynamic_role,), policies=(self.db_policy,),
+                    secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
+            5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
+                    secrets_engines=(self.transit_mount,)),
+        }
+
+    def made_by(self, stage: int) -> Made:
+        """What notebook ``stage``'s steps make (empty for a stage that makes nothing of its own)."""
+        return self.inventory().get(stage, Made())
+
+    @property
+    def made(self) -> Made:
+        """Everything the stages make, the latest stage's first (the order clean-up removes them in)."""
+        out = Made()
+        for _, made in sorted(self.inventory().items(), reverse=True):
+            out += made
+        return out

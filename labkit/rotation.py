@@ -1,6 +1,8 @@
 """Stage 4: watch VSO renew a lease at ``renewalPercent``, rotate it at the first
 renewal Vault cuts short (before ``max_ttl``), restart the app with the new
-credentials, and Vault drop the old PostgreSQL role at ``max_ttl``."""
+credentials, and Vault drop the old PostgreSQL role at ``max_ttl``.
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import app, dynamic, k8s, pg, vault, vso
-from ._exercise_registry import exercise
 from ._lease import FIRST, ROTATION, Event, LeaseTracker, Sighting, parse_time
 from ._livemodel import ROLE_NUMBERS, renewal_window
+from ._stage import Stage, exercise, nothing_to_undo
 from .backends.contract import Lab
 from .display import Check, Done
 
@@ -222,14 +224,14 @@ def check(lab: Lab, obs: Observation) -> Check:
 # -- exercises (notebook 04) ------------------------------------------------------------------------------------------
 
 @exercise(
-    "renew-earlier", 4,
+    "renew-earlier",
     "Set the VaultDynamicSecret's renewalPercent to 30; predict what happens at once, and when the first renewal comes.",
     ["`kubectl patch vaultdynamicsecret vault-dynamic-secret -n ${PREFIX}dynamic-exampleapp --type merge "
      "-p '{\"spec\":{\"renewalPercent\":30}}'`.",
      "A spec change means a new lease at once (and an app restart). Its first renewal comes at 30–40 % of its duration.",
      "Wait in a loop until `vault lease lookup -format=json <lease>` has a last_renewal, printing progress as you go; "
      "then compare last_renewal − issue_time with the duration."])
-def _check_renew_earlier(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _renew_earlier(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     vds = vso.get(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns) or {}
     now = dynamic.lease(lab)
@@ -258,14 +260,14 @@ def _check_renew_earlier(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, 
 
 
 @exercise(
-    "every-renewal-rotates", 4,
+    "every-renewal-rotates",
     "Write the database role with max_ttl equal to default_ttl; predict what Vault grants at the next renewal, "
     "and what VSO and the app do then.",
     ["Copy the role command from the top of this notebook and set max_ttl=$DEFAULT_TTL.",
      "Vault grants min(asked, max_ttl − age): with max_ttl = default_ttl every renewal comes back shorter than asked.",
      "A short grant is VSO's LeaseTruncatedError: it fetches new credentials and restarts the app. Poll "
      "`.status.secretLease.id` until it changes (print progress while you wait)."])
-def _check_every_renewal_rotates(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _every_renewal_rotates(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     n = lab.names
     role = vault.read_database_role(lab, n.db_role, mount=n.db_mount)
     before, pods_before = ns.get("lease_before"), ns.get("pods_before")
@@ -281,3 +283,8 @@ def _check_every_renewal_rotates(lab: Lab, ns: dict[str, Any]) -> list[tuple[str
         ("the app restarted with the new credentials", recorded and dynamic.restarted(lab, pods_before or []),
          note if not recorded else "look for RolloutRestart events: `kubectl get events -n …`"),
     ]
+
+
+# Its one step changes the database role's TTLs, which stage 3's undo removes with the role: nothing of its own to undo.
+STAGE = Stage(4, "04-rotation-live", "Rotation, live: renew, rotate, restart, revoke", undo=nothing_to_undo,
+              check=check, exercises=(_renew_earlier, _every_renewal_rotates))

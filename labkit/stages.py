@@ -2,50 +2,37 @@
 
 Everything the earlier notebooks create is applied by running those notebooks' own step cells
 (:func:`labkit._cells.run_steps`: the ``%%bash`` cells tagged ``step``, the learner's commands); everything later
-notebooks create is removed. Idempotent.
+notebooks create is removed (each stage's ``undo``). Idempotent. Each stage is one record,
+:class:`labkit._stage.Stage`, declared at the end of its teaching module (``static.STAGE`` …).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
-from . import _cells, cleanup
+from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
+from ._stage import Stage
 from .backends.contract import Lab
 from .errors import NotRunning, ParameterError
 from .notebook import SPEC, validate
 
-NOTEBOOKS = [
-    "00-welcome-and-setup",
-    "01-install-vso-and-connect",
-    "02-static-secrets",
-    "03-dynamic-secrets",
-    "04-rotation-live",
-    "05-client-cache",
-    "06-instant-updates",
-    "07-clean-up",
-]
-
-
-def _noop(lab: Lab) -> None:
-    return None
-
-
-#: notebook number → how to remove what it creates (what it creates: its own step cells)
-STAGES: dict[int, Callable[[Lab], Any]] = {
-    1: cleanup.undo_connect_and_operator,
-    2: cleanup.undo_static,
-    3: cleanup.undo_dynamic,
-    4: _noop,  # its one step changes the database role's TTLs, which stage 3's undo removes
-    5: cleanup.undo_cache,
-    6: cleanup.undo_instant,
-}
+#: notebook 00 starts the lab: it has no step of its own, so no record
+WELCOME = "00-welcome-and-setup"
+#: one record per stage, each declared in its teaching module, in the notebooks' order
+RECORDS: tuple[Stage, ...] = (connect.STAGE, static.STAGE, dynamic.STAGE, rotation.STAGE, cache.STAGE, instant.STAGE,
+                              cleanup.STAGE)
+#: stage number → its record
+STAGES: dict[int, Stage] = {s.number: s for s in RECORDS}
+NOTEBOOKS = [WELCOME, *(s.notebook for s in RECORDS)]
 
 
 def apply_stage(lab: Lab, k: int, p: dict[str, Any]) -> None:
     """Do what notebook ``k`` does: run its step cells."""
-    _cells.run_steps(lab, k, p)
+    if k in STAGES:
+        STAGES[k].apply(lab, p)
+    else:  # notebook 00: no step cell
+        _cells.run_steps(lab, k, p)
 
 
 def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> list[str]:
@@ -65,11 +52,11 @@ def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> lis
     # One writer at a time: `labkit up`/`down` or another `stage` on the same lab wait for this one.
     lock = getattr(lab, "lock", None)
     with lock(f"labkit stage {n}") if lock else contextlib.nullcontext():
-        for k in sorted(STAGES, reverse=True):
-            if k >= n:
-                STAGES[k](lab)
-        for k in sorted(STAGES):
-            if k < n:
-                apply_stage(lab, k, p)
-                done.append(NOTEBOOKS[k])
+        for stage in reversed(RECORDS):  # what notebook n and later make goes, the latest first
+            if stage.number >= n:
+                stage.undo(lab)
+        for stage in RECORDS:  # then the earlier notebooks' steps run, in order
+            if stage.number < n:
+                stage.apply(lab, p)
+                done.append(stage.notebook)
     return done

@@ -1,5 +1,7 @@
 """Stage 2: a static KV v2 secret synced by a VaultStaticSecret into a native
-Kubernetes Secret, read by the app as env vars."""
+Kubernetes Secret, read by the app as env vars.
+
+The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check and exercises."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import time
 from typing import Any
 
 from . import app, k8s, vault, vso
-from ._exercise_registry import exercise
+from ._stage import Stage, exercise
+from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
-from .connect import connection_ref
 from .display import Check, Done
 
 KV_POLICY = """path "{mount}/data/{path}" {{
@@ -58,7 +60,7 @@ def create_namespace(lab: Lab) -> Done:
 def vault_auth(lab: Lab, role: str | None = None) -> dict:
     n = lab.names
     return vso.vault_auth(n.static_auth, n.static_ns, role=role or n.static_role, service_account=n.static_sa,
-                          connection_ref=connection_ref(lab), mount=n.k8s_auth_mount)
+                          connection_ref=n.connection_ref, mount=n.k8s_auth_mount)
 
 
 def create_vault_auth(lab: Lab) -> Done:
@@ -146,14 +148,14 @@ def _refresh_wait(namespace: dict[str, Any]) -> float:
 
 
 @exercise(
-    "api-key", 2,
+    "api-key",
     "Add api_key to static/exampleapp/creds without losing username and password; watch it reach the Secret.",
     ["`vault kv put` replaces the whole secret (a new version with only the keys you give). "
      "`vault kv patch` writes a new version with your keys changed and the others kept.",
      'vault kv patch ${PREFIX}static/exampleapp/creds api_key="$(openssl rand -hex 16)"',
      "VSO copies it at its next refresh (up to refreshAfter). The app does not see it: its pod read its "
      "environment when it started, and only the keys its Deployment names (DB_USERNAME, DB_PASSWORD)."])
-def _check_api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """Vault's secret has api_key beside username and password, and VSO copied it into the Kubernetes Secret."""
     n = lab.names
     kv = vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}
@@ -175,7 +177,7 @@ def _check_api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool,
 
 
 @exercise(
-    "second-secret", 2,
+    "second-secret",
     "Sync static/exampleapp/api into the Secret vso-static-api with a second VaultStaticSecret; find why it does "
     "not sync, and fix it.",
     ["`kubectl describe vaultstaticsecret vault-static-secret-api -n ${PREFIX}static-exampleapp`: the events at the "
@@ -184,7 +186,7 @@ def _check_api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool,
      "exampleapp-kv-read allows only static/data/exampleapp/creds.",
      "Write the policy again with both paths (`vault policy write` replaces it, so keep the creds path): "
      'path "${PREFIX}static/data/exampleapp/api" { capabilities = ["read"] }. VSO retries on its own.'])
-def _check_second_secret(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def _second_secret(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The second VaultStaticSecret syncs api_key, and the app's secret still syncs."""
     n = lab.names
     kv = vault.kv_get(lab, n.kv_mount, API_PATH).get("data") or {}
@@ -212,3 +214,20 @@ def _check_second_secret(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str,
          f"{n.kv_mount}/data/{n.kv_path}" in policy and vso.is_synced(main),
          "`vault policy write` replaces the whole policy: list both paths"),
     ]
+
+
+def undo(lab: Lab) -> Done:
+    """The namespace (VaultAuth, VaultStaticSecret, the app), the auth role, the policy and the KV engine."""
+    n = lab.names
+    delete_namespace(lab, n.static_ns)
+    c = vault.client(lab)
+    vault_quiet(c.auth.kubernetes.delete_role, n.static_role, mount_point=n.k8s_auth_mount)
+    vault_quiet(c.sys.delete_policy, n.kv_policy)
+    if f"{n.kv_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+        c.sys.disable_secrets_engine(n.kv_mount)
+    return Done(f"deleted {n.static_ns}, the role, the policy and the KV engine at {n.kv_mount}/",
+                f"kubectl delete namespace {n.static_ns}\nvault secrets disable {n.kv_mount}")
+
+
+STAGE = Stage(2, "02-static-secrets", "Static secrets: KV v2 → VaultStaticSecret → Secret", undo=undo, check=check,
+              exercises=(_api_key, _second_secret))

@@ -11,7 +11,7 @@ import time
 import pytest
 from _params import ci_params
 
-from labkit import cleanup, dynamic, vault, vso
+from labkit import _teardown, cleanup, dynamic, vault, vso
 from labkit.stages import prepare_stage
 
 pytestmark = pytest.mark.lab
@@ -31,16 +31,16 @@ def test_vso_revokes_its_own_lease_when_the_dynamic_secret_is_deleted(local_lab)
     lease = dynamic.lease(lab)["lease_id"]
     c = vault.client(lab)
     prefix = f"{n.db_mount}/creds/{n.db_role}/"
-    assert lease.startswith(prefix) and lease in cleanup._leases(c, prefix)
+    assert lease.startswith(prefix) and lease in _teardown.leases(c, prefix)
     vso.delete(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
     deadline = time.monotonic() + 20
-    while lease in cleanup._leases(c, prefix) and time.monotonic() < deadline:
+    while lease in _teardown.leases(c, prefix) and time.monotonic() < deadline:
         time.sleep(0.3)
     warnings = [(r, m) for k, r, m in vso.events(lab, "VaultDynamicSecret", n.dynamic_vds, n.dynamic_ns)
                 if k == "Warning" and r == "SecretLeaseRevoke"]
     assert not warnings, warnings
-    assert lease not in cleanup._leases(c, prefix), "VSO did not revoke its lease (the admin token was not used)"
-    done = cleanup.undo_dynamic(lab)
+    assert lease not in _teardown.leases(c, prefix), "VSO did not revoke its lease (the admin token was not used)"
+    done = dynamic.undo(lab)
     assert "no VaultDynamicSecret to delete" in str(done) and "disabled" in str(done), done
 
 
@@ -53,9 +53,9 @@ def test_undo_dynamic_says_vso_revoked_and_counts_what_the_sweep_found(local_lab
     prefix = f"{n.db_mount}/creds/{n.db_role}/"
     extra = c.secrets.database.generate_credentials(n.db_role, mount_point=n.db_mount)["lease_id"]
     held = dynamic.lease(lab)["lease_id"]
-    others = [x for x in cleanup._leases(c, prefix) if x != held]
+    others = [x for x in _teardown.leases(c, prefix) if x != held]
     assert extra in others
-    done = str(cleanup.undo_dynamic(lab))
+    done = str(dynamic.undo(lab))
     assert "VSO revoked its lease" in done, done
     assert f"the sweep revoked {len(others)} older lease" in done, done
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hvac import exceptions as hvexc
 
-from labkit import cleanup, k8s, stages, vault, vso
+from labkit import connect, k8s, stages, static, vault, vso
 from labkit.names import Names
 
 pytestmark = pytest.mark.lab
@@ -76,8 +76,8 @@ def test_one_attendees_stages_and_clean_up_leave_the_other_intact(external_labs:
     assert present(footprint(alice))
     assert footprint(bob) == bob_before, "alice's stages changed bob's objects"
 
-    cleanup.undo_static(alice)
-    cleanup.undo_connect(alice)
+    static.undo(alice)
+    connect.undo_connection(alice)
     assert gone(footprint(alice)), footprint(alice)
     assert footprint(bob) == bob_before, "alice's clean-up changed bob's objects"
 
