@@ -40,5 +40,18 @@ go version
 say "Python packages (pip install -e .[test])"
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
+# The JupyterHub test's proxy (tests/test_jupyterhub.py runs a hub with jupyterhub/jupyterhub_config.py): from npm, pinned,
+# into a prefix of its own (not -g), put on the hub's PATH by the test. Without npm the test is skipped.
+CHP_VERSION=5.3.0
+npm_prefix="${VSOLAB_NPM_PREFIX:-$HOME/.cache/vsolab-npm}"
+if command -v npm >/dev/null; then
+  if [ "$("$npm_prefix/node_modules/.bin/configurable-http-proxy" --version 2>/dev/null)" != "$CHP_VERSION" ]; then
+    say "configurable-http-proxy $CHP_VERSION from npm (into $npm_prefix)"
+    npm install --prefix "$npm_prefix" --no-fund --no-audit --loglevel=error "configurable-http-proxy@$CHP_VERSION"
+  fi
+else
+  echo "npm is missing: tests/test_jupyterhub.py (a real JupyterHub) will be skipped (apt-get install npm)" >&2
+fi
+
 say "Lab binaries (the official release binaries when their hosts answer, else built from the Go module proxy; cached)"
 python3 -m labkit install --source "${VSOLAB_INSTALL_SOURCE:-auto}"
