@@ -8,7 +8,7 @@ the port it was talking to (never by its message text), and named after the lab 
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING
 
 import requests
 import urllib3
@@ -17,6 +17,10 @@ import urllib3.connectionpool
 
 from ._state import listening
 from .errors import LostConnection
+
+if TYPE_CHECKING:
+    from ._state import State
+    from .backends.contract import Lab
 
 #: component names as ``labkit status`` shows them, by the port name in state.json
 _COMPONENTS = {"apiserver": "the Kubernetes API server (kube-apiserver)", "openbao": "Vault (OpenBao)",
@@ -88,7 +92,7 @@ def _connection_error(exc: BaseException) -> tuple[bool, int | None]:
     return False, None
 
 
-def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None:
+def explain(exc: BaseException, lab: Lab | None, command: str) -> LostConnection | None:
     """A :class:`LostConnection` for ``exc`` when it is the lab not answering, else None."""
     if isinstance(exc, LostConnection):
         return exc
@@ -102,7 +106,7 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
             break
     if not found:
         return None
-    state = getattr(lab, "state", None)
+    state = lab.state if lab is not None else None
     ports: dict[str, int] = {}
     if state is not None:
         try:
@@ -119,7 +123,7 @@ def explain(exc: BaseException, lab: Any, command: str) -> LostConnection | None
                           f"({type(exc).__name__}).", _fixes(name, state, command))
 
 
-def _fixes(name: str | None, state: Any, command: str) -> list[str]:
+def _fixes(name: str | None, state: State | None, command: str) -> list[str]:
     """What to do when the lab's component ``name`` (None: not known) stopped answering during ``command``."""
     fixes = ["Run `labkit status` to see which part of the lab is down.",
              f"Run `labkit up` to start it again (data is kept), then run {command} again."]
@@ -133,14 +137,14 @@ def _fixes(name: str | None, state: Any, command: str) -> list[str]:
     return fixes
 
 
-def not_answering(lab: Any, command: str, after: str) -> LostConnection | None:
+def not_answering(lab: Lab | None, command: str, after: str) -> LostConnection | None:
     """A :class:`LostConnection` naming the first core component whose port no longer listens, else None.
 
     Used after a shell step failed (``labkit stage``): the step's exit status says only that it failed, so the lab's
     own ports are asked which part went away (by socket, never by reading the command's message)."""
-    state = getattr(lab, "state", None)
-    if state is None:
+    if lab is None:
         return None
+    state = lab.state
     try:
         ports = state.recorded_ports()
     except Exception:  # a damaged state.json is reported by the next `labkit status`

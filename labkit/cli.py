@@ -8,8 +8,12 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import LabkitError, ParameterError
+
+if TYPE_CHECKING:
+    from .backends.contract import Lab
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -29,13 +33,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab(args: argparse.Namespace):
+def _lab(args: argparse.Namespace) -> Lab:
     from .backends import get_backend
 
     return get_backend(args.backend, state=args.state)
 
 
-def _lab_or_none(args: argparse.Namespace):
+def _lab_or_none(args: argparse.Namespace) -> Lab | None:
     try:
         return _lab(args)
     except Exception:  # only used to name the component in an error message
@@ -45,7 +49,7 @@ def _lab_or_none(args: argparse.Namespace):
 def cmd_up(args: argparse.Namespace) -> int:
     lab = _lab(args)
     t0 = time.monotonic()
-    actions = lab.up(**({"operator": False} if getattr(args, "no_operator", False) else {}))
+    actions = lab.up(operator=not getattr(args, "no_operator", False))
     changed = {k: v for k, v in actions.items() if v != "reused"}
     print(f"up: lab ready in {time.monotonic() - t0:.1f}s" + ("" if changed else " (everything was already running)"))
     print(_status_text(lab))
@@ -53,7 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_text(lab) -> str:
+def _status_text(lab: Lab) -> str:
     rows = [[h.component, str(h.pid or "-"), h.address,
              (f"healthy ({h.detail})" if h.detail else "healthy") if h.healthy else f"DOWN {h.detail}".strip(), h.version]
             for h in lab.status()]
@@ -84,7 +88,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     """`labkit operator install|uninstall`: VSO's Helm release on the local lab (the notebook's command, run by labkit)."""
     lab = _lab(args)
-    if lab.backend != "local":
+    from .backends.contract import OperatorRelease
+
+    if lab.backend != "local" or not isinstance(lab, OperatorRelease):
         raise ParameterError(f"Checked the {lab.backend} backend for `labkit operator`: only the local lab has it.",
                              ["Use the local backend (VSOLAB_BACKEND=local).",
                               "On minikube, run `helm install` as the tutorial shows."])

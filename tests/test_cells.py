@@ -8,12 +8,18 @@ import nbformat
 import pytest
 
 from labkit import _cells
+from labkit._state import State
 from labkit.errors import LabkitError
 from labkit.names import Names
 
 
 class StandIn:
+    """The part of a lab that running step cells uses: names, env() and a state (no ports recorded: none answers)."""
+
     names = Names("alice-")
+
+    def __init__(self, root: Path) -> None:
+        self.state = State(root / "state")
 
     def env(self) -> dict[str, str]:
         return {"VAULT_ADDR": "http://127.0.0.1:1"}
@@ -43,7 +49,7 @@ def test_run_steps_runs_only_step_cells_in_order_with_the_lab_env(tmp_path: Path
         _code(f"%%bash\necho not-a-step >> {out}"),
         _code(f"%%bash\necho two >> {out}", tags=["step"], id="second"),
     ])
-    done = _cells.run_steps(StandIn(), 3, {"REFRESH_AFTER": "3s"}, folder=tmp_path)
+    done = _cells.run_steps(StandIn(tmp_path), 3, {"REFRESH_AFTER": "3s"}, folder=tmp_path)
     assert out.read_text().splitlines() == ["one alice- 3s http://127.0.0.1:1", "two"]
     assert done[-1] == "second"
 
@@ -52,7 +58,7 @@ def test_a_failing_step_names_the_notebook_and_cell(tmp_path: Path) -> None:
     _nb(tmp_path, [_code("%%bash\necho fine", tags=["step"]),
                    _code("%%bash\necho oops >&2\nexit 3", tags=["step"], id="broken")])
     with pytest.raises(_cells.StepFailed) as e:
-        _cells.run_steps(StandIn(), 3, {}, folder=tmp_path)
+        _cells.run_steps(StandIn(tmp_path), 3, {}, folder=tmp_path)
     text = str(e.value)
     assert "03-test.ipynb, cell 1 (id broken)" in text and "status 3" in text and "oops" in text
 
@@ -60,7 +66,7 @@ def test_a_failing_step_names_the_notebook_and_cell(tmp_path: Path) -> None:
 def test_a_step_cell_must_be_bash(tmp_path: Path) -> None:
     _nb(tmp_path, [_code("print('python')", tags=["step"], id="py")])
     with pytest.raises(LabkitError, match="not a %%bash cell"):
-        _cells.run_steps(StandIn(), 3, {}, folder=tmp_path)
+        _cells.run_steps(StandIn(tmp_path), 3, {}, folder=tmp_path)
 
 
 def test_fill_solutions_types_each_exercise_and_refuses_a_mismatch(tmp_path: Path) -> None:

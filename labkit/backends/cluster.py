@@ -348,16 +348,18 @@ class ClusterLab:
                 return deleted
         except LabkitError:
             return deleted
-        for ns in (n.static_ns, n.dynamic_ns, n.vault_ns):
+        made = n.made  # what the stages make (names.py), latest stage first
+        for ns in made.namespaces:
             if k8s.delete(self.kube, "v1", "Namespace", ns):
                 deleted.append(f"namespace {ns}")
-        try:
-            kclient.RbacAuthorizationV1Api(self.kube).delete_cluster_role_binding(n.reviewer_binding)
-            deleted.append(f"clusterrolebinding {n.reviewer_binding}")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        for ns in (n.static_ns, n.dynamic_ns, n.vault_ns):
+        for crb in made.cluster_role_bindings:
+            try:
+                kclient.RbacAuthorizationV1Api(self.kube).delete_cluster_role_binding(crb)
+                deleted.append(f"clusterrolebinding {crb}")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        for ns in made.namespaces:
             def gone(ns: str = ns) -> bool:
                 return k8s.namespace_gone(self.kube, ns)
 

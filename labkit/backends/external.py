@@ -242,16 +242,18 @@ class ExternalLab(ClusterLab):
 
         from .. import vault
 
-        n, c, done = self.names, vault.client(self), []
+        made, c, done = self.names.made, vault.client(self), []  # what the stages make (names.py)
         mounts = c.sys.list_mounted_secrets_engines()["data"]
-        for m in (n.kv_mount, n.db_mount, n.transit_mount):
+        for m in made.secrets_engines:
             if f"{m}/" in mounts:
                 c.sys.disable_secrets_engine(m)
                 done.append(f"vault mount {m}/")
-        if f"{n.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]:
-            c.sys.disable_auth_method(n.k8s_auth_mount)
-            done.append(f"vault auth {n.k8s_auth_mount}/")
-        for p in (n.kv_policy, n.db_policy, n.transit_policy):
+        methods = c.sys.list_auth_methods()["data"]
+        for m in made.auth_methods:  # its roles go with it
+            if f"{m}/" in methods:
+                c.sys.disable_auth_method(m)
+                done.append(f"vault auth {m}/")
+        for p in made.policies:
             try:
                 if c.sys.read_policy(p):
                     c.sys.delete_policy(p)
