@@ -149,10 +149,19 @@ def tagged(prefix: str) -> list[psutil.Process]:
 
 
 def _gone(pid: int) -> bool:
-    """The process has exited (a zombie counts: it only waits for its parent to collect it)."""
+    """The process has exited (a zombie counts: it only waits for its parent to collect it).
+
+    A zombie *leader* is not enough: when a multi-threaded process is killed, its main thread turns zombie while the
+    other threads are still exiting, and until the last one has, the process's files, listening sockets included,
+    stay open (``/proc/<pid>/task`` still lists them)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return False
     except psutil.NoSuchProcess:
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:  # collected meanwhile, or no /proc
         return True
 
 

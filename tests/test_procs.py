@@ -142,3 +142,38 @@ def test_exiting_process_whose_pid_is_in_a_lab_tag_kills_nothing(local_lab, tmp_
         if pid:
             _procs.stop_pid(pid, grace=2)
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+
+
+_LEADER_EXITS_FIRST = r"""
+import ctypes, socket, sys, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+def hold():
+    time.sleep(30)
+threading.Thread(target=hold).start()
+print(srv.getsockname()[1], flush=True)
+ctypes.CDLL(None).pthread_exit(None)  # the main thread exits; the other one keeps the process and its socket
+"""
+
+
+def test_a_zombie_leader_whose_threads_still_run_is_not_gone() -> None:
+    """Killing a multi-threaded component leaves its main thread a zombie while the other threads exit, and its
+    listening socket open until the last one has: ``kill`` must wait for that, or ``up`` finds the port taken."""
+    proc = subprocess.Popen([sys.executable, "-c", _LEADER_EXITS_FIRST], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        deadline = time.monotonic() + 10
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.05)
+        from labkit._state import port_free
+
+        assert not port_free(port)  # the other thread still holds the process's socket
+        assert not _procs._gone(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert _procs._gone(proc.pid)
