@@ -7,7 +7,7 @@ asks of an administrator); the labs themselves run as the attendees, with nothin
     sudo python3 benchmarks/bench_density.py --attendees 1 2 4 --output benchmarks/density.md
 
 For every N it reports, in one run: the series time per attendee and its ratio to N = 1, failures, memory per
-attendee (PSS of all the attendee's processes: peak while the series ran, and idle after it with the app running),
+attendee (PSS of all the attendee's processes: peak while the series ran, and idle after a new `labkit up`),
 and idle CPU per attendee. The sizing rule at the end is computed from the table, not written by hand.
 """
 
@@ -38,6 +38,8 @@ from test_unprivileged import PYTHON, SYSTEM_PATH, _copy_repo, _runuser, _share_
 WORK = Path("/var/tmp/vsolab-density")  # root-owned, world-readable: the shared kit, venv and cache
 #: a series slower than this many times N = 1's is where the host stops holding N attendees
 SLOWDOWN_LIMIT = 1.5
+#: seconds an idle lab is left alone after `labkit up` before it is measured
+IDLE_SETTLE = 20
 
 
 @dataclass
@@ -159,6 +161,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--attendees", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--output", type=Path)
+    ap.add_argument("--idle-only", action="store_true", help="only `labkit up` the N labs at once and measure them idle")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark creates the attendees' accounts (their labs run unprivileged)")
@@ -174,13 +177,27 @@ def main() -> None:
         people = attendees(n)
         try:
             print(f"N = {n}: {', '.join(a.name for a in people)} …", flush=True)
-            one_round(people)
-            idle_pss = [_pss_of(a.uid) for a in people]  # the labs still up, the app running, no kernel
+            if not args.idle_only:
+                one_round(people)
+            # Notebook 07 ends with the lab cleaned up: each attendee's `labkit up` again (the operator installed),
+            # all at once, then the idle labs are measured (no kernel, no app: what a room between notebooks costs).
+            ups = [threading.Thread(target=a.run, args=("labkit up >/dev/null 2>&1", 900)) for a in people]
+            for t in ups:
+                t.start()
+            for t in ups:
+                t.join()
+            time.sleep(IDLE_SETTLE)
+            idle_pss = [_pss_of(a.uid) for a in people]
             cpu = _cpu_of([a.uid for a in people])
         finally:
             for a in people:
                 a.run("labkit down --purge >/dev/null 2>&1", 300)
         results.append((n, people, cpu, idle_pss))
+        if args.idle_only:
+            rows.append(f"| {n} | — | — | — | — | {statistics.median(idle_pss) / 2**20:.0f} MiB | "
+                        f"{statistics.median(cpu.values()):.0f}% | {os.getloadavg()[0]:.1f} |")
+            print(rows[-1], flush=True)
+            continue
         med = statistics.median(a.seconds for a in people)
         base = base or med
         fails = [a for a in people if not a.ok]
@@ -192,16 +209,19 @@ def main() -> None:
         for a in fails:
             print(f"  {a.name} failed: {a.detail}", flush=True)
     # the sizing rule, from the table: the largest N with no failure and a series at most SLOWDOWN_LIMIT x N = 1's
+    if args.idle_only:
+        results = []
     held = [n for n, people, _c, _i in results if all(a.ok for a in people) and
             statistics.median(a.seconds for a in people) <= SLOWDOWN_LIMIT * (base or 1)]
-    peak = max(statistics.median(a.peak_pss for a in people) for _n, people, _c, _i in results)
+    peak = max((statistics.median(a.peak_pss for a in people) for _n, people, _c, _i in results), default=0)
     best = max(held, default=0)
-    rule = (f"Sizing rule (from this run): up to {best / cores:.1f} attendees per core (N = {best} on {cores} cores kept the "
+    rule = "Idle labs only (--idle-only): no series ran, so no sizing rule." if args.idle_only else (
+            f"Sizing rule (from this run): up to {best / cores:.1f} attendees per core (N = {best} on {cores} cores kept the "
             f"series within {SLOWDOWN_LIMIT}× of one attendee's, with no failure), and {peak / 2**20:.0f} MiB per attendee at "
             f"the series' peak (lab and kernel): {2**30 / peak:.1f} attendees per GiB, i.e. plan "
             f"{(peak / 2**30) * 1.25:.2f} GiB per attendee with a quarter of headroom.")
     table = ("| attendees (N) | series time per attendee (median) | ratio to N = 1 | failures | PSS per attendee, peak "
-             "(lab + kernel) | PSS per attendee, idle lab | idle CPU per attendee | load average after |\n"
+             "(lab + kernel) | PSS per attendee, idle lab (a new `labkit up`) | idle CPU per attendee | load average after |\n"
              "|---:|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n")
     text = f"{head}\n\n{table}\n{rule}\n"
     print("\n" + text)
