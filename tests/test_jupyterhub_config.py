@@ -79,9 +79,43 @@ def test_the_values_quote_the_figures_they_were_sized_from() -> None:
         assert quoted in text, f"jupyterhub/z2jh-values.yaml should say {quoted!r} (the figures changed: size it again)"
 
 
+def density() -> dict[str, int]:
+    """The workshop density tables of the newest "workshop density" section of RESULTS.md (benchmarks/bench_density.py):
+    the largest per-attendee PSS at the series' peak (lab and kernel) and the largest idle CPU per attendee, over
+    every N measured, and the largest N that ran with no failure."""
+    text = RESULTS.read_text()
+    start = text.find("workshop density")
+    assert start >= 0, "benchmarks/RESULTS.md has no workshop density section (benchmarks/bench_density.py)"
+    end = text.find("\n## ", start)
+    peaks, idle_cpu, held = [], [], []
+    for line in text[start:end if end >= 0 else None].splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) != 8 or not cols[0].isdigit():
+            continue
+        peak, cpu = re.fullmatch(r"(\d+) MiB", cols[4]), re.fullmatch(r"(\d+)%", cols[6])
+        if peak:
+            peaks.append(int(peak.group(1)))
+        if cpu:
+            idle_cpu.append(int(cpu.group(1)))
+        if cols[3] == "0":
+            held.append(int(cols[0]))
+    assert peaks and idle_cpu and held, "the density tables have no rows"
+    return {"peak_mib": max(peaks), "idle_cpu_pct": max(idle_cpu), "held": max(held)}
+
+
+def test_memory_guarantee_holds_an_attendee_at_the_series_peak(values: dict[str, Any]) -> None:
+    """The guarantee holds the most one attendee used (lab + kernel) while the series ran, at any N measured; the
+    limit that plus the further kernels a learner may open."""
+    d, f, mem = density(), figures(), values["singleuser"]["memory"]
+    assert _bytes(mem["guarantee"]) >= d["peak_mib"] * MIB, (mem, d)
+    assert _bytes(mem["limit"]) >= (d["peak_mib"] + (KERNELS_IN_LIMIT - 1) * f["kernel_mib"]) * MIB, (mem, d, f)
+    assert f"{d['peak_mib']} MiB" in VALUES.read_text(), "jupyterhub/z2jh-values.yaml should quote the density peak"
+
+
 def test_cpu_guarantee_and_limit(values: dict[str, Any]) -> None:
     cpu = values["singleuser"]["cpu"]
     assert figures()["idle_cpu"] <= float(cpu["guarantee"]) <= float(cpu["limit"])
+    assert density()["idle_cpu_pct"] / 100 <= float(cpu["guarantee"])
     assert float(cpu["limit"]) >= 1  # notebook 00's `labkit up` is a burst of about one core
 
 
