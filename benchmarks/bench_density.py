@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+import _shared_kit  # noqa: E402
 from _users import ensure_user  # noqa: E402
-from test_unprivileged import PYTHON, SYSTEM_PATH, _copy_repo, _runuser, _share_cache  # noqa: E402
+from test_unprivileged import SYSTEM_PATH, _runuser, _share_cache  # noqa: E402
 
 WORK = Path("/var/tmp/vsolab-density")  # root-owned, world-readable: the shared kit, venv and cache
 #: a series slower than this many times N = 1's is where the host stops holding N attendees
@@ -95,21 +96,8 @@ def prepare_shared() -> None:
     cache, src, venv = WORK / "cache", WORK / "src", WORK / "venv"
     if not cache.exists():
         _share_cache(cache)
-    _copy_repo(src, 0, 0)
-    for d, _dirs, files in os.walk(src):
-        os.chmod(d, 0o755)
-        for f in files:
-            os.chmod(os.path.join(d, f), 0o644)
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([PYTHON, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check", "-e", str(src)], check=True)
-    for d, _dirs, files in os.walk(venv):
-        os.chmod(d, os.stat(d).st_mode | 0o755)
-        for f in files:
-            p = os.path.join(d, f)
-            if not os.path.islink(p):
-                os.chmod(p, os.stat(p).st_mode | 0o444)
-
+    _shared_kit.copy_repo(src)
+    _shared_kit.venv(venv, src)
 
 def attendees(n: int) -> list[Attendee]:
     """``n`` attendees' accounts (made when missing), each with a state directory in their own home."""

@@ -105,26 +105,6 @@ class Hub:
         return "hub log, last lines:\n" + self.log.read_text(errors="replace")[-4000:]
 
 
-def _prepare_venv(repo: Path, hub_version: str) -> float:
-    """The attendees' environment: a venv from the OS's Python, jupyterhub-singleuser at the hub's version and the kit
-    (editable, from the root-owned copy, so `labkit stage N` finds the notebooks). Readable by all, root's to write."""
-    t0 = time.monotonic()
-    if not (VENV / "bin" / "python").exists():
-        made = subprocess.run([PYTHON, "-m", "venv", "--system-site-packages", str(VENV)], capture_output=True, text=True)
-        assert made.returncode == 0, made.stderr
-    pip = subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                          f"jupyterhub=={hub_version}", "-e", str(repo)], capture_output=True, text=True, timeout=1800,
-                         env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
-    assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
-    for d, _dirs, files in os.walk(VENV):
-        os.chmod(d, os.stat(d).st_mode | 0o555)
-        for f in files:
-            p = os.path.join(d, f)
-            if not os.path.islink(p):
-                os.chmod(p, os.stat(p).st_mode | 0o444)
-    return time.monotonic() - t0
-
-
 def _test_config(base: Path, ports: list[int], password: str, token: str) -> Path:
     path = base / "test_config.py"
     path.write_text(f"""# the single-host config as shipped, and what this test needs on top
@@ -161,17 +141,17 @@ def hub() -> Iterator[Hub]:
     chp = shutil.which("configurable-http-proxy", path=f"{NPM_BIN}:{os.environ.get('PATH', '')}")
     if not chp:
         pytest.skip(f"configurable-http-proxy is missing: npm install --prefix {NPM_BIN.parent.parent} configurable-http-proxy@5.3.0")
-    from test_unprivileged import _copy_repo, _share_cache
+    import _shared_kit
+    from test_unprivileged import _share_cache
 
     base = Path(tempfile.mkdtemp(prefix="vsolab-hub.", dir="/var/tmp"))
     os.chmod(base, 0o755)
     cache, repo = base / "cache", base / "repo"
     cache.mkdir()
     _share_cache(cache)
-    _copy_repo(repo, 0, 0)  # root's, readable by all: the attendees' environment installs the kit from it
-    for d, _dirs, _files in os.walk(repo):
-        os.chmod(d, 0o755)
-    times = {"attendees' venv (pip install)": _prepare_venv(repo, jupyterhub.__version__)}
+    _shared_kit.copy_repo(repo)  # root's, readable by all: the attendees' environment installs the kit from it
+    # the attendees' environment: jupyterhub-singleuser at the hub's version, and the kit
+    times = {"attendees' venv (pip install)": _shared_kit.venv(VENV, repo, [f"jupyterhub=={jupyterhub.__version__}"])}
 
     users = {name: ensure_user(name, home=True) for name in ATTENDEES}
     for user in users.values():
