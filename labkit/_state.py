@@ -25,7 +25,6 @@ import socket
 import stat
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,16 +282,9 @@ class State:
         return ports
 
     def check_port_free(self, name: str, port: int, owner_hint: str) -> None:
-        """Raise :class:`PortTaken` when ``port`` is bound by someone other than the lab.
-
-        A process of the lab's that was just stopped may still be closing its sockets: the port gets 3 s to be
-        released before it counts as another process's."""
-        deadline = time.monotonic() + 3
-        while not port_free(port):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        else:
+        """Raise :class:`PortTaken` when ``port`` is bound by someone other than the lab (the lab's own stopped
+        processes have released theirs: :func:`labkit._procs._gone` waits for every thread)."""
+        if port_free(port):
             return
         raise PortTaken(
             f"Checked that port {port} on 127.0.0.1 (for {name}) is free: another process is listening on it.",
