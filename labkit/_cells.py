@@ -27,7 +27,7 @@ from .errors import LabkitError
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 SOLUTION_DIR = NOTEBOOK_DIR / "solutions"
 #: the parameters a cell can read as environment variables (``$REFRESH_AFTER`` …), besides the lab's own
-PARAM_ENV = ("REFRESH_AFTER", "DEFAULT_TTL", "MAX_TTL", "RENEWAL_PERCENT")
+PARAM_ENV = ("REFRESH_AFTER", "DEFAULT_TTL", "MAX_TTL", "RENEWAL_PERCENT", "CERT_TTL", "ROTATION_PERIOD")
 BASH = "%%bash"
 
 

@@ -39,6 +39,31 @@ def exercise(id: str, task: str, hints: list[str]) -> Callable[[Checker], Exerci
     return make
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """A troubleshooting drill's "what is the cause?" question (notebooks 12 and 13; :mod:`labkit.drills`).
+
+    The drill's id is also the id of its fix exercise (``exercise-<id>``), whose checker reads real state. The choices
+    are causes a user could believe from the symptom; ``why_not`` says, for each wrong one, which evidence rules it
+    out, so a wrong diagnosis is refused with a reason, not just a "no".
+    """
+
+    id: str
+    symptom: str
+    #: letter → a cause, as the learner reads it
+    choices: dict[str, str]
+    #: the right letter
+    answer: str
+    #: why the right cause is right: the evidence on the page that proves it
+    because: str
+    #: wrong letter → the evidence that rules it out
+    why_not: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if self.answer not in self.choices or set(self.why_not) != set(self.choices) - {self.answer}:
+            raise ValueError(f"drill {self.id!r}: the answer must be a choice, and every other choice needs a why_not")
+
+
 def nothing_to_undo(lab: Lab) -> None:
     """The undo of a stage that makes nothing of its own (see the record's comment)."""
     return None
@@ -57,6 +82,18 @@ class Stage:
     #: the notebook's check cell (its arguments differ per stage: what the notebook measured)
     check: Callable[..., Check]
     exercises: tuple[Exercise, ...] = ()
+    #: the stages this notebook starts from. ``None`` (the tutorial, notebooks 01-07): every earlier stage. The
+    #: notebooks beyond the tutorial (08 on) each start from a few, e.g. ``(1,)`` (VSO installed and connected), so
+    #: they can be taken in any order after notebook 01, even after notebook 07 removed everything.
+    requires: tuple[int, ...] | None = None
+    #: a quick test that what this stage makes is already in place; ``labkit stage`` then does not run its steps again
+    in_place: Callable[[Lab], bool] | None = None
+    #: the troubleshooting drills' diagnosis questions (:mod:`labkit.drills`)
+    diagnoses: tuple[Diagnosis, ...] = ()
+
+    def before(self) -> tuple[int, ...]:
+        """The stages whose steps run before this notebook (``labkit stage N``)."""
+        return tuple(range(1, self.number)) if self.requires is None else tuple(sorted(self.requires))
 
     def apply(self, lab: Lab, params: dict[str, Any]) -> list[str]:
         """Do what the notebook does: run its step cells, the learner's own commands (:func:`labkit._cells.run_steps`);

@@ -125,10 +125,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
+    from ._cells import PARAM_ENV
+    from .notebook import SPEC
     from .stages import prepare_stage
 
     lab = _lab(args)
-    done = prepare_stage(lab, args.n)
+    # From a notebook's cell (`labkit stage N`), the notebook's parameters are in the environment: use them.
+    params = {k: d for k, (_, d) in SPEC.items()}
+    for k in PARAM_ENV:
+        value = os.environ.get(k)
+        if value:
+            params[k] = int(value) if isinstance(SPEC[k][1], int) and value.lstrip("-").isdigit() else value
+    done = prepare_stage(lab, args.n, params)
     print(f"stage {args.n}: the lab is at the start of notebook {args.n:02d} ({', '.join(done) or 'nothing to do'})")
     return 0
 

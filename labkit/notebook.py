@@ -37,6 +37,8 @@ SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "DEFAULT_TTL": (str, "1m"),
     "MAX_TTL": (str, "3m"),
     "RENEWAL_PERCENT": (int, 67),
+    "CERT_TTL": (str, "1m"),
+    "ROTATION_PERIOD": (str, "1m"),
     "EXERCISES_SOLVED": (bool, False),
     "STOP_LAB": (bool, True),
 }
@@ -44,7 +46,7 @@ SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
 #: typed solutions (``labkit run-notebooks --solutions`` fills them in), so a check that fails fails its cell.
 CI: dict[str, Any] = {
     "INTERACTIVE": False, "LIVE_SECONDS": 6, "REFRESH_AFTER": "3s", "DEFAULT_TTL": "15s", "MAX_TTL": "30s",
-    "RENEWAL_PERCENT": 67, "EXERCISES_SOLVED": True,
+    "RENEWAL_PERCENT": 67, "CERT_TTL": "15s", "ROTATION_PERIOD": "10s", "EXERCISES_SOLVED": True,
 }
 
 
@@ -63,7 +65,7 @@ def validate(params: MutableMapping[str, Any]) -> dict[str, Any]:
                  f"With papermill, pass it typed: -p {name} <value> (or -y '{name}: <value>').",
                  "Restart the kernel and run the notebook from the top."],
             )
-    for name in ("REFRESH_AFTER", "DEFAULT_TTL", "MAX_TTL"):
+    for name in ("REFRESH_AFTER", "DEFAULT_TTL", "MAX_TTL", "CERT_TTL", "ROTATION_PERIOD"):
         duration_seconds(out[name])
     if duration_seconds(out["MAX_TTL"]) < duration_seconds(out["DEFAULT_TTL"]):
         raise ParameterError(f"Checked MAX_TTL ({out['MAX_TTL']}) ≥ DEFAULT_TTL ({out['DEFAULT_TTL']}): it is smaller.",
@@ -111,7 +113,8 @@ def _short_errors() -> None:
 
 def export_params(lab: Lab, params: dict[str, Any]) -> list[str]:
     """Put ``$PREFIX`` (the attendee prefix, empty on a lab of your own) and the parameters a cell uses
-    (``$REFRESH_AFTER``, ``$DEFAULT_TTL``, ``$MAX_TTL``, ``$RENEWAL_PERCENT``) into this kernel's environment."""
+    (``$REFRESH_AFTER``, ``$DEFAULT_TTL``, ``$MAX_TTL``, ``$RENEWAL_PERCENT``, ``$CERT_TTL``, ``$ROTATION_PERIOD``) into
+    this kernel's environment."""
     from ._cells import PARAM_ENV
 
     os.environ["PREFIX"] = lab.names.prefix

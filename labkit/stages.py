@@ -11,7 +11,22 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from . import _cells, cache, cleanup, connect, dynamic, instant, rotation, static
+from . import (
+    _cells,
+    authglobal,
+    cache,
+    certs,
+    cleanup,
+    connect,
+    drills_access,
+    drills_sync,
+    dynamic,
+    instant,
+    rotation,
+    static,
+    staticroles,
+    templates,
+)
 from ._stage import Stage
 from .backends.contract import Lab
 from .errors import NotRunning, ParameterError
@@ -21,7 +36,10 @@ from .notebook import SPEC, validate
 WELCOME = "00-welcome-and-setup"
 #: one record per stage, each declared in its teaching module, in the notebooks' order
 RECORDS: tuple[Stage, ...] = (connect.STAGE, static.STAGE, dynamic.STAGE, rotation.STAGE, cache.STAGE, instant.STAGE,
-                              cleanup.STAGE)
+                              cleanup.STAGE,
+                              # beyond the tutorial: each starts from the stages its record requires
+                              certs.STAGE, templates.STAGE, staticroles.STAGE, authglobal.STAGE,
+                              drills_access.STAGE, drills_sync.STAGE)
 #: stage number → its record
 STAGES: dict[int, Stage] = {s.number: s for s in RECORDS}
 NOTEBOOKS = [WELCOME, *(s.notebook for s in RECORDS)]
@@ -36,7 +54,11 @@ def apply_stage(lab: Lab, k: int, p: dict[str, Any]) -> None:
 
 
 def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> list[str]:
-    """Make the lab look as it does at the start of notebook ``n``; return what was done."""
+    """Make the lab look as it does at the start of notebook ``n``; return what was done.
+
+    Notebook ``n`` starts from the stages its record names (:meth:`Stage.before`: every earlier one in the tutorial,
+    a few for the notebooks beyond it). Every other stage is undone, the latest first; then the stages it starts
+    from run their steps, in order, except one whose ``in_place`` test says its work is already there."""
     if not 0 <= n < len(NOTEBOOKS):
         raise ParameterError(f"Checked the stage number {n}: notebooks are numbered 0 to {len(NOTEBOOKS) - 1}.",
                              [f"Pick one of: {', '.join(NOTEBOOKS)}.", "Use the number at the start of the file name.",
@@ -52,11 +74,15 @@ def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> lis
     # One writer at a time: `labkit up`/`down` or another `stage` on the same lab wait for this one.
     lock = getattr(lab, "lock", None)
     with lock(f"labkit stage {n}") if lock else contextlib.nullcontext():
-        for stage in reversed(RECORDS):  # what notebook n and later make goes, the latest first
-            if stage.number >= n:
+        before = STAGES[n].before() if n in STAGES else ()
+        for stage in reversed(RECORDS):  # what notebook n does not start from goes, the latest first
+            if stage.number not in before:
                 stage.undo(lab)
-        for stage in RECORDS:  # then the earlier notebooks' steps run, in order
-            if stage.number < n:
+        for stage in RECORDS:  # then the stages it starts from run their steps, in order
+            if stage.number in before:
+                if stage.in_place is not None and stage.in_place(lab):
+                    done.append(f"{stage.notebook} (already in place)")
+                    continue
                 stage.apply(lab, p)
                 done.append(stage.notebook)
     return done

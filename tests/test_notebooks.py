@@ -52,6 +52,12 @@ def test_opens_with_a_story_and_ends_with_checks(nb):
         assert int(nb.name[:2]) >= 1 and len(typed) >= 2 and "Try it yourself" in src
         for cid in typed:
             ex = cid.removeprefix("exercise-")
+            if ex.startswith("diagnose-"):  # a drill's diagnosis: the cell itself asks drills.diagnose
+                drill = ex.removeprefix("diagnose-")
+                cell = next(c for c in cs if c.get("id") == cid)
+                assert f"exercise-{drill}" in typed and f'drills.before_fix(lab, "{drill}", globals())' in src, cid
+                assert f'drills.choices("{drill}")' in src and "diagnose" in "".join(cell["source"]), cid
+                continue
             assert f'exercises.check(lab, "{ex}", globals())' in src and f'exercises.hint("{ex}")' in src, cid
     elif int(nb.name[:2]) >= 2:  # not yet converted: the old numbered exercise
         assert "Try it yourself" in src and "exercises.check(lab" in src and "exercises.solve(lab" in src

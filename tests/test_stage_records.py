@@ -17,7 +17,10 @@ from labkit._stage import Exercise, Stage
 from labkit.names import Made, Names
 from labkit.runner import notebooks
 
-TEACHING = {1: "connect", 2: "static", 3: "dynamic", 4: "rotation", 5: "cache", 6: "instant", 7: "cleanup"}
+TEACHING = {1: "connect", 2: "static", 3: "dynamic", 4: "rotation", 5: "cache", 6: "instant", 7: "cleanup",
+            # beyond the tutorial
+            8: "certs", 9: "templates", 10: "staticroles", 11: "authglobal", 12: "drills_access", 13: "drills_sync"}
+LAST = max(TEACHING)
 
 
 def _declared() -> dict[str, Stage]:
@@ -33,13 +36,13 @@ def _declared() -> dict[str, Stage]:
 
 def test_every_stage_has_exactly_one_record_in_its_teaching_module() -> None:
     declared = _declared()
-    assert sorted(r.number for r in declared.values()) == list(range(1, 8)), declared
+    assert sorted(r.number for r in declared.values()) == list(range(1, LAST + 1)), declared
     assert {r.number: name for name, r in declared.items()} == TEACHING
-    assert list(stages.RECORDS) == [declared[TEACHING[k]] for k in range(1, 8)]
-    assert {k: declared[TEACHING[k]] for k in range(1, 8)} == stages.STAGES
+    assert list(stages.RECORDS) == [declared[TEACHING[k]] for k in range(1, LAST + 1)]
+    assert {k: declared[TEACHING[k]] for k in range(1, LAST + 1)} == stages.STAGES
 
 
-@pytest.mark.parametrize("number", range(1, 8))
+@pytest.mark.parametrize("number", range(1, LAST + 1))
 def test_a_record_has_apply_undo_check_and_exercises(number: int) -> None:
     record = stages.STAGES[number]
     assert record.number == number and record.title
@@ -84,11 +87,29 @@ def test_prepare_stage_undoes_the_later_stages_latest_first_then_applies_the_ear
     def record(k: int) -> Stage:
         return _Recorded(k, f"{k:02d}-x", "x", undo=lambda lab: lab.calls.append(("undo", k)), check=lambda lab: None)
 
-    monkeypatch.setattr(stages, "RECORDS", tuple(record(k) for k in range(1, 8)))
+    monkeypatch.setattr(stages, "RECORDS", tuple(record(k) for k in range(1, LAST + 1)))
+    monkeypatch.setattr(stages, "STAGES", {r.number: r for r in stages.RECORDS})
     lab = _Lab()
     done = stages.prepare_stage(lab, 3)
-    assert lab.calls == [("undo", k) for k in (7, 6, 5, 4, 3)] + [("apply", 1), ("apply", 2)]
+    assert lab.calls == [("undo", k) for k in range(LAST, 2, -1)] + [("apply", 1), ("apply", 2)]
     assert done == ["01-x", "02-x"]
+
+
+def test_a_notebook_beyond_the_tutorial_starts_from_the_stages_it_requires_skipping_those_in_place(monkeypatch) -> None:
+    def record(k: int, **kw: Any) -> Stage:
+        return _Recorded(k, f"{k:02d}-x", "x", undo=lambda lab: lab.calls.append(("undo", k)), check=lambda lab: None,
+                         **kw)
+
+    records = [record(1, in_place=lambda lab: True), *(record(k) for k in range(2, 10)),
+               record(10, requires=(1, 3)), *(record(k) for k in range(11, LAST + 1))]
+    monkeypatch.setattr(stages, "RECORDS", tuple(records))
+    monkeypatch.setattr(stages, "STAGES", {r.number: r for r in records})
+    lab = _Lab()
+    done = stages.prepare_stage(lab, 10)
+    # notebook 07 (clean-up) and every other stage is undone; stage 1 is in place, so only stage 3's steps run
+    assert lab.calls == [("undo", k) for k in range(LAST, 0, -1) if k not in (1, 3)] + [("apply", 3)]
+    assert done == ["01-x (already in place)", "03-x"]
+    assert stages.STAGES[10].before() == (1, 3) and stages.STAGES[4].before() == (1, 2, 3)
 
 
 def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
@@ -98,7 +119,7 @@ def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
     assert set(names.inventory()) == {1, 2, 3, 5}
     for number in (4, 6, 7):
         assert not names.made_by(number)
-    for number in range(1, 8):
+    for number in range(1, LAST + 1):
         made = names.made_by(number)
         steps = "\n".join(c.source for _, c in _cells.step_cells(_cells.read(_cells.notebook_path(number))))
         words = set(re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", steps.replace("${PREFIX}", names.prefix)))
