@@ -27,6 +27,10 @@ class CellCommandFailed(LabkitError):
 #: the lab of the last ``setup`` in this kernel, to name the component that stops answering
 _current_lab: Lab | None = None
 
+#: the first notebook beyond the tutorial: from here on a notebook's start cell runs `labkit up` (notebook 07 stopped
+#: the lab) and `labkit stage N` itself, so its setup does not require a running lab
+BEYOND = 8
+
 #: name → (type, learner default)
 SPEC: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "BACKEND": (str, "local"),
@@ -147,6 +151,22 @@ class Session:
     def __getitem__(self, key: str) -> Any:
         return self.params[key]
 
+    def start_at(self, stage: int) -> str:
+        """The start cell of a notebook beyond the tutorial: ``labkit up`` when the lab is not running (notebook 07
+        stops it), then ``labkit stage N`` with this notebook's parameters; the kernel then points at the lab."""
+        from .stages import prepare_stage
+
+        lines = []
+        if not self.lab.healthy():
+            actions = self.lab.up()
+            lines.append(f"$ labkit up\n  {len(actions)} actions: the lab is up")
+        use_lab_env(self.lab)
+        export_params(self.lab, self.params)
+        done = prepare_stage(self.lab, stage, self.params)
+        lines.append(f"$ labkit stage {stage}\n  the lab is at the start of notebook {stage:02d}; done: "
+                     + (", ".join(done) or "nothing"))
+        return "\n".join(lines)
+
 
 def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) -> Session:
     """Validate parameters, shorten error display, and connect to (or start) the lab.
@@ -160,7 +180,7 @@ def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) 
     lab = _current_lab = get_backend(p["BACKEND"], state=p["STATE_DIR"])
     use_lab_env(lab)
     export_params(lab, p)
-    if start:
+    if start or stage >= BEYOND:
         return Session(lab, p)
     if not lab.healthy():
         down = [h.component for h in lab.status() if not h.healthy]

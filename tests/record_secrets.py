@@ -26,6 +26,15 @@ GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"u
              Names().vault_ns: {"token"}}  # the token reviewer's JWT
 
 
+def pieces(value: str) -> set[str]:
+    """The value, and for a PEM private key also each line of its body: an output that shows one line of a key leaks
+    it as surely as one that shows all of it."""
+    out = {value}
+    if "PRIVATE KEY-----" in value:
+        out.update(line.strip() for line in value.splitlines() if len(line.strip()) >= 40 and "-----" not in line)
+    return out
+
+
 def main(out: str) -> None:
     state = State()
     values: set[str] = set()
@@ -54,7 +63,7 @@ def main(out: str) -> None:
                 if keys:
                     for k, v in (s.data or {}).items():
                         if k in keys:
-                            values.add(base64.b64decode(v).decode(errors="replace"))
+                            values.update(pieces(base64.b64decode(v).decode(errors="replace")))
         except Exception:  # the lab restarts between notebooks; keep polling
             pass
         flush()

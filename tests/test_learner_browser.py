@@ -3,7 +3,7 @@ exercise's solution typed into its cell on the keyboard, Run All at the notebook
 
 A copy of ``notebooks/`` in a temporary folder is served (the checkout's notebooks never get outputs), with a
 lab of the test's own (``VSOLAB_STATE`` in that folder; notebook 00 starts it, as it does for a learner, and
-notebook 07 stops it). For each notebook 00 … 07 in order the test:
+notebook 07 stops it, and the start cell of each later one starts it again). For each notebook in order the test:
 
 * types the text of ``notebooks/solutions/<notebook>.yaml`` into each ``exercise-<id>`` cell (select all, type,
   line by line, through CodeMirror), and checks the cell then holds exactly that text;
@@ -16,7 +16,8 @@ notebook 07 stops it). For each notebook 00 … 07 in order the test:
 ``tests/record_secrets.py`` watches this lab meanwhile and writes ``browser/recorded-secrets.json``, so the leak
 scan (``tests/test_executed.py``, see ``scripts/test.sh``) covers the saved notebooks too.
 
-``VSOLAB_LEARNER_NOTEBOOKS="00 01 02"`` runs only those (00 starts the lab, so keep it). With
+``VSOLAB_LEARNER_NOTEBOOKS="00 01 02"`` runs only those (00 starts the lab, so keep it; or start with 08 or later,
+whose start cell starts the lab: ``scripts/test.sh`` runs 00-07 and 08-13 as two jobs, each on a lab of its own). With
 ``VSOLAB_SCREENSHOTS=<folder>`` (``scripts/screenshots.py``) the cells listed in :data:`SHOTS` are
 screenshotted into that folder as the series passes them.
 
@@ -289,7 +290,7 @@ def test_every_notebook_in_jupyterlab_at_defaults_with_typed_solutions(base: Pat
                     shutil.copy(path, out / path.name)
                     timings[path.name] = round(time.monotonic() - t0, 1)
                     print(f"  passed: Run All took {ran:.0f}s, {timings[path.name]:.0f}s in all", flush=True)
-                    if number == "00":  # the lab is up now: record its credentials for the leak scan
+                    if path == notebooks[0]:  # the lab is up now (00 or 08 started it): record its credentials
                         recording.enter_context(_recorder(state, out / "recorded-secrets.json"))
             except BaseException:
                 page.screenshot(path=str(out / "failure.png"), full_page=True)

@@ -15,6 +15,7 @@ from _params import ci_params
 from labkit import _cells, cache, cleanup, connect, dynamic, exercises, instant, rotation, static, vso
 from labkit.backends.local import LocalLab
 from labkit.errors import CheckFailed, NotRunning, ParameterError
+from labkit.notebook import BEYOND
 from labkit.runner import notebooks
 from labkit.stages import NOTEBOOKS, prepare_stage
 
@@ -32,8 +33,8 @@ def test_stage_before_up_is_refused(tmp_path):
 
 
 def test_unknown_stage_number(lab):
-    with pytest.raises(ParameterError, match="0 to 7"):
-        prepare_stage(lab, 12)
+    with pytest.raises(ParameterError, match=f"0 to {len(NOTEBOOKS) - 1}"):
+        prepare_stage(lab, len(NOTEBOOKS))
 
 
 def _stage_then_notebook_alone(lab, n, tmp_path):
@@ -66,7 +67,9 @@ class TestStageThenNotebookAloneLate:
 
 
 class TestStageThenNotebookAloneLast:
-    @pytest.mark.parametrize("n", range(7, len(NOTEBOOKS)))
+    # Notebooks 08-13 (beyond the tutorial) are not here: each one's start cell runs `labkit stage N` itself, and
+    # scripts/test.sh runs them in order on a fresh lab of their own (08 from nothing, each later one after another).
+    @pytest.mark.parametrize("n", range(7, BEYOND))
     def test_stage_then_notebook_alone(self, lab, n, tmp_path):
         _stage_then_notebook_alone(lab, n, tmp_path)
 
