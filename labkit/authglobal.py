@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import k8s, vault, vso
@@ -205,8 +206,12 @@ def undo(lab: Lab) -> Done:
     """The three namespaces (the teams' first: their VaultAuths reference the platform's), the roles, the policies and
     the KV engine."""
     n = lab.names
-    for ns in (n.team_b_ns, n.team_a_ns, n.platform_ns):
-        delete_namespace(lab, ns)
+    # The namespace controller takes about 5 s per namespace here: delete the three at once. Discovery first, so that
+    # the threads share a warm dynamic client.
+    for kind in ("VaultStaticSecret", "VaultAuth", "VaultDynamicSecret", "VaultConnection"):
+        k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda ns: delete_namespace(lab, ns), (n.team_b_ns, n.team_a_ns, n.platform_ns)))
     c = vault.client(lab)
     for role in (n.team_a_role, n.team_b_role):
         vault_quiet(c.auth.kubernetes.delete_role, role, mount_point=n.k8s_auth_mount)
