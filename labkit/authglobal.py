@@ -140,9 +140,9 @@ def check(lab: Lab) -> Check:
     "let-team-b-in",
     "As the platform team, let team B use the VaultAuthGlobal, and watch team B's VaultAuth become valid.",
     ["Only the VaultAuthGlobal's spec.allowedNamespaces decides; team B's VaultAuth needs no change.",
-     "`kubectl patch vaultauthglobal team-login -n ${PREFIX}vso-platform --type json -p "
-     "'[{\"op\":\"add\",\"path\":\"/spec/allowedNamespaces/-\",\"value\":\"'${PREFIX}team-b'\"}]'` "
-     "(or run the platform team's cell again with both namespaces listed).",
+     'kubectl patch vaultauthglobal team-login -n ${PREFIX}vso-platform --type merge '
+     '-p "spec: {allowedNamespaces: [${PREFIX}team-a, ${PREFIX}team-b]}"   (a merge patch replaces the whole '
+     "list: name both teams)",
      "VSO retries the refused VaultAuth on its own about every 5 s. `[\"*\"]` would let every namespace in: "
      "list the team instead."])
 def _let_team_b_in(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
