@@ -161,6 +161,43 @@ class Names:
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
 
+    # stage 11 (notebook 11): VaultAuthGlobal, one login recipe shared by the teams' VaultAuths
+    @property
+    def platform_ns(self) -> str:
+        return self._p("vso-platform")
+
+    auth_global = "team-login"
+
+    @property
+    def team_a_ns(self) -> str:
+        return self._p("team-a")
+
+    @property
+    def team_b_ns(self) -> str:
+        return self._p("team-b")
+
+    @property
+    def teams_mount(self) -> str:
+        return self._p("teams")
+
+    @property
+    def team_a_policy(self) -> str:
+        return self._p("team-a-read")
+
+    @property
+    def team_b_policy(self) -> str:
+        """Not made by the steps; a learner letting team B read secrets may write it (the undo removes it)."""
+        return self._p("team-b-read")
+
+    team_a_role = "team-a"
+    team_b_role = "team-b"
+    team_a_sa = "team-a-sa"
+    team_b_sa = "team-b-sa"
+    team_auth = "team-auth"
+    team_a_path = "team-a/config"
+    team_a_vss = "team-a-config"
+    team_a_secret = "team-a-config"
+
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
     def inventory(self) -> dict[int, Made]:
@@ -174,6 +211,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),
+                     policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
         }
 
     def made_by(self, stage: int) -> Made:

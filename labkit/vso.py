@@ -145,7 +145,10 @@ def hint_from_events(lab: Lab, kind: str, name: str, namespace: str) -> str:
     if synced.get("status") == "False" and synced.get("message"):
         # The resource's own condition is current; events may arrive late or out of order.
         evs = [*evs, ("Warning", str(synced.get("reason") or "SecretSynced"), str(synced["message"]))]
-    last_ok = max((i for i, e in enumerate(evs) if e[1] in ("SecretSynced", "SecretRotated", "Accepted")), default=-1)
+    # VSO records a refused VaultAuth as a Warning with the reason Accepted too (vaultauth_controller.go): only a
+    # Normal event is a success
+    last_ok = max((i for i, e in enumerate(evs) if e[0] == "Normal" and e[1] in ("SecretSynced", "SecretRotated",
+                                                                                    "Accepted")), default=-1)
     # StatusUpdateError is VSO losing an optimistic-concurrency race on its own status: it retries, and it says
     # nothing about the learner's setup, so it never hides the warning that does.
     warns = [e for e in evs[last_ok + 1:] if e[0] == "Warning" and e[1] != "StatusUpdateError"]

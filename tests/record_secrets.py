@@ -23,7 +23,8 @@ from labkit.names import Names
 
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
 GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
-             Names().vault_ns: {"token"}}  # the token reviewer's JWT
+             Names().vault_ns: {"token"},  # the token reviewer's JWT
+             Names().team_a_ns: {"api_key"}}  # notebook 11: team A's secret
 
 
 def pieces(value: str) -> set[str]:
