@@ -12,13 +12,13 @@ so Run All passes over it), and filled with the text in ``notebooks/solutions/<n
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import yaml
 
 from .backends.contract import Lab
@@ -44,8 +44,34 @@ def notebook_path(number: int, folder: Path = NOTEBOOK_DIR) -> Path:
     return found[0]
 
 
+class _Node(dict):
+    """A notebook, cell or metadata read as JSON, with attribute access as nbformat's NotebookNode has."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+def _node(value: Any) -> Any:
+    if isinstance(value, dict):
+        node = _Node({k: _node(v) for k, v in value.items()})
+        if isinstance(node.get("source"), list):  # nbformat 4 may store a cell's source as a list of lines
+            node["source"] = "".join(node["source"])
+        return node
+    if isinstance(value, list):
+        return [_node(v) for v in value]
+    return value
+
+
 def read(path: Path) -> Any:
-    return nbformat.read(str(path), as_version=4)
+    """The notebook at ``path`` (nbformat 4), read as plain JSON: importing nbformat costs seconds (its JSON-schema
+    validator compiles a grammar at import), and every `labkit stage` and notebook kernel reads notebooks."""
+    return _node(json.loads(path.read_text()))
 
 
 def tags(cell: Any) -> list[str]:
@@ -149,7 +175,9 @@ def fill_solutions(path: Path, out: Path, folder: Path = SOLUTION_DIR) -> int:
             f"without a solution: {missing or 'none'}; solutions for no cell: {unknown or 'none'}.",
             ["Add a solution for every cell whose id starts with exercise-.", "Fix a renamed cell id.",
              "Remove the solution of an exercise that was deleted."])
+    import nbformat  # here only: writing goes through nbformat, which validates the notebook
+
     for cid, cell in cells.items():
         cell.source = typed[cid]
-    nbformat.write(nb, str(out))
+    nbformat.write(nbformat.from_dict(nb), str(out))
     return len(cells)
