@@ -161,6 +161,30 @@ class Names:
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
 
+    # stage 9 (notebook 09, beyond the tutorial): secret templates
+    @property
+    def templates_mount(self) -> str:
+        return self._p("templates")
+
+    templates_path = "exampleapp/db"
+
+    @property
+    def templates_policy(self) -> str:
+        return self._p("exampleapp-templates-read")
+
+    templates_role = "vault-role-templates-exampleapp"
+
+    @property
+    def templates_ns(self) -> str:
+        return self._p("templates-exampleapp")
+
+    templates_sa = "vso-templates-exampleapp-sa"
+    templates_auth = "templates-auth"
+    templates_vss = "vault-static-secret-db"
+    templates_secret = "vso-templates-db"
+    #: the SecretTransformation the VaultStaticSecret refers to (in the same namespace)
+    templates_transformation = "database-url"
+
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
     def inventory(self) -> dict[int, Made]:
@@ -174,6 +198,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            9: Made(namespaces=(self.templates_ns,), auth_roles=(self.templates_role,),
+                    policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
         }
 
     def made_by(self, stage: int) -> Made:

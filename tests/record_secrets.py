@@ -23,7 +23,9 @@ from labkit.names import Names
 
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
 GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
-             Names().vault_ns: {"token"}}  # the token reviewer's JWT
+             Names().vault_ns: {"token"},  # the token reviewer's JWT
+             # notebook 09: the rendered keys hold the password (URL-encoded in the URLs)
+             Names().templates_ns: {"password", "DATABASE_URL", "JDBC_URL", "pgpass"}}
 
 
 def main(out: str) -> None:
