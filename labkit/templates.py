@@ -229,6 +229,38 @@ def _pgpass(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
     ]
 
 
+@exercise(
+    "keep-username",
+    "Make the Secret vso-templates-db also carry the raw field username (a sidecar logs it), and still none of "
+    "password, host, port, dbname, without changing the shared SecretTransformation database-url.",
+    ["VSO applies excludes first, then includes, and the SecretTransformation's excludes are added to the "
+     "VaultStaticSecret's own: with `.*` excluded, no include can bring username back.",
+     "A transformationRefs entry can leave out the SecretTransformation's excludes: `ignoreExcludes: true` "
+     "(and `ignoreIncludes` for its includes). Its templates still render.",
+     "In the VaultStaticSecret: transformationRefs: [{name: database-url, ignoreExcludes: true}] and, beside it, "
+     "includes: [\"^username$\"] (a regular expression: anchor it, or `user` would also match `username_old`)."])
+def _keep_username(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The Secret has username (equal to Vault's) and DATABASE_URL, none of the other fields, no _raw; the shared
+    SecretTransformation still excludes everything."""
+    n = lab.names
+    st = vso.get(lab, "SecretTransformation", n.templates_transformation, n.templates_ns)
+    _, sec = _vss_synced_with(lab, n.templates_vss, "username", lambda kv: str(kv["username"]), 20)
+    kv = vault_fields(lab)
+    others = {"_raw", *FIELDS} - {"username"}
+    return [
+        (f"SecretTransformation {n.templates_transformation} still excludes .*",
+         ".*" in (((st or {}).get("spec") or {}).get("excludes") or []),
+         "leave the SecretTransformation as it was: other secrets share it; change the VaultStaticSecret"),
+        (f"the Secret {n.templates_secret} has username, equal to Vault's",
+         _complete(kv) and sec.get("username") == kv.get("username"),
+         vso.hint_from_events(lab, "VaultStaticSecret", n.templates_vss, n.templates_ns)),
+        (f"the Secret has none of {', '.join(sorted(others))}", bool(sec) and not others & set(sec),
+         "include only ^username$, and keep excludeRaw: true"),
+        ("DATABASE_URL is still there and current", _complete(kv) and sec.get("DATABASE_URL") == database_url(kv),
+         "keep the transformationRefs entry: ignoreExcludes leaves its templates in"),
+    ]
+
+
 def undo(lab: Lab) -> Done:
     """The namespace (VaultAuth, VaultStaticSecrets, the SecretTransformation), the auth role, the policy, the KV."""
     n = lab.names
@@ -243,4 +275,4 @@ def undo(lab: Lab) -> Done:
 
 
 STAGE = Stage(9, "09-secret-templates", "Secret transformation: templates that render what the app reads",
-              undo=undo, check=check, exercises=(_jdbc_template, _pgpass), requires=(1,))
+              undo=undo, check=check, exercises=(_jdbc_template, _pgpass, _keep_username), requires=(1,))
