@@ -197,6 +197,29 @@ class Names:
     team_a_path = "team-a/config"
     team_a_vss = "team-a-config"
     team_a_secret = "team-a-config"
+    # stage 9 (notebook 09, beyond the tutorial): secret templates
+    @property
+    def templates_mount(self) -> str:
+        return self._p("templates")
+
+    templates_path = "exampleapp/db"
+
+    @property
+    def templates_policy(self) -> str:
+        return self._p("exampleapp-templates-read")
+
+    templates_role = "vault-role-templates-exampleapp"
+
+    @property
+    def templates_ns(self) -> str:
+        return self._p("templates-exampleapp")
+
+    templates_sa = "vso-templates-exampleapp-sa"
+    templates_auth = "templates-auth"
+    templates_vss = "vault-static-secret-db"
+    templates_secret = "vso-templates-db"
+    #: the SecretTransformation the VaultStaticSecret refers to (in the same namespace)
+    templates_transformation = "database-url"
 
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
@@ -211,6 +234,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            9: Made(namespaces=(self.templates_ns,), auth_roles=(self.templates_role,),
+                    policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
             11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),
                      policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
         }

@@ -24,7 +24,28 @@ from labkit.names import Names
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
 GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
              Names().vault_ns: {"token"},  # the token reviewer's JWT
-             Names().team_a_ns: {"api_key"}}  # notebook 11: team A's secret
+             Names().team_a_ns: {"api_key"},  # notebook 11: team A's secret
+             # notebook 09: the rendered keys hold the password (URL-encoded in the URLs)
+             Names().templates_ns: {"password", "DATABASE_URL", "JDBC_URL", "pgpass"}}
+#: KV v2 secrets whose generated values no Kubernetes Secret holds as they are: (mount, path) → keys. Notebook 09's
+#: Secret carries its password only rendered into URLs (URL-encoded) and excludes the raw field.
+VAULT_KV = {(Names().templates_mount, Names().templates_path): {"password"}}
+
+
+def vault_values(state: State) -> set[str]:
+    """The generated values of :data:`VAULT_KV` as Vault holds them now (none while a notebook has not written them)."""
+    from labkit import vault
+    from labkit.backends.local import LocalLab
+
+    c = vault.client(LocalLab(state.root))
+    out: set[str] = set()
+    for (mount, path), keys in VAULT_KV.items():
+        try:
+            data = c.secrets.kv.v2.read_secret_version(path, mount_point=mount, raise_on_deleted_version=True)
+        except Exception:  # not written yet, or the mount is gone
+            continue
+        out.update(str(v) for k, v in ((data or {}).get("data", {}).get("data") or {}).items() if k in keys)
+    return out
 
 
 def pieces(value: str) -> set[str]:
@@ -65,6 +86,7 @@ def main(out: str) -> None:
                     for k, v in (s.data or {}).items():
                         if k in keys:
                             values.update(pieces(base64.b64decode(v).decode(errors="replace")))
+            values.update(vault_values(state))
         except Exception:  # the lab restarts between notebooks; keep polling
             pass
         flush()
