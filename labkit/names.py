@@ -161,6 +161,35 @@ class Names:
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
 
+    # stage 8 (notebook 08): certificates from the PKI engine
+    @property
+    def pki_mount(self) -> str:
+        return self._p("pki")
+
+    pki_role = "exampleapp"
+    pki_ca_name = "vsolab-exampleapp CA"
+
+    @property
+    def pki_policy(self) -> str:
+        return self._p("exampleapp-pki-issue")
+
+    pki_auth_role = "vault-role-pki-exampleapp"
+
+    @property
+    def pki_ns(self) -> str:
+        return self._p("pki-exampleapp")
+
+    pki_sa = "vso-pki-exampleapp-sa"
+    pki_auth = "pki-auth"
+    pki_vps = "vault-pki-secret"
+    pki_vds = "vault-cert"
+    pki_secret = "exampleapp-tls"
+
+    @property
+    def pki_common_name(self) -> str:
+        """The app's name as its clients would call it: its Service's DNS name in its namespace."""
+        return f"{self.app}.{self.pki_ns}.svc"
+
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
     def inventory(self) -> dict[int, Made]:
@@ -174,6 +203,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            8: Made(namespaces=(self.pki_ns,), auth_roles=(self.pki_auth_role,), policies=(self.pki_policy,),
+                    secrets_engines=(self.pki_mount,)),
         }
 
     def made_by(self, stage: int) -> Made:
