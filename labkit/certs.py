@@ -106,15 +106,16 @@ def check(lab: Lab, wait: float = 0) -> Check:
         app_serial, started = app_cert(lab)
         by_serial = {s.cert.serial: s.cert for s in store}
         running = by_serial.get(app_serial)
-        prev = replaced_early(running, store, backdate) if running else None
-        app_ok = prev is not None and running is not None and started is not None and \
+        prev = replaced_early(current, store, backdate) if current else None
+        app_prev = replaced_early(running, store, backdate) if running else None
+        app_ok = app_prev is not None and running is not None and started is not None and \
             started >= issued_at(running, backdate) - 1
         if app_ok or time.monotonic() > deadline:
             break
         time.sleep(1)
     va = vso.get(lab, "VaultAuth", n.pki_auth, n.pki_ns)
     vds = vso.get(lab, "VaultDynamicSecret", n.pki_vds, n.pki_ns)
-    early = f", {prev.not_after - issued_at(running, backdate):.0f}s before it expired" if prev and running else ""
+    early = f", {prev.not_after - issued_at(current, backdate):.0f}s before it expired" if prev and current else ""
     return Check("certificates: PKI engine → VSO → TLS Secret → app", [
         (f"Vault's {n.pki_mount}/ has a CA and the role {n.pki_role}", bool(_role(lab)),
          "run the PKI engine, root CA and role cells again"),

@@ -9,7 +9,7 @@ Endpoints:
   GET /secret   the credentials the process was started with (JSON)
   GET /status   connects to PostgreSQL with them; 200 and the server's answer,
                 or 503 and PostgreSQL's error
-  GET /cert     the TLS certificate in $TLS_CERT_FILE as read at start: serial number, notAfter, subject
+  GET /cert     the TLS certificate in --tls-cert PATH (or $TLS_CERT_FILE) as read at start: serial number, notAfter, subject
                 (never the key); 404 when the app runs without one
   GET /healthz  liveness/readiness: 200 while the process serves
 """
@@ -94,7 +94,8 @@ def cert_facts(path):
 
 
 def _cert_at_start():
-    path = os.environ.get("TLS_CERT_FILE", "")
+    args = sys.argv[1:]  # --tls-cert PATH, or $TLS_CERT_FILE
+    path = args[args.index("--tls-cert") + 1] if "--tls-cert" in args[:-1] else os.environ.get("TLS_CERT_FILE", "")
     try:
         return {**cert_facts(path), "file": path} if path else None
     except (OSError, ValueError) as exc:

@@ -24,7 +24,7 @@ from labkit.names import Names
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
 GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
              Names().vault_ns: {"token"},  # the token reviewer's JWT
-             Names().pki_ns: {"tls.key", "private_key"}}  # notebook 08: the certificate's private key
+             Names().pki_ns: {"tls.key", "private_key", "_raw"}}  # notebook 08: the certificate's private key
 
 
 def main(out: str) -> None:
