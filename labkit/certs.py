@@ -16,7 +16,7 @@ from typing import Any
 from hvac import exceptions as hvexc
 
 from . import app, k8s, vault, vso
-from ._certmodel import Cert, parse_pem, short_serial
+from ._certmodel import Cert, parse_pem
 from ._duration import duration_seconds
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
@@ -115,7 +115,6 @@ def check(lab: Lab, wait: float = 0) -> Check:
         time.sleep(1)
     va = vso.get(lab, "VaultAuth", n.pki_auth, n.pki_ns)
     vds = vso.get(lab, "VaultDynamicSecret", n.pki_vds, n.pki_ns)
-    early = f", {prev.not_after - issued_at(current, backdate):.0f}s before it expired" if prev and current else ""
     return Check("certificates: PKI engine → VSO → TLS Secret → app", [
         (f"Vault's {n.pki_mount}/ has a CA and the role {n.pki_role}", bool(_role(lab)),
          "run the PKI engine, root CA and role cells again"),
@@ -126,9 +125,9 @@ def check(lab: Lab, wait: float = 0) -> Check:
         (f"Secret {n.pki_ns}/{n.pki_secret} holds a certificate for {n.pki_common_name}",
          current is not None and n.pki_common_name in current.subject,
          f"`kubectl describe vaultdynamicsecret {n.pki_vds} -n {n.pki_ns}`: its events say why it did not sync"),
-        (f"a renewal replaced a certificate before it expired{early}", prev is not None,
+        ("a renewal replaced a certificate before it expired", prev is not None,
          "VSO fetches a new certificate at 67-77 % of refreshAfter: wait for it (the live view) and check again"),
-        (f"the app restarted with that renewed certificate ({short_serial(app_serial)})", app_ok,
+        ("the app restarted with a renewed certificate", app_ok,
          f"rolloutRestartTargets must name the Deployment; `kubectl get pods -n {n.pki_ns}` shows the new pod"),
     ])
 
