@@ -25,7 +25,7 @@ def delete_namespace(lab: Lab, ns: str) -> None:
     res = lambda kind: k8s.dynamic(lab.kube).resources.get(api_version=vso.API_VERSION, kind=kind)
     # Secrets first: VSO revokes a VaultDynamicSecret's lease with the client its VaultAuth gives it,
     # so the VaultAuth and VaultConnection must outlive them.
-    for kinds in (("VaultDynamicSecret", "VaultStaticSecret"), ("VaultAuth", "VaultConnection")):
+    for kinds in (("VaultDynamicSecret", "VaultStaticSecret", "VaultPKISecret"), ("VaultAuth", "VaultConnection")):
         for kind in kinds:
             for obj in res(kind).get(namespace=ns).items:
                 vso.delete(lab, kind, obj.metadata.name, ns)

@@ -220,6 +220,34 @@ class Names:
     templates_secret = "vso-templates-db"
     #: the SecretTransformation the VaultStaticSecret refers to (in the same namespace)
     templates_transformation = "database-url"
+    # stage 8 (notebook 08): certificates from the PKI engine
+    @property
+    def pki_mount(self) -> str:
+        return self._p("pki")
+
+    pki_role = "exampleapp"
+    pki_ca_name = "vsolab-exampleapp CA"
+
+    @property
+    def pki_policy(self) -> str:
+        return self._p("exampleapp-pki-issue")
+
+    pki_auth_role = "vault-role-pki-exampleapp"
+
+    @property
+    def pki_ns(self) -> str:
+        return self._p("pki-exampleapp")
+
+    pki_sa = "vso-pki-exampleapp-sa"
+    pki_auth = "pki-auth"
+    pki_vps = "vault-pki-secret"
+    pki_vds = "vault-cert"
+    pki_secret = "exampleapp-tls"
+
+    @property
+    def pki_common_name(self) -> str:
+        """The app's name as its clients would call it: its Service's DNS name in its namespace."""
+        return f"{self.app}.{self.pki_ns}.svc"
 
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
@@ -234,6 +262,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            8: Made(namespaces=(self.pki_ns,), auth_roles=(self.pki_auth_role,), policies=(self.pki_policy,),
+                    secrets_engines=(self.pki_mount,)),
             9: Made(namespaces=(self.templates_ns,), auth_roles=(self.templates_role,),
                     policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
             11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),

@@ -397,3 +397,34 @@ def test_a_failed_read_is_shown_in_the_widget_redacted_and_never_raised(fake, mo
     view.refresh()
     assert view.error.startswith("RuntimeError: the API said no to") and MASK in view.error and PASSWORD not in view.error
     assert "last read failed" in view.status.value and PASSWORD not in widget_state(view)
+
+
+# -- notebook 08: the certificate model ------------------------------------------------------------------------------
+def test_a_new_serial_is_a_rotation_and_says_how_early_it_came() -> None:
+    from labkit._certmodel import Cert, CertModel
+
+    m = CertModel()
+    first, second = Cert("aa:01", 100.0, 145.0), Cert("bb:02", 111.0, 156.0)
+    assert not m.update(120.0, first, app_serial="aa:01").rotations
+    st = m.update(141.5, second)
+    assert [(r.old.serial, r.new.serial) for r in st.rotations] == [("aa:01", "bb:02")]
+    assert st.rotations[0].early_by == 3.5 and st.events == ((141.5, "rotation"),)
+    assert not st.done  # the app still runs the first certificate
+    assert m.update(146.0, second, app_serial="bb:02").done
+
+
+def test_an_older_read_of_the_secret_is_not_a_rotation() -> None:
+    from labkit._certmodel import Cert, CertModel
+
+    m = CertModel()
+    m.update(0.0, Cert("bb:02", 111.0, 156.0))
+    st = m.update(1.0, Cert("aa:01", 100.0, 145.0))
+    assert not st.rotations and st.cert is not None and st.cert.serial == "bb:02"
+
+
+def test_when_vso_renews_a_certificate() -> None:
+    from labkit._certmodel import pki_renewal, vds_renewal
+
+    assert vds_renewal(1000.0, 60.0, 67) == (1000.0 + 60 * 0.67, 1000.0 + 60 * 0.77)
+    assert pki_renewal(2000.0, 20.0) == (1980.0, 1981.0)
+    assert pki_renewal(2000.0, 0.0) == (1999.0, 2000.0)  # no offset: the last second
