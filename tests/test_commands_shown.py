@@ -20,7 +20,8 @@ PARAMS = ci_params()
 
 
 def run_shown(lab, command: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], env=lab.env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], env={**os.environ, **lab.env()},
+                          capture_output=True, text=True, timeout=120)  # HOME: else kubectl caches in the cwd
     assert proc.returncode == 0, f"the shown command failed:\n{command[:2000]}\n--- stderr:\n{proc.stderr[-2000:]}"
     return proc
 
