@@ -7,6 +7,7 @@ succeed and leave the same state.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
