@@ -161,6 +161,28 @@ class Names:
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
 
+    # stage 12 (notebook 12): the access drills, one namespace of teams
+    @property
+    def drills_ns(self) -> str:
+        return self._p("drills-access")
+
+    drills_sa = "drills-sa"
+    drills_kv_path = "drills/config"
+
+    @property
+    def drills_policy(self) -> str:
+        return self._p("drills-kv-read")
+
+    drills_role = "vault-role-drills"
+    drills_auth = "drills-auth"
+
+    @property
+    def billing_policy(self) -> str:
+        return self._p("billing-kv-read")
+
+    billing_role = "vault-role-billing"
+    search_role = "vault-role-search"
+
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
     def inventory(self) -> dict[int, Made]:
@@ -174,6 +196,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            12: Made(namespaces=(self.drills_ns,), auth_roles=(self.drills_role, self.billing_role, self.search_role),
+                     policies=(self.drills_policy, self.billing_policy)),
         }
 
     def made_by(self, stage: int) -> Made:
