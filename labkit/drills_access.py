@@ -205,8 +205,8 @@ REVIEWER_JWT = Diagnosis(
     "`no` for drills-sa (the account whose token the config now holds) and `yes` for the reviewer vault-to-k8s-sa.",
     {"a": "an unbound service account is refused with `service account name not authorized`; here the role "
           "vault-role-drills binds drills-sa (`vault read` it), and Vault says only `permission denied`",
-     "c": "`vault read auth/…/config` shows the same kubernetes_host as notebook 01 wrote; the API server answered "
-          "Vault's TokenReview, with a refusal",
+     "c": "`vault read auth/…/config` shows kubernetes_host equal to $KUBE_API_FOR_VAULT, the address notebook 01 "
+          "wrote; what changed is whose token Vault presents to the API server",
      "d": "notebook 02's VaultAuth logged in before the change: VSO keeps its token and renews it without logging in "
           "again, so it proves nothing. Every new login fails the same way"},
 )
