@@ -318,7 +318,10 @@ def restore_reviewer(lab: Lab) -> Done:
         return Done(f"auth/{n.k8s_auth_mount} is not set up (notebook 01): nothing to restore")
     c.write(f"auth/{n.k8s_auth_mount}/config", token_reviewer_jwt=data["token"],
             kubernetes_host=lab.kube_api_for_vault, kubernetes_ca_cert=data.get("ca.crt", ""))
+    read = f"kubectl get secret {n.reviewer_secret} -n {n.vault_ns} -o jsonpath="
     return Done(f"wrote the reviewer's JWT back into auth/{n.k8s_auth_mount}/config",
+                f"KUBE_CA_CERT=$({read}'{{.data.ca\\.crt}}' | base64 -d)\n"
+                f"TOKEN_REVIEW_JWT=$({read}'{{.data.token}}' | base64 -d)\n"
                 f'vault write auth/{n.k8s_auth_mount}/config token_reviewer_jwt="$TOKEN_REVIEW_JWT" '
                 f'kubernetes_host="$KUBE_API_FOR_VAULT" kubernetes_ca_cert="$KUBE_CA_CERT"')
 
