@@ -248,6 +248,27 @@ class Names:
     def pki_common_name(self) -> str:
         """The app's name as its clients would call it: its Service's DNS name in its namespace."""
         return f"{self.app}.{self.pki_ns}.svc"
+    # stage 12 (notebook 12): the access drills, one namespace of teams
+    @property
+    def drills_ns(self) -> str:
+        return self._p("drills-access")
+
+    drills_sa = "drills-sa"
+    drills_kv_path = "drills/config"
+
+    @property
+    def drills_policy(self) -> str:
+        return self._p("drills-kv-read")
+
+    drills_role = "vault-role-drills"
+    drills_auth = "drills-auth"
+
+    @property
+    def billing_policy(self) -> str:
+        return self._p("billing-kv-read")
+
+    billing_role = "vault-role-billing"
+    search_role = "vault-role-search"
 
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
@@ -268,6 +289,8 @@ class Names:
                     policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
             11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),
                      policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
+            12: Made(namespaces=(self.drills_ns,), auth_roles=(self.drills_role, self.billing_role, self.search_role),
+                     policies=(self.drills_policy, self.billing_policy)),
         }
 
     def made_by(self, stage: int) -> Made:

@@ -94,10 +94,16 @@ def test_every_real_notebook_step_cell_is_bash_and_every_exercise_has_a_solution
 
 def test_every_exercise_cell_has_a_registered_checker_for_its_notebook() -> None:
     from labkit import exercises
+    from labkit.stages import STAGES
 
     for path in sorted(_cells.NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb")):
         ids = {c.id.removeprefix("exercise-") for _, c in _cells.exercise_cells(_cells.read(path))}
-        assert ids == {e.id for e in exercises.for_notebook(int(path.name[:2]))}, path.name
+        # a drill's diagnosis cell (exercise-diagnose-<id>) answers its stage record's Diagnosis, not an exercise
+        drills = {i.removeprefix("diagnose-") for i in ids if i.startswith("diagnose-")}
+        ids -= {f"diagnose-{d}" for d in drills}
+        number = int(path.name[:2])
+        assert ids == {e.id for e in exercises.for_notebook(number)}, path.name
+        assert drills == {d.id for d in (STAGES[number].diagnoses if number in STAGES else ())}, path.name
         for ex in map(exercises.REGISTRY.get, ids):
             assert ex is not None and len(ex.hints) >= 2 and ex.task
 

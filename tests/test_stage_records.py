@@ -114,14 +114,17 @@ def test_a_notebook_beyond_the_tutorial_starts_from_the_stages_it_requires_skipp
 
 def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
     """Every name :meth:`Names.made_by` lists for a stage is in that notebook's step cells (``${PREFIX}`` filled in),
-    so clean-up and the sweep remove what the steps made."""
+    or a drill's break cell (``break-<id>``: what the learner's mistake makes), so clean-up and the sweep remove what
+    the notebook made."""
     names = Names("alice-")
     assert {1, 2, 3, 5} <= set(names.inventory()) and not {4, 6, 7} & set(names.inventory())
     for number in (4, 6, 7):
         assert not names.made_by(number)
     for number in range(1, LAST + 1):
         made = names.made_by(number)
-        steps = "\n".join(c.source for _, c in _cells.step_cells(_cells.read(_cells.notebook_path(number))))
+        nb = _cells.read(_cells.notebook_path(number))
+        breaks = [c for c in nb.cells if c.cell_type == "code" and str(c.get("id", "")).startswith("break-")]
+        steps = "\n".join(c.source for c in [*(c for _, c in _cells.step_cells(nb)), *breaks])
         words = set(re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", steps.replace("${PREFIX}", names.prefix)))
         listed = [*made.namespaces, *made.cluster_role_bindings, *made.auth_methods, *made.auth_roles, *made.policies,
                   *made.secrets_engines]
