@@ -161,6 +161,35 @@ class Names:
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
 
+    # stage 10 (notebook 10): a database static role
+    @property
+    def staticrole_mount(self) -> str:
+        return self._p("database-static")
+
+    staticrole_connection = "postgresql"
+    #: the Vault static role (its mount is the attendee's own, so the name needs no prefix)
+    staticrole_db_role = "exampleapp-static"
+
+    @property
+    def staticrole_db_user(self) -> str:
+        """The PostgreSQL user the static role owns; the database may be shared, so it carries the prefix."""
+        return self._p("exampleapp-static")
+
+    @property
+    def staticrole_policy(self) -> str:
+        return self._p("exampleapp-static-creds-read")
+
+    staticrole_auth_role = "vault-role-static-role-exampleapp"
+
+    @property
+    def staticrole_ns(self) -> str:
+        return self._p("static-role-exampleapp")
+
+    staticrole_sa = "vso-static-role-exampleapp-sa"
+    staticrole_auth = "static-role-auth"
+    staticrole_vds = "vault-static-role-secret"
+    staticrole_secret = "vso-static-role-creds-from-vault"
+
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
     def inventory(self) -> dict[int, Made]:
@@ -174,6 +203,8 @@ class Names:
                     secrets_engines=(self.db_mount,), lease_prefixes=(f"{self.db_mount}/creds/{self.db_role}",)),
             5: Made(auth_roles=(self.transit_role,), policies=(self.transit_policy,),
                     secrets_engines=(self.transit_mount,)),
+            10: Made(namespaces=(self.staticrole_ns,), auth_roles=(self.staticrole_auth_role,),
+                     policies=(self.staticrole_policy,), secrets_engines=(self.staticrole_mount,)),
         }
 
     def made_by(self, stage: int) -> Made:

@@ -23,7 +23,8 @@ from labkit.names import Names
 
 #: namespace → the keys whose values the lab generates (the static username is the tutorial's fixed "static-user")
 GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"username", "password"},
-             Names().vault_ns: {"token"}}  # the token reviewer's JWT
+             Names().vault_ns: {"token"},  # the token reviewer's JWT
+             Names().staticrole_ns: {"password"}}  # the static role's user is fixed; its password rotates
 
 
 def main(out: str) -> None:

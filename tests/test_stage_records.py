@@ -116,7 +116,7 @@ def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
     """Every name :meth:`Names.made_by` lists for a stage is in that notebook's step cells (``${PREFIX}`` filled in),
     so clean-up and the sweep remove what the steps made."""
     names = Names("alice-")
-    assert set(names.inventory()) == {1, 2, 3, 5}
+    assert set(names.inventory()) == {1, 2, 3, 5, 10}
     for number in (4, 6, 7):
         assert not names.made_by(number)
     for number in range(1, LAST + 1):
@@ -127,6 +127,6 @@ def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
                   *made.secrets_engines]
         assert not [x for x in listed if x not in words], (number, listed)
     everything = names.made
-    assert everything.namespaces == (names.dynamic_ns, names.static_ns, names.vault_ns)  # the latest stage's first
+    assert everything.namespaces == (names.staticrole_ns, names.dynamic_ns, names.static_ns, names.vault_ns)  # the latest first
     assert names.kv_mount in everything.secrets_engines and names.transit_policy in everything.policies
     assert Made(namespaces=("a",)) + Made(policies=("p",)) == Made(namespaces=("a",), policies=("p",))
