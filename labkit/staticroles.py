@@ -249,12 +249,13 @@ def _no_static_flag(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]
     synced_at = float(((obj or {}).get("status") or {}).get("lastRenewalTime") or 0)
     rotation, _ = vault_rotation(lab)
     old_ok, _ = pg.can_login(lab, n.staticrole_db_user, stale["password"]) if stale.get("password") else (True, "")
+    no_meta = not int(vds_meta(lab, NO_FLAG_VDS).get("lastVaultRotation") or 0)  # VSO writes the struct, all zeros
     return [
         (f"VaultDynamicSecret {NO_FLAG_VDS} reads {spec.get('path', 'static-creds/…')} without allowStaticCreds",
          obj is not None and not spec.get("allowStaticCreds") and str(spec.get("path", "")).startswith("static-creds/"),
          f"apply a VaultDynamicSecret named {NO_FLAG_VDS} in {n.staticrole_ns}, path static-creds/exampleapp-static"),
         ("it synced once, and VSO recorded no static-creds metadata", vso.is_synced(obj) and bool(stale)
-         and not int(vds_meta(lab, NO_FLAG_VDS).get("lastVaultRotation") or 0), vso.hint_from_events(lab, "VaultDynamicSecret", NO_FLAG_VDS, n.staticrole_ns)
+         and no_meta, vso.hint_from_events(lab, "VaultDynamicSecret", NO_FLAG_VDS, n.staticrole_ns)
          or f"destination.name: {NO_FLAG_SECRET}, create: true"),
         ("Vault rotated after that sync, and its Secret was not updated: PostgreSQL refuses its password",
          bool(rotation and synced_at and rotation > synced_at) and not old_ok,
