@@ -182,6 +182,53 @@ class LeaseModel:
         )
 
 
+# -- static credentials (a database static role, ``allowStaticCreds``) -------------------------------------------------
+#: VSO reads static credentials again this long after the ``ttl`` it was given ran out (``computePostSyncHorizon``:
+#: ``ttl + 500ms`` plus a jitter of at most 5 % of 3 s)
+STATIC_READ_DELAY = 0.5
+
+
+@dataclass(frozen=True)
+class StaticCredsState:
+    last_rotation: float | None  # status.staticCredsMetaData.lastVaultRotation: Vault's last rotation (whole seconds)
+    period: float  # rotationPeriod
+    ttl: float  # seconds left until Vault's next rotation, from VSO's last read (0: due)
+    fraction: float  # ttl / period, 0..1
+    next_read_in: float | None  # seconds until VSO reads again (``ttl`` at its last sync + 0.5 s after that sync)
+    synced_at: float | None  # status.lastRenewalTime: VSO's last sync
+    rotations: tuple[float, ...]  # when VSO synced a rotation it had not seen (not the first credentials)
+    events: tuple[tuple[float, str], ...]  # what this update detected: (time, "rotation")
+
+
+@dataclass
+class StaticCredsModel:
+    """The rotation clock of a VaultDynamicSecret with ``allowStaticCreds``, from ``status.staticCredsMetaData``.
+
+    There is no lease: VSO records Vault's ``lastVaultRotation``, ``rotationPeriod`` and the ``ttl`` left when it
+    read, and sets ``lastRenewalTime`` at that sync. So Vault's next rotation is due ``ttl`` after that sync and VSO
+    reads again :data:`STATIC_READ_DELAY` later. A rotation is :class:`labkit._lease.LeaseTracker`'s rule for static
+    credentials: a later ``lastVaultRotation`` (a moving ``lastRenewalTime`` alone is not one).
+    """
+
+    tracker: LeaseTracker = field(default_factory=LeaseTracker)
+
+    @property
+    def rotations(self) -> list[float]:
+        return self.tracker.rotations
+
+    def update(self, now: float, vds: dict | None) -> StaticCredsState:
+        found = self.tracker.see(now, Sighting.from_vds(vds))
+        st = (vds or {}).get("status") or {}
+        meta = st.get("staticCredsMetaData") or {}
+        last, synced = parse_time(meta.get("lastVaultRotation") or None), parse_time(st.get("lastRenewalTime"))
+        period, ttl_then = float(meta.get("rotationPeriod") or 0), float(meta.get("ttl") or 0)
+        due = synced + ttl_then if synced is not None and last is not None else None
+        ttl = max(0.0, due - now) if due is not None else 0.0
+        return StaticCredsState(last, period, ttl, min(1.0, ttl / period) if period else 0.0,
+                                None if due is None else due + STATIC_READ_DELAY - now, synced, tuple(self.rotations),
+                                tuple((ev.time, ev.kind) for ev in found if ev.kind == ROTATION))
+
+
 # -- secrets -----------------------------------------------------------------------------------------------------------
 def decode_data(secret: dict | None) -> dict[str, str]:
     """A Secret's ``data`` decoded from base64 (``stringData`` is never returned by the API)."""

@@ -29,6 +29,7 @@ from ._livemodel import (
     PipelineModel,
     PipelineObservation,
     SecretModel,
+    StaticCredsModel,
     TimelineModel,
     ago,
     parse_time,
@@ -202,7 +203,11 @@ class SecretView(_Live):
 
 
 class LeaseView(_Live):
-    """The Vault lease behind a VaultDynamicSecret: TTL counting down, next renewal, ``max_ttl`` horizon, renewals, rotations."""
+    """The Vault lease behind a VaultDynamicSecret: TTL counting down, next renewal, ``max_ttl`` horizon, renewals, rotations.
+
+    With ``allowStaticCreds`` (a database static role) there is no lease: the view shows Vault's last rotation, the
+    time left until the next one, when VSO reads again, and each rotation VSO picked up (:class:`StaticCredsModel`).
+    """
 
     css, max_width = "vsolab-leaseview", "900px"
 
@@ -211,6 +216,8 @@ class LeaseView(_Live):
         self.name, self.namespace = name or lab.names.dynamic_vds, namespace or lab.names.dynamic_ns
         self.model, self._max_ttl_known = LeaseModel(max_ttl=max_ttl), max_ttl is not None
         self._lookups: dict[str, tuple[float | None, float | None]] = {}
+        self.static = StaticCredsModel()
+        self._stop_after_rotations: int | None = None
         self.bar = widgets.FloatProgress(value=0, min=0, max=1, description="TTL", layout=widgets.Layout(width="440px"))
         self.view = widgets.HTML()
         super().__init__(lab, [self.bar, self.view], interval=interval, refresh=refresh)
@@ -239,8 +246,39 @@ class LeaseView(_Live):
                 self._lookups = {lease_id: (None, None)}
         return vds, self._lookups.get(lease_id, (None, None))
 
+    def run_until_rotation(self, seconds: float) -> LeaseView:
+        """Poll until a rotation of static credentials is seen, or for ``seconds`` at most; returns at once."""
+        with self._lock:
+            self._stop_after_rotations = len(self.static.rotations) + 1
+        self.run(seconds)
+        return self
+
+    def _apply_static(self, now: float, vds: dict) -> None:
+        st = self.static.update(now, vds)
+        if self._stop_after_rotations is not None and len(st.rotations) >= self._stop_after_rotations:
+            self._stop_after_rotations = None
+            self.stop()
+        self.bar.max = max(st.period, 1.0)
+        self.bar.value = min(st.ttl, self.bar.max)
+        self.bar.bar_style = "warning" if st.ttl <= 0 else "success"
+        self.bar.description = f"next {st.ttl:.0f}s"
+        clock = lambda t: time.strftime("%H:%M:%S", time.localtime(t)) if t else "not yet"
+        read = ("VSO has not synced yet" if st.next_read_in is None
+                else f"VSO reads again in {st.next_read_in:.1f}s (ttl + 0.5 s after its last sync)" if st.next_read_in > 0
+                else f"VSO's read is due: it retries up to 10 s until Vault has rotated ({-st.next_read_in:.1f}s so far)")
+        marks = " ".join(f"<span class='vsolab-rotation'>↻ {clock(t)}</span>" for t in st.rotations[-5:])
+        self.view.value = (
+            f"<div class='vsolab-lease vsolab-static' data-ttl='{st.ttl:.2f}' data-rotations='{len(st.rotations)}' "
+            f"data-last-rotation='{int(st.last_rotation or 0)}' {LH}><b>VaultDynamicSecret {e(self.namespace)}/{e(self.name)}</b>"
+            f" · static credentials, no lease<br>Vault's last rotation <b>{clock(st.last_rotation)}</b> · next in "
+            f"<b class='vsolab-ttl'>{st.ttl:.1f}s</b> of a {st.period:.0f}s rotation_period · {read}"
+            f"<br>rotations VSO picked up: {len(st.rotations)} {marks}</div>")
+
     def apply(self, now: float, observed: tuple[dict | None, tuple[float | None, float | None]]) -> None:
         vds, (issued, renewed) = observed
+        if vds and (vds.get("spec") or {}).get("allowStaticCreds"):
+            self._apply_static(now, vds)
+            return
         st = self.model.update(now, vds, issued_at=issued, vault_renewed_at=renewed)
         end = st.renewal_window_end_in
         opened = st.next_renewal_in is not None and st.next_renewal_in <= 0

@@ -269,6 +269,34 @@ class Names:
 
     billing_role = "vault-role-billing"
     search_role = "vault-role-search"
+    # stage 10 (notebook 10): a database static role
+    @property
+    def staticrole_mount(self) -> str:
+        return self._p("database-static")
+
+    staticrole_connection = "postgresql"
+    #: the Vault static role (its mount is the attendee's own, so the name needs no prefix)
+    staticrole_db_role = "exampleapp-static"
+
+    @property
+    def staticrole_db_user(self) -> str:
+        """The PostgreSQL user the static role owns; the database may be shared, so it carries the prefix."""
+        return self._p("exampleapp-static")
+
+    @property
+    def staticrole_policy(self) -> str:
+        return self._p("exampleapp-static-creds-read")
+
+    staticrole_auth_role = "vault-role-static-role-exampleapp"
+
+    @property
+    def staticrole_ns(self) -> str:
+        return self._p("static-role-exampleapp")
+
+    staticrole_sa = "vso-static-role-exampleapp-sa"
+    staticrole_auth = "static-role-auth"
+    staticrole_vds = "vault-static-role-secret"
+    staticrole_secret = "vso-static-role-creds-from-vault"
 
     # -- the inventory: what each stage makes --------------------------------------------------------------------
 
@@ -287,6 +315,8 @@ class Names:
                     secrets_engines=(self.pki_mount,)),
             9: Made(namespaces=(self.templates_ns,), auth_roles=(self.templates_role,),
                     policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
+            10: Made(namespaces=(self.staticrole_ns,), auth_roles=(self.staticrole_auth_role,),
+                     policies=(self.staticrole_policy,), secrets_engines=(self.staticrole_mount,)),
             11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),
                      policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
             12: Made(namespaces=(self.drills_ns,), auth_roles=(self.drills_role, self.billing_role, self.search_role),

@@ -27,7 +27,8 @@ GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"u
              Names().team_a_ns: {"api_key"},  # notebook 11: team A's secret
              # notebook 09: the rendered keys hold the password (URL-encoded in the URLs)
              Names().templates_ns: {"password", "DATABASE_URL", "JDBC_URL", "pgpass"},
-             Names().pki_ns: {"tls.key", "private_key", "_raw"}}  # notebook 08: the certificate's private key
+             Names().pki_ns: {"tls.key", "private_key", "_raw"},  # notebook 08: the certificate's private key
+             Names().staticrole_ns: {"password"}}  # notebook 10: the static role's rotated password
 #: KV v2 secrets whose generated values no Kubernetes Secret holds as they are: (mount, path) → keys. Notebook 09's
 #: Secret carries its password only rendered into URLs (URL-encoded) and excludes the raw field.
 VAULT_KV = {(Names().templates_mount, Names().templates_path): {"password"}}

@@ -428,3 +428,49 @@ def test_when_vso_renews_a_certificate() -> None:
     assert vds_renewal(1000.0, 60.0, 67) == (1000.0 + 60 * 0.67, 1000.0 + 60 * 0.77)
     assert pki_renewal(2000.0, 20.0) == (1980.0, 1981.0)
     assert pki_renewal(2000.0, 0.0) == (1999.0, 2000.0)  # no offset: the last second
+# -- static credentials (notebook 10: a database static role, allowStaticCreds) -----------------------------------------
+def static_vds(rotated: float, synced: float, ttl: int, period: int = 10) -> dict:
+    """A VaultDynamicSecret with allowStaticCreds as VSO leaves it after a sync: no lease, staticCredsMetaData."""
+    return {"kind": "VaultDynamicSecret", "metadata": {"name": "vault-static-role-secret", "namespace": "ns"},
+            "spec": {"allowStaticCreds": True, "path": "static-creds/exampleapp-static"},
+            "status": {"lastRenewalTime": int(synced), "secretLease": {"id": "", "duration": 0, "renewable": False},
+                       "staticCredsMetaData": {"lastVaultRotation": int(rotated), "rotationPeriod": period, "ttl": ttl}}}
+
+
+def test_static_creds_count_down_to_vaults_next_rotation_and_vsos_next_read():
+    m = lm.StaticCredsModel()
+    st = m.update(T0 + 3, static_vds(rotated=T0, synced=T0 + 1, ttl=9))
+    assert st.last_rotation == T0 and st.period == 10 and st.synced_at == T0 + 1
+    assert st.ttl == pytest.approx(7.0) and st.fraction == pytest.approx(0.7)  # due at sync + ttl = T0 + 10
+    assert st.next_read_in == pytest.approx(7.5)  # VSO reads ttl + 0.5 s after its sync
+    assert st.rotations == () and st.events == ()  # the first sighting is the baseline
+    late = m.update(T0 + 12, static_vds(rotated=T0, synced=T0 + 1, ttl=9))
+    assert late.ttl == 0.0 and late.next_read_in == pytest.approx(-1.5)  # due: VSO retries until Vault has rotated
+
+
+def test_a_static_rotation_is_a_later_last_vault_rotation_not_a_later_sync():
+    m = lm.StaticCredsModel()
+    m.update(T0 + 2, static_vds(rotated=T0, synced=T0 + 1, ttl=9))
+    assert m.update(T0 + 5, static_vds(rotated=T0, synced=T0 + 4, ttl=6)).events == ()  # a re-read, same rotation
+    st = m.update(T0 + 12, static_vds(rotated=T0 + 10, synced=T0 + 11, ttl=9))
+    assert st.events == ((T0 + 11, "rotation"),) and st.rotations == (T0 + 11,)
+    assert m.update(T0 + 13, static_vds(rotated=T0, synced=T0 + 4, ttl=6)).events == ()  # a stale read changes nothing
+    assert m.update(T0 + 13, None).events == () and len(m.rotations) == 1  # nor does a failed read
+
+
+def test_the_lease_view_shows_static_credentials_and_stops_after_a_rotation(fake):
+    import time
+
+    from labkit.live import LeaseView
+
+    now = time.time()
+    fake["vds"] = static_vds(rotated=now - 2, synced=now - 1, ttl=8)
+    view = LeaseView(FakeLab(), "vault-static-role-secret", "ns", interval=0.05)
+    assert "static credentials, no lease" in view.view.value and "data-rotations='0'" in view.view.value
+    assert view.bar.max == 10 and 6 <= view.bar.value <= 8
+    view.run_until_rotation(5)
+    time.sleep(0.2)
+    assert view.running
+    fake["vds"] = static_vds(rotated=now + 8, synced=now + 9, ttl=9)
+    assert view.join(2) and not view.running  # stopped at the rotation, long before its 5 s bound
+    assert "data-rotations='1'" in view.view.value and "vsolab-rotation" in view.view.value
