@@ -9,22 +9,21 @@ learner clicks Reveal, which works only with ``interactive=True`` (papermill run
 
 from __future__ import annotations
 
-import html
 import json
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import requests
 
-from . import k8s, pg, vault, vso
+from . import k8s, pg, vso
+from ._certview import CertView  # notebook 08's view, in a module of its own
+from ._livebase import COLORS, LH, VSO_KINDS, _light, _Live, e
 from ._livemodel import (
     FAIL,
     LANES,
     OK,
     UNKNOWN,
-    WARN,
     LeaseModel,
     PipelineModel,
     PipelineObservation,
@@ -33,7 +32,6 @@ from ._livemodel import (
     TimelineModel,
     ago,
     parse_time,
-    redact,
 )
 from .backends.contract import Lab
 
@@ -41,112 +39,6 @@ if TYPE_CHECKING:
     from ._livemodel import Link
 
 __all__ = ["CertView", "LeaseView", "PipelineView", "SecretView", "Timeline"]
-COLORS = {OK: "#2e7d32", WARN: "#f9a825", FAIL: "#c62828", UNKNOWN: "#9e9e9e"}
-VSO_KINDS = ("VaultDynamicSecret", "VaultStaticSecret", "VaultPKISecret")
-LH = "style='line-height:1.55'"
-e = html.escape
-
-
-def _light(light: str, text: str, **data: Any) -> str:
-    attrs = "".join(f" data-{k}='{e(str(v))}'" for k, v in data.items())
-    return (f"<span class='vsolab-light vsolab-light-{light}' data-light='{light}'{attrs}>"
-            f"<span style='color:{COLORS[light]};font-size:1.2em'>●</span> {e(text)}</span>")
-
-
-class _Live:
-    """A box of widgets redrawn by :meth:`refresh`, which one daemon thread calls every ``interval`` seconds."""
-
-    css, max_width = "vsolab-live", "none"
-
-    def __init__(self, lab: Lab, children: list[widgets.Widget], *, interval: float, interactive: bool = False,
-                 refresh: bool = True) -> None:
-        self.lab, self.interval, self.interactive, self.error = lab, interval, bool(interactive), ""
-        self._stop, self._lock = threading.Event(), threading.RLock()
-        self._thread: threading.Thread | None = None
-        self._until = 0.0
-        self._hvac: Any = None
-        self.status = widgets.HTML()
-        self.box = widgets.VBox([*children, self.status], layout=widgets.Layout(max_width=self.max_width))
-        for css in ("vsolab-live", self.css):
-            self.box.add_class(css)
-        if refresh:
-            self.refresh()
-
-    def observe(self) -> Any:
-        """Read the cluster (the only I/O)."""
-        raise NotImplementedError
-
-    def apply(self, now: float, observed: Any) -> None:
-        """Update the model with what was read, and draw it."""
-        raise NotImplementedError
-
-    def _secrets(self) -> list[str]:
-        return []
-
-    def _vault(self) -> Any:
-        if self._hvac is None:
-            self._hvac = vault.client(self.lab)
-        return self._hvac
-
-    def refresh(self) -> None:
-        """Read once and redraw: what each tick of the thread does. Errors are shown, never raised."""
-        try:
-            observed = self.observe()  # outside the lock: a Reveal click never waits for the cluster
-            with self._lock:
-                self.apply(time.time(), observed)
-            self.error = ""
-        except Exception as exc:  # a failed read is shown in the widget
-            first = (str(exc).strip().splitlines() or [""])[0]
-            self.error = redact(f"{type(exc).__name__}: {first}"[:300], self._secrets())
-        with self._lock:
-            self._draw_status()
-
-    def _draw_status(self) -> None:
-        left = max(0.0, self._until - time.monotonic())
-        run = (f"<span style='color:{COLORS[OK]}'>●</span> live, every {self.interval:g}s, stops in {left:.0f}s" if self.running
-               else "○ not polling: <code>.run(seconds)</code> watches again")
-        err = f" · <span style='color:{COLORS[FAIL]}'>last read failed: {e(self.error)}</span>" if self.error else ""
-        self.status.value = f"<small class='vsolab-run' data-running='{int(self.running)}'>{run}{err}</small>"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
-
-    def run(self, seconds: float = 60.0) -> _Live:
-        """Poll for ``seconds`` in a background daemon thread; returns at once. Calling it again extends the run."""
-        self._until = time.monotonic() + max(0.0, float(seconds))
-        if not self.running:
-            self.join()  # a stopped thread ends within one interval
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name=f"labkit-{type(self).__name__}", daemon=True)
-            self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._until:
-            self.refresh()
-            self._stop.wait(self.interval)
-        self._stop.set()
-        with self._lock:
-            self._draw_status()
-
-    def stop(self) -> None:
-        """Stop polling; the thread ends within one interval."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the run to end; True when it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not (self._thread is not None and self._thread.is_alive())
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {getattr(self, 'namespace', '')}/{getattr(self, 'name', '')}>"
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        data = self.box._repr_mimebundle_(**kwargs)
-        data["text/plain"] = repr(self)  # not the VBox repr, which spells out every child's value
-        return data
 
 
 class SecretView(_Live):
@@ -425,72 +317,3 @@ class Timeline(_Chain):
                           xaxis={"title": {"text": "seconds since the timeline started"}, "range": [0, max(10.0, now - start + 1)]},
                           yaxis={"type": "category", "categoryorder": "array", "categoryarray": list(reversed(LANES))})
         return fig
-
-
-class CertView(_Live):
-    """A TLS Secret's certificate, live: serial, notAfter, time left, VSO's next renewal, rotations, and the serial the
-    app started with. With ``until_rotation`` it stops by itself once it saw a rotation and the app runs the new one."""
-
-    css, max_width = "vsolab-certview", "900px"
-
-    def __init__(self, lab: Lab, name: str | None = None, namespace: str | None = None, *, deployment: str | None = None,
-                 until_rotation: bool = True, interval: float = 1.0, refresh: bool = True) -> None:
-        from ._certmodel import CertModel
-
-        self.name, self.namespace = name or lab.names.pki_secret, namespace or lab.names.pki_ns
-        self.deployment, self.until_rotation, self.model = deployment or lab.names.app, until_rotation, CertModel()
-        self.bar = widgets.FloatProgress(value=0, min=0, max=1, description="left", layout=widgets.Layout(width="440px"))
-        self.view = widgets.HTML()
-        super().__init__(lab, [self.bar, self.view], interval=interval, refresh=refresh)
-
-    def observe(self) -> tuple[Any, tuple[float, float] | None, str | None]:
-        from ._certmodel import parse_pem, pki_renewal, vds_renewal
-        from ._duration import duration_seconds
-        from ._livemodel import decode_data
-
-        secret = k8s.get(self.lab.kube, "v1", "Secret", self.name, self.namespace)
-        cert = parse_pem(decode_data(secret).get("tls.crt", "")) if secret else None
-        refs = [o for o in ((secret or {}).get("metadata") or {}).get("ownerReferences") or [] if o.get("kind") in VSO_KINDS]
-        owner = vso.get(self.lab, refs[0]["kind"], refs[0]["name"], self.namespace) if refs else None
-        spec, status = (owner or {}).get("spec") or {}, (owner or {}).get("status") or {}
-        renewal = None
-        if owner and owner.get("kind") == "VaultDynamicSecret" and spec.get("refreshAfter") and status.get("lastRenewalTime"):
-            renewal = vds_renewal(float(status["lastRenewalTime"]), duration_seconds(spec["refreshAfter"]),
-                                  int(spec.get("renewalPercent") or 67))
-        elif owner and owner.get("kind") == "VaultPKISecret" and status.get("expiration"):
-            renewal = pki_renewal(float(status["expiration"]), duration_seconds(spec.get("expiryOffset") or "0s"))
-        try:
-            r = requests.get(self.lab.app_url(self.namespace, self.deployment) + "/cert", timeout=3)
-            app = str(r.json().get("serial_number") or "") if r.status_code == 200 else ""
-        except Exception:  # the app between two pods: keep the last answer
-            app = None
-        return cert, renewal, app
-
-    def apply(self, now: float, observed: tuple[Any, tuple[float, float] | None, str | None]) -> None:
-        from ._certmodel import short_serial
-
-        st = self.model.update(now, *observed)
-        self.bar.max = max(st.lifetime, 1.0)
-        self.bar.value = min(st.left, self.bar.max)
-        self.bar.bar_style = "danger" if st.left < 0.1 * st.lifetime else "success"
-        self.bar.description = f"left {st.left:.0f}s"
-        c = st.cert
-        if st.renew_in is None:
-            nxt = "next renewal: unknown"
-        elif st.renew_in[1] < 0:
-            nxt = f"renewal overdue by {-st.renew_in[1]:.1f}s"
-        else:
-            nxt = f"VSO renews in {max(0.0, st.renew_in[0]):.1f}–{st.renew_in[1]:.1f}s"
-        at = (lambda t: time.strftime("%H:%M:%S", time.localtime(t)))
-        rows = "".join(f"<li class='vsolab-rotation' data-early='{r.early_by:.1f}'>↻ {at(r.time)}: <code>{e(r.old.short)}</code> → "
-                       f"<code>{e(r.new.short)}</code>, {abs(r.early_by):.1f}s {'before' if r.early_by >= 0 else 'after'} "
-                       f"the old one expired</li>" for r in st.rotations[-5:])
-        app = (f"the app started with <code>{e(short_serial(st.app_serial))}</code>"
-               + (" (the current one)" if st.app_on_current else " (not the current one)") if st.app_serial else "the app: no answer yet")
-        head = (f"serial <code>{e(c.short)}</code> · notAfter {at(c.not_after)} · <b class='vsolab-left'>{st.left:.1f}s</b> "
-                f"of {st.lifetime:.0f}s left · {nxt}" if c else "no certificate in the Secret (yet)")
-        self.view.value = (f"<div class='vsolab-cert' data-serial='{e(c.serial if c else '')}' data-rotations='{len(st.rotations)}' "
-                           f"data-app-current='{int(st.app_on_current)}' {LH}><b>Secret {e(self.namespace)}/{e(self.name)}</b> · "
-                           f"{head}<br>{app} · rotations seen: {len(st.rotations)}<ul style='margin:2px 0'>{rows}</ul></div>")
-        if self.until_rotation and st.done:
-            self.stop()

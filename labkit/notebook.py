@@ -151,22 +151,6 @@ class Session:
     def __getitem__(self, key: str) -> Any:
         return self.params[key]
 
-    def start_at(self, stage: int) -> str:
-        """The start cell of a notebook beyond the tutorial: ``labkit up`` when the lab is not running (notebook 07
-        stops it), then ``labkit stage N`` with this notebook's parameters; the kernel then points at the lab."""
-        from .stages import prepare_stage
-
-        lines = []
-        if not self.lab.healthy():
-            actions = self.lab.up()
-            lines.append(f"$ labkit up\n  {len(actions)} actions: the lab is up")
-        use_lab_env(self.lab)
-        export_params(self.lab, self.params)
-        done = prepare_stage(self.lab, stage, self.params)
-        lines.append(f"$ labkit stage {stage}\n  the lab is at the start of notebook {stage:02d}; done: "
-                     + (", ".join(done) or "nothing"))
-        return "\n".join(lines)
-
 
 def setup(params: MutableMapping[str, Any], stage: int, *, start: bool = False) -> Session:
     """Validate parameters, shorten error display, and connect to (or start) the lab.

@@ -30,7 +30,7 @@ from . import (
 from ._stage import Stage
 from .backends.contract import Lab
 from .errors import NotRunning, ParameterError
-from .notebook import SPEC, validate
+from .notebook import SPEC, Session, export_params, use_lab_env, validate
 
 #: notebook 00 starts the lab: it has no step of its own, so no record
 WELCOME = "00-welcome-and-setup"
@@ -86,3 +86,17 @@ def prepare_stage(lab: Lab, n: int, params: dict[str, Any] | None = None) -> lis
                 stage.apply(lab, p)
                 done.append(stage.notebook)
     return done
+
+
+def start(session: Session, n: int) -> str:
+    """The start cell of a notebook beyond the tutorial: ``labkit up`` when the lab is not running (notebook 07 stops
+    it), then ``labkit stage N`` with the notebook's parameters; the kernel then points at the lab."""
+    lab, lines = session.lab, []
+    if not lab.healthy():
+        actions = lab.up()
+        lines.append(f"$ labkit up\n  the lab is up ({len(actions)} components)")
+    use_lab_env(lab)
+    export_params(lab, session.params)
+    done = prepare_stage(lab, n, session.params)
+    lines.append(f"$ labkit stage {n}\n  the lab is at the start of notebook {n:02d}; done: {', '.join(done) or 'nothing'}")
+    return "\n".join(lines)
