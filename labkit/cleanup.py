@@ -86,6 +86,9 @@ def sweep(lab: Lab) -> Done:
         if vault.read_policy(lab, policy):
             c.sys.delete_policy(policy)
             found.append(f"policy {policy}")
+    for user in made.database_users:  # a static role's user (notebook 10): Vault only rotated its password
+        if pg.drop_user(lab, user):
+            found.append(f"PostgreSQL user {user}")
     roles = [r["role"] for r in pg.lab_roles(lab)]
     if roles:
         found.append(f"{len(roles)} PostgreSQL role(s) Vault made: {', '.join(roles)}")
@@ -110,6 +113,9 @@ def check(lab: Lab) -> Check:
          "revoke them by prefix, or disable the database engine"),
         ("the lab's namespaces are gone", not left, f"still there: {left}; a namespace waits for its pods to stop"),
         ("the lab's secrets engines are disabled", not mounts, f"still enabled: {mounts}: `vault secrets disable`"),
+        ("the PostgreSQL users the notebooks made are gone", not (users := [u for u in made.database_users
+                                                                           if pg.user_exists(lab, u)]),
+         f"still there: {users}: `psql -c 'DROP OWNED BY \"<user>\"; DROP ROLE \"<user>\"'`"),
         (f"the ClusterRoleBinding {n.reviewer_binding} is gone",
          k8s.get(lab.kube, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", n.reviewer_binding) is None,
          f"kubectl delete clusterrolebinding {n.reviewer_binding}"),

@@ -38,6 +38,8 @@ class Made:
     secrets_engines: tuple[str, ...] = ()
     #: where Vault keeps the leases of the credentials it issues (``sys/leases/lookup/<prefix>``)
     lease_prefixes: tuple[str, ...] = ()
+    #: PostgreSQL users a notebook's steps create as a DBA would (not Vault's dynamic ``v-`` roles)
+    database_users: tuple[str, ...] = ()
 
     def __add__(self, other: Made) -> Made:
         return Made(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -316,7 +318,8 @@ class Names:
             9: Made(namespaces=(self.templates_ns,), auth_roles=(self.templates_role,),
                     policies=(self.templates_policy,), secrets_engines=(self.templates_mount,)),
             10: Made(namespaces=(self.staticrole_ns,), auth_roles=(self.staticrole_auth_role,),
-                     policies=(self.staticrole_policy,), secrets_engines=(self.staticrole_mount,)),
+                     policies=(self.staticrole_policy,), secrets_engines=(self.staticrole_mount,),
+                     database_users=(self.staticrole_db_user,)),
             11: Made(namespaces=(self.team_b_ns, self.team_a_ns, self.platform_ns), auth_roles=(self.team_a_role,),
                      policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
             12: Made(namespaces=(self.drills_ns,), auth_roles=(self.drills_role, self.billing_role, self.search_role),

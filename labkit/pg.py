@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ._state import listening
 from .backends.contract import Lab
@@ -58,3 +59,19 @@ def can_login(lab: Lab, username: str, password: str) -> tuple[bool, str]:
             return True, str(conn.execute("select current_user").fetchone()[0])  # type: ignore[index]
     except psycopg.OperationalError as exc:
         return False, str(exc).strip().splitlines()[0]
+
+
+def user_exists(lab: Lab, name: str) -> bool:
+    with _connect(lab) as conn:
+        return conn.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone() is not None
+
+
+def drop_user(lab: Lab, name: str) -> bool:
+    """Drop the PostgreSQL user ``name`` as a DBA would (what it owns goes to the admin, its grants go, then the user);
+    return whether it existed."""
+    with _connect(lab) as conn:
+        if conn.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone() is None:
+            return False
+        conn.execute(sql.SQL("REASSIGN OWNED BY {u} TO CURRENT_USER; DROP OWNED BY {u}; DROP ROLE {u}")
+                     .format(u=sql.Identifier(name)))
+    return True

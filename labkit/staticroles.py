@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import sql
-
 from . import app, k8s, pg, vault, vso
 from ._duration import duration_seconds
 from ._lease import parse_time
@@ -285,11 +283,7 @@ def undo(lab: Lab) -> Done:
     if f"{n.staticrole_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
         vault_quiet(c.delete, f"{n.staticrole_mount}/static-roles/{n.staticrole_db_role}")
         c.sys.disable_secrets_engine(n.staticrole_mount)
-    with pg._connect(lab) as conn:
-        if conn.execute("select 1 from pg_roles where rolname = %s", (n.staticrole_db_user,)).fetchone():
-            # what the user owns goes to the admin, its grants go, then the user itself
-            conn.execute(sql.SQL("REASSIGN OWNED BY {u} TO CURRENT_USER; DROP OWNED BY {u}; DROP ROLE {u}")
-                         .format(u=sql.Identifier(n.staticrole_db_user)))
+    pg.drop_user(lab, n.staticrole_db_user)
     q = '"' + n.staticrole_db_user + '"'
     return Done(f"deleted {n.staticrole_ns}, the static role, {n.staticrole_mount}/ and the PostgreSQL user "
                 f"{n.staticrole_db_user}",

@@ -127,7 +127,7 @@ def test_the_inventory_names_what_each_notebooks_steps_make() -> None:
         steps = "\n".join(c.source for c in [*(c for _, c in _cells.step_cells(nb)), *breaks])
         words = set(re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", steps.replace("${PREFIX}", names.prefix)))
         listed = [*made.namespaces, *made.cluster_role_bindings, *made.auth_methods, *made.auth_roles, *made.policies,
-                  *made.secrets_engines]
+                  *made.secrets_engines, *made.database_users]
         assert not [x for x in listed if x not in words], (number, listed)
     everything = names.made
     by_stage = tuple(ns for _, made in sorted(names.inventory().items(), reverse=True) for ns in made.namespaces)
