@@ -157,6 +157,16 @@ class Names:
     def transit_role(self) -> str:
         return self._p("auth-role-operator")
 
+    # stage 13 (notebook 13): the drill restart-every-refresh's web app, its KV path, policy and role
+    web_kv_path = "web/admin"
+    web_role = "web"
+    web = "web"
+    web_secret = "web-htpasswd"
+
+    @property
+    def web_policy(self) -> str:
+        return self._p("web-kv-read")
+
     operator_ns = "vault-secrets-operator"
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"
