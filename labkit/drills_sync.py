@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+import hvac
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
@@ -43,8 +44,13 @@ def _skipped(lab: Lab) -> list[tuple[str, bool, str]] | None:
                                        True, "")]
 
 
+def _unauthenticated(lab: Lab) -> hvac.Client:
+    """A client without a token: ``sys/seal-status`` and ``sys/unseal`` answer while sealed (vault.client refuses)."""
+    return hvac.Client(url=lab.vault_addr, timeout=10)
+
+
 def sealed(lab: Lab) -> bool:
-    return bool(vault.client(lab).sys.read_seal_status()["sealed"])
+    return bool(_unauthenticated(lab).sys.read_seal_status()["sealed"])
 
 
 def _seconds(ns: dict[str, Any], key: str, default: str) -> float:
@@ -95,7 +101,7 @@ def _sealed(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     same = False
     if ok:
         held = static.read_secret(lab)
-        same = bool(held) and held.get("password") == vault.kv_get(lab, n.kv_mount, n.kv_path).get("password")
+        same = bool(held) and held.get("password") == (vault.kv_get(lab, n.kv_mount, n.kv_path).get("data") or {}).get("password")
     return [("Vault is unsealed", True, ""),
             (f"the VaultStaticSecret {n.static_vss} synced again", ok,
              "VSO has not retried since the seal: change its spec (e.g. refreshAfter) so it reconciles now"),
@@ -266,19 +272,19 @@ def check(lab: Lab) -> Check:
 def undo(lab: Lab) -> None:
     """Restore the good state (Vault unsealed, VSO at one replica) and remove the drills' own objects."""
     n = lab.names
-    c = vault.client(lab)
     if own_lab(lab):
         key = lab.state.secrets().get("vault_unseal_key") if lab.backend == "local" else None
-        if key and c.sys.read_seal_status()["sealed"]:
-            c.sys.submit_unseal_key(key)
-        if not operator_ready(lab):
-            try:
-                kclient.AppsV1Api(lab.kube).patch_namespaced_deployment_scale(
-                    OPERATOR_DEPLOYMENT, n.operator_ns, {"spec": {"replicas": 1}})
-                k8s.wait_for("VSO's controller manager to be ready again", lambda: operator_ready(lab), 90)
-            except ApiException as exc:
-                if exc.status != 404:  # no operator installed: nothing to scale
-                    raise
+        if key and sealed(lab):
+            _unauthenticated(lab).sys.submit_unseal_key(key)
+    c = vault.client(lab)
+    if own_lab(lab) and not operator_ready(lab):
+        try:
+            kclient.AppsV1Api(lab.kube).patch_namespaced_deployment_scale(
+                OPERATOR_DEPLOYMENT, n.operator_ns, {"spec": {"replicas": 1}})
+            k8s.wait_for("VSO's controller manager to be ready again", lambda: operator_ready(lab), 90)
+        except ApiException as exc:
+            if exc.status != 404:  # no operator installed: nothing to scale
+                raise
     if not k8s.namespace_gone(lab.kube, n.static_ns):
         vso.delete(lab, "VaultStaticSecret", n.web_secret, n.static_ns)
         k8s.wait_for("VSO to finalise web-htpasswd", lambda: vso.get(lab, "VaultStaticSecret", n.web_secret, n.static_ns)
