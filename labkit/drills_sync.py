@@ -211,6 +211,17 @@ def app_login(lab: Lab) -> tuple[int, dict]:
         return 0, {}
 
 
+def app_answer(lab: Lab) -> str:
+    """What the app's /status says, with the database username shortened wherever it appears (never in full)."""
+    code, body = app_login(lab)
+    user = dynamic.read_secret(lab).get("username", "")
+    shown = {k: str(v).replace(user, dynamic.short_user(user)) if user else str(v)
+             for k, v in body.items() if k in ("status", "connected_as", "error")}
+    if "connected_as" in body:
+        shown["connected_as"] = dynamic.short_user(str(body["connected_as"]))
+    return f"/status answered {code or 'nothing'}: {shown}"
+
+
 @exercise("operator-down",
           "Bring VSO back and get the app working again with fresh credentials.",
           ["`kubectl get deploy -n vault-secrets-operator` shows the operator at 0 replicas.",
