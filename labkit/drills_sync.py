@@ -69,7 +69,7 @@ SEALED = Diagnosis(
      "d": "VSO's token for static-auth expired, so every login fails."},
     "b",
     "the event VaultClientError carries Vault's answer `Code: 503 … Vault is sealed` (not 403, not a login path), "
-    "and `vault status` said Sealed true; the condition's time stopped moving after a few retries",
+    "and `vault status` said Sealed true",
     {"a": "a missing rule makes Vault answer 403 permission denied; the events show 503 Vault is sealed",
      "c": "a due refresh is no failure: SYNCED would stay True; the condition is False with a 503",
      "d": "a failed login shows an error on auth/kubernetes/login; the failing request is GET static/data/…"},
@@ -123,8 +123,8 @@ RESTART = Diagnosis(
     "the Secret's data and status.secretMAC change at every sync while `vault kv metadata get` shows the same "
     "version; VSO restarts targets only when the MAC changes (vaultstaticsecret_controller.go)",
     {"a": "`vault kv metadata get …/web/admin` keeps the same current_version: nobody writes the secret",
-     "b": "VSO restarts only when the HMAC of the new data differs from status.secretMAC; stage 02's app, with the "
-          "same refreshAfter, does not restart",
+     "b": "VSO restarts only when the HMAC of the new data differs from status.secretMAC "
+          "(vaultstaticsecret_controller.go); the MAC printed above changes at every sync, which a no-op sync would not do",
      "d": "the pods are replaced by new ReplicaSets (a rollout, with the restartedAt annotation), not restarted "
           "in place: RESTARTS stays 0"},
 )
