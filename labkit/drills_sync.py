@@ -1,11 +1,13 @@
 """Stage 13 (notebook 13, beyond the tutorial): Troubleshooting, part 2: syncs, restarts and rotations.
 
-Three drills (:mod:`labkit.drills`), each a diagnosis question and a fix checker that reads real state:
+Four drills (:mod:`labkit.drills`), each a diagnosis question and a fix checker that reads real state:
 
 * ``sealed`` — Vault is sealed; after the unseal, VSO's VaultStaticSecret stays at "Vault is sealed" until its spec
   changes (VSO issue #840, measured on this lab);
 * ``restart-every-refresh`` — a template that renders differently on every sync (sprig's ``htpasswd``, a random
   bcrypt salt) changes the Secret's HMAC at every ``refreshAfter``, so VSO restarts the app each time (#582);
+* ``static-rotation-no-restart`` — a database static role rotates the password; VSO writes it to the Secret, but the
+  app, which read it at start, keeps the old one: the VaultDynamicSecret has no rolloutRestartTargets (#466, #1002);
 * ``operator-down`` — VSO scaled to zero for longer than the lease's TTL: the credentials expire, the app's login
   fails; VSO, back, logs in anew and syncs new credentials (#734, #959).
 
@@ -22,8 +24,9 @@ import hvac
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
+from psycopg import sql
 
-from . import app, dynamic, k8s, static, vault, vso
+from . import app, dynamic, k8s, pg, static, vault, vso
 from ._duration import duration_seconds
 from ._stage import Diagnosis, Stage, exercise
 from ._teardown import vault_quiet
@@ -174,6 +177,93 @@ def _restart(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
              "keep the htpasswd key: the web server reads /etc/web/htpasswd")]
 
 
+# -- drill static-rotation-no-restart (VSO #466, #1002) -------------------------------------------------------------
+
+ROTATION = Diagnosis(
+    "static-rotation-no-restart",
+    "The reports app in dynamic-exampleapp worked after its deployment, then, within a rotation period, its /status "
+    "failed the database login; the Secret reports-creds looks fine and VSO reports every sync as a success.",
+    {"a": "VSO did not pick up the rotation: the Secret still holds the old password.",
+     "b": "Vault rotated the password and VSO wrote it to the Secret, but the pod read its environment at start and "
+          "nothing restarted it: the VaultDynamicSecret has no rolloutRestartTargets.",
+     "c": "The static role's rotation failed in PostgreSQL, so Vault and PostgreSQL disagree on the password.",
+     "d": "allowStaticCreds: true makes VSO treat the credentials as a lease that expired."},
+    "b",
+    "status.staticCredsMetaData.lastVaultRotation moved and VSO posted SecretRotated, yet the pod is as old as before "
+    "and there is no RolloutRestartTriggered event; the Secret's own credentials log in (the check below tries them)",
+    {"a": "lastVaultRotation in the resource's status changed with a SecretRotated event: VSO wrote the new password",
+     "c": "Vault's rotation succeeded (`vault read …/static-creds/reports` shows a fresh last_vault_rotation), and "
+          "the Secret's credentials log in",
+     "d": "with allowStaticCreds VSO follows the rotation schedule (the ttl in staticCredsMetaData); there is no "
+          "lease: lease_id is empty in the events"},
+)
+
+
+def reports_targets(lab: Lab) -> list[dict[str, Any]]:
+    n = lab.names
+    vds = vso.get(lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns) or {}
+    return list((vds.get("spec") or {}).get("rolloutRestartTargets") or [])
+
+
+def reports_rotation(lab: Lab) -> int:
+    n = lab.names
+    vds = vso.get(lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns) or {}
+    return int(((vds.get("status") or {}).get("staticCredsMetaData") or {}).get("lastVaultRotation") or 0)
+
+
+def reports_login(lab: Lab) -> bool:
+    """The reports app's /status logs in with the credentials the Secret holds now."""
+    n = lab.names
+    try:
+        code, body = app.call(lab, n.dynamic_ns, "/status", n.reports, timeout=3)
+    except Exception:  # no pod answers (yet)
+        return False
+    sec = k8s.secret_data(lab.kube, n.reports_secret, n.dynamic_ns) or {}
+    return code == 200 and bool(sec.get("username")) and body.get("connected_as") == sec.get("username")
+
+
+def reports_answer(lab: Lab) -> str:
+    """What the reports app's /status says (its user is not secret; its password never appears in the answer)."""
+    n = lab.names
+    try:
+        code, body = app.call(lab, n.dynamic_ns, "/status", n.reports, timeout=5)
+    except Exception:  # no pod answers
+        return "/status: no answer"
+    return f"/status answered {code}: { {k: v for k, v in body.items() if k in ('status', 'connected_as', 'error')} }"
+
+
+@exercise("static-rotation-no-restart",
+          "Make VSO restart the reports Deployment whenever the static role's password rotates; get the app working "
+          "again now.",
+          ["The pod reads DB_PASSWORD from the Secret once, at start. Which field of a VaultDynamicSecret makes VSO "
+           "restart a Deployment after it writes new credentials?",
+           "Add spec.rolloutRestartTargets with kind Deployment and name reports (kubectl patch … --type merge). For "
+           "static credentials VSO restarts only when they changed since its last sync, so the patch alone waits for "
+           "the next rotation: `kubectl rollout restart deployment/reports` gets the app working at once.",
+           "kubectl patch vaultdynamicsecret reports-creds -n ${PREFIX}dynamic-exampleapp --type merge -p "
+           "'{\"spec\":{\"rolloutRestartTargets\":[{\"kind\":\"Deployment\",\"name\":\"reports\"}]}}'; "
+           "kubectl rollout restart deployment/reports -n ${PREFIX}dynamic-exampleapp"])
+def _rotation(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    n = lab.names
+    if vso.get(lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns) is None:
+        return [("the VaultDynamicSecret reports-creds exists", False, "run the drill's break cell first")]
+    targets = reports_targets(lab)
+    named = any(t.get("kind") == "Deployment" and t.get("name") == n.reports for t in targets)
+    if not named:
+        return [("rolloutRestartTargets names the Deployment reports", False,
+                 "without it VSO writes the new password to the Secret and leaves the pods as they are"),
+                ("the app logs in after a rotation", False, "add the target first")]
+    period = _seconds(ns, "ROTATION_PERIOD", "1m")
+    before = reports_rotation(lab)
+    rotated = _poll(lambda: reports_rotation(lab) != before, period + 10)
+    works = rotated and _poll(lambda: reports_login(lab), 20)
+    return [("rolloutRestartTargets names the Deployment reports", True, ""),
+            ("Vault rotated the password again, and VSO synced it", rotated,
+             f"wait up to rotation_period ({period:.0f} s); check the VaultDynamicSecret's events"),
+            ("after that rotation the app logs in with the Secret's credentials", works,
+             "VSO restarts the targets when static credentials change: look for RolloutRestartTriggered")]
+
+
 # -- drill operator-down (VSO #734, #959) -----------------------------------------------------------------------------
 
 DOWN = Diagnosis(
@@ -303,18 +393,31 @@ def undo(lab: Lab) -> None:
         vso.delete(lab, "VaultAuth", "web-auth", n.static_ns)
         for api_version, kind, name in (("apps/v1", "Deployment", n.web), ("v1", "Secret", n.web_secret),
                                         ("v1", "ServiceAccount", n.web)):
-            try:
-                k8s.delete(lab.kube, api_version, kind, name, n.static_ns)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-    if f"{n.kv_mount}/" in c.sys.list_mounted_secrets_engines()["data"]:
+            k8s.delete(lab.kube, api_version, kind, name, n.static_ns)
+    if not k8s.namespace_gone(lab.kube, n.dynamic_ns):
+        if vso.get(lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns) is not None:
+            vso.delete(lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns)
+            k8s.wait_for("VSO to finalise reports-creds", lambda: vso.get(
+                lab, "VaultDynamicSecret", n.reports_secret, n.dynamic_ns) is None, 60)
+        vso.delete(lab, "VaultAuth", "reports-auth", n.dynamic_ns)
+        for api_version, kind, name in (("apps/v1", "Deployment", n.reports), ("v1", "Secret", n.reports_secret),
+                                        ("v1", "ServiceAccount", n.reports)):
+            k8s.delete(lab.kube, api_version, kind, name, n.dynamic_ns)
+    mounts = c.sys.list_mounted_secrets_engines()["data"]
+    if f"{n.db_mount}/" in mounts:
+        vault_quiet(c.secrets.database.delete_static_role, n.reports, mount_point=n.db_mount)
+        vault_quiet(c.secrets.database.delete_connection, n.reports, mount_point=n.db_mount)
+    with pg._connect(lab) as conn:  # Vault never drops a static role's user: the drill made it, the undo drops it
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(n.reports_pg_user)))
+    vault_quiet(c.sys.delete_policy, n.reports_policy)
+    if f"{n.kv_mount}/" in mounts:
         vault_quiet(c.secrets.kv.v2.delete_metadata_and_all_versions, n.web_kv_path, mount_point=n.kv_mount)
     if f"{n.k8s_auth_mount}/" in c.sys.list_auth_methods()["data"]:
         vault_quiet(c.auth.kubernetes.delete_role, n.web_role, mount_point=n.k8s_auth_mount)
+        vault_quiet(c.auth.kubernetes.delete_role, n.reports, mount_point=n.k8s_auth_mount)
     vault_quiet(c.sys.delete_policy, n.web_policy)
 
 
 STAGE = Stage(13, "13-troubleshooting-sync", "Troubleshooting, part 2: syncs, restarts and rotations",
-              undo=undo, check=check, exercises=(_sealed, _restart, _down), requires=(1, 2, 3),
-              diagnoses=(SEALED, RESTART, DOWN))
+              undo=undo, check=check, exercises=(_sealed, _restart, _rotation, _down), requires=(1, 2, 3),
+              diagnoses=(SEALED, RESTART, ROTATION, DOWN))

@@ -167,6 +167,18 @@ class Names:
     def web_policy(self) -> str:
         return self._p("web-kv-read")
 
+    # stage 13: the drill static-rotation-no-restart's reports app, on stage 3's database mount
+    reports = "reports"  # the app, its service account, auth role, connection config and static role
+    reports_secret = "reports-creds"
+
+    @property
+    def reports_policy(self) -> str:
+        return self._p("reports-creds-read")
+
+    @property
+    def reports_pg_user(self) -> str:
+        return self._p("reports-app")
+
     operator_ns = "vault-secrets-operator"
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"

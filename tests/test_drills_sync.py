@@ -14,7 +14,7 @@ DRILLS = [d.id for d in drills_sync.STAGE.diagnoses]
 
 
 def test_every_drill_has_its_fix_exercise_in_the_same_record() -> None:
-    assert DRILLS == ["sealed", "restart-every-refresh", "operator-down"]
+    assert DRILLS == ["sealed", "restart-every-refresh", "static-rotation-no-restart", "operator-down"]
     assert {e.id for e in drills_sync.STAGE.exercises} == set(DRILLS)
     assert drills_sync.STAGE.requires == (1, 2, 3)
 
