@@ -166,7 +166,8 @@ def _restart(lab: Lab, ns: dict[str, Any]) -> list[tuple[str, bool, str]]:
     _poll(lambda: web_state(lab)[2], 10)
     _poll(lambda: k8s.ready_pods(lab.kube, n.static_ns, f"app={n.web}"), 10)
     before = web_state(lab)
-    time.sleep(2 * _seconds(ns, "REFRESH_AFTER", "10s") + 1)  # at least one more sync
+    # VSO's next sync comes within refreshAfter: computeHorizonWithJitter (common.go) only shortens it
+    time.sleep(_seconds(ns, "REFRESH_AFTER", "10s") + 1.5)
     after = web_state(lab)
     data = k8s.secret_data(lab.kube, n.web_secret, n.static_ns) or {}
     return [("the Secret's HMAC stayed the same across a refresh", bool(before[0]) and before[0] == after[0],
