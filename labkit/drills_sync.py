@@ -33,7 +33,7 @@ from ._teardown import vault_quiet
 from .backends.contract import Lab
 from .display import Check
 
-RESTARTED_AT = "vso.secrets.hashicorp.com/restartedAt"  # VSO's pod-template annotation (helpers/rollout.go)
+RESTARTED_AT = "vso.secrets.hashicorp.com/restartedAt"  # VSO's pod-template annotation (helpers/rollout_restart.go)
 OPERATOR_DEPLOYMENT = "vault-secrets-operator-controller-manager"
 
 
