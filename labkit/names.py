@@ -159,6 +159,28 @@ class Names:
     def transit_role(self) -> str:
         return self._p("auth-role-operator")
 
+    # stage 13 (notebook 13): the drill restart-every-refresh's web app, its KV path, policy and role
+    web_kv_path = "web/admin"
+    web_role = "web"
+    web = "web"
+    web_secret = "web-htpasswd"
+
+    @property
+    def web_policy(self) -> str:
+        return self._p("web-kv-read")
+
+    # stage 13: the drill static-rotation-no-restart's reports app, on stage 3's database mount
+    reports = "reports"  # the app, its service account, auth role, connection config and static role
+    reports_secret = "reports-creds"
+
+    @property
+    def reports_policy(self) -> str:
+        return self._p("reports-creds-read")
+
+    @property
+    def reports_pg_user(self) -> str:
+        return self._p("reports-app")
+
     operator_ns = "vault-secrets-operator"
     operator_sa = "vault-secrets-operator-controller-manager"
     transit_auth = "vault-secrets-operator-default-transit-auth"

@@ -53,6 +53,16 @@ def operator_pods(lab: LocalLab) -> list[dict[str, Any]]:
     return [p for p in r.json().get("items", []) if not p["metadata"].get("deletionTimestamp")]
 
 
+def _scaled_to_zero(lab: LocalLab) -> bool:
+    """The release's Deployment asks for 0 replicas (someone ran `kubectl scale … --replicas=0`)."""
+    from ... import helm
+
+    api = lab.components["apiserver"]
+    assert isinstance(api, APIServer)
+    r = api._get(f"/apis/apps/v1/namespaces/{OPERATOR_NAMESPACE}/deployments/{helm.DEPLOYMENT}")
+    return r.status_code == 200 and (r.json().get("spec") or {}).get("replicas") == 0
+
+
 def ensure_operator(lab: LocalLab, say: Callable[[str], None], *, install_missing: bool) -> str:
     """The release's pod Ready (the agent restarts it; helm is not run again), or the release installed."""
     from ... import helm
@@ -71,6 +81,12 @@ def ensure_operator(lab: LocalLab, say: Callable[[str], None], *, install_missin
         helm.install_release(lab)
         say(f"  operator   upgraded to the lab's new ports in {time.monotonic() - t0:.1f}s")
         return "upgraded"
+    if not lab._operator_pods() and _scaled_to_zero(lab):  # e.g. notebook 13's drill operator-down, left broken
+        from kubernetes import client as kclient
+
+        kclient.AppsV1Api(lab.kube).patch_namespaced_deployment_scale(helm.DEPLOYMENT, OPERATOR_NAMESPACE,
+                                                                      {"spec": {"replicas": 1}})
+        say("  operator   its Deployment was scaled to 0 replicas: scaled back to 1")
     deadline = time.monotonic() + 120
     while not any(_pod_serving(lab, p) for p in lab._operator_pods()):
         if lab._abort.is_set() or time.monotonic() > deadline:
