@@ -24,7 +24,6 @@ import hvac
 from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
-from psycopg import sql
 
 from . import app, dynamic, k8s, pg, static, vault, vso
 from ._duration import duration_seconds
@@ -408,8 +407,7 @@ def undo(lab: Lab) -> None:
     if f"{n.db_mount}/" in mounts:
         vault_quiet(c.secrets.database.delete_static_role, n.reports, mount_point=n.db_mount)
         vault_quiet(c.secrets.database.delete_connection, n.reports, mount_point=n.db_mount)
-    with pg._connect(lab) as conn:  # Vault never drops a static role's user: the drill made it, the undo drops it
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(n.reports_pg_user)))
+    pg.drop_user(lab, n.reports_pg_user)  # Vault never drops a static role's user: the drill made it, the undo drops it
     vault_quiet(c.sys.delete_policy, n.reports_policy)
     if f"{n.kv_mount}/" in mounts:
         vault_quiet(c.secrets.kv.v2.delete_metadata_and_all_versions, n.web_kv_path, mount_point=n.kv_mount)

@@ -346,6 +346,9 @@ class Names:
                      policies=(self.team_a_policy,), secrets_engines=(self.teams_mount,)),
             12: Made(namespaces=(self.drills_ns,), auth_roles=(self.drills_role, self.billing_role, self.search_role),
                      policies=(self.drills_policy, self.billing_policy)),
+            # the drills' own objects (their break cells make them; the rest lives in stages 2 and 3's namespaces)
+            13: Made(auth_roles=(self.web_role, self.reports), policies=(self.web_policy, self.reports_policy),
+                     database_users=(self.reports_pg_user,)),
         }
 
     def made_by(self, stage: int) -> Made:
