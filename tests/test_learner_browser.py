@@ -103,6 +103,14 @@ def problems(cells: list[dict[str, Any]], typed: dict[str, str]) -> list[str]:
             if c["source"] != typed.get(cid):
                 bad.append(f"cell {i} ({cid}) does not hold the typed solution")
             ex = cid.removeprefix("exercise-")
+            if ex.startswith("diagnose-"):  # a drill's diagnosis: the cell answers for itself; its check before the fix failed
+                drill = ex.removeprefix("diagnose-")
+                if f"PASS: diagnosis of drill {drill}" not in _texts(c["outputs"]):
+                    bad.append(f"cell {i}, the diagnosis of drill {drill}, does not say PASS: {_texts(c['outputs'])[:300]!r}")
+                before = [j for j, d in enumerate(cells) if f'drills.before_fix(lab, "{drill}"' in d["source"]]
+                if not before or any("FAILS, as it should" not in _texts(cells[j]["outputs"]) for j in before):
+                    bad.append(f"drill {drill}: no check before the fix that FAILS, as it should")
+                continue
             checks = _check_cells(cells, ex)
             if not checks:
                 bad.append(f"no cell checks exercise {ex} (exercises.check(lab, {ex!r}, globals()))")
