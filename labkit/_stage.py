@@ -8,6 +8,7 @@ exercises. :mod:`labkit.stages` and :mod:`labkit.exercises` read those records; 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,10 +59,18 @@ class Diagnosis:
     because: str
     #: wrong letter → the evidence that rules it out
     why_not: dict[str, str]
+    #: the drill stops shared things (seals Vault, stops the operator): it runs only on a lab of one's own
+    own_lab_only: bool = False
 
     def __post_init__(self) -> None:
         if self.answer not in self.choices or set(self.why_not) != set(self.choices) - {self.answer}:
             raise ValueError(f"drill {self.id!r}: the answer must be a choice, and every other choice needs a why_not")
+
+
+def own_lab(lab: Lab) -> bool:
+    """Whether drills that stop shared things (seal Vault, stop the operator) may run: not on a shared Vault, cluster
+    or operator (the external backend, or a team's operator)."""
+    return lab.backend != "external" and os.environ.get("VSOLAB_SHARED_OPERATOR") != "1"
 
 
 def nothing_to_undo(lab: Lab) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._stage import Diagnosis
+from ._stage import Diagnosis, own_lab
 from .backends.contract import Lab
 from .display import Check
 from .errors import CheckFailed, LabkitError, ParameterError
@@ -103,6 +103,9 @@ def before_fix(lab: Lab, id: str, namespace: dict[str, Any] | None = None, *, re
     on every run that the checker tells a broken lab from a fixed one."""
     from . import exercises
 
+    if get(id).own_lab_only and not own_lab(lab):
+        return Check(f"drill {id}: skipped", [("this drill needs a lab of your own (it would stop shared things); its "
+                                               "break cell did nothing here", True, "")])
     result = exercises.check(lab, id, namespace, required=False)
     ns = namespace if namespace is not None else {}
     if required is None:

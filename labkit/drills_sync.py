@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import app, dynamic, k8s, pg, static, vault, vso
 from ._duration import duration_seconds
-from ._stage import Diagnosis, Stage, exercise
+from ._stage import Diagnosis, Stage, exercise, own_lab
 from ._teardown import vault_quiet
 from .backends.contract import Lab
 from .display import Check
@@ -36,9 +36,6 @@ RESTARTED_AT = "vso.secrets.hashicorp.com/restartedAt"  # VSO's pod-template ann
 OPERATOR_DEPLOYMENT = "vault-secrets-operator-controller-manager"
 
 
-def own_lab(lab: Lab) -> bool:
-    """Whether the drills that seal Vault or stop VSO may run: not on a shared Vault/cluster/operator."""
-    return lab.backend != "external" and os.environ.get("VSOLAB_SHARED_OPERATOR") != "1"
 
 
 def _skipped(lab: Lab) -> list[tuple[str, bool, str]] | None:
@@ -75,6 +72,7 @@ SEALED = Diagnosis(
     {"a": "a missing rule makes Vault answer 403 permission denied; the events show 503 Vault is sealed",
      "c": "a due refresh is no failure: SYNCED would stay True; the condition is False with a 503",
      "d": "a failed login shows an error on auth/kubernetes/login; the failing request is GET static/data/…"},
+    own_lab_only=True,
 )
 
 
@@ -280,6 +278,7 @@ DOWN = Diagnosis(
     {"a": "the app's error is a failed login (password authentication), not a permission error on a table",
      "c": "no SecretSyncError or 403 event: VSO posted nothing at all since the lease expired, since it does not run",
      "d": "the pod still runs with the credentials VSO last wrote: they were right, until their lease expired"},
+    own_lab_only=True,
 )
 
 
