@@ -104,20 +104,21 @@ VSOLAB_CI=1 pytest_step -q -p no:cacheprovider --nbval-lax --nbval-current-env \
   --nbval-sanitize-with tests/nbval-sanitize.cfg "$ART"/executed/[0-9]*.ipynb
 # The learner's defaults (the TTLs and live views a learner gets, each exercise's solution typed in) ran above, in
 # JupyterLab in headless Chromium: the same series papermill would run at those parameters, and what a browser shows.
-step "notebooks on the external backend over this lab (VSO as its Helm release, the team's): alice- and bob- side by side"
+step "notebooks on the external backend over this lab (VSO as its Helm release, the team's): alice- and bob- take the tutorial, carol- the notebooks beyond it, side by side"
 # Each attendee gets only what `labkit env` prints for this lab plus a prefix and a state directory of its own
 # (tests/_external_on_local.py); both series run at once against the one cluster, Vault, database and operator.
 if python3 -m labkit up >/dev/null; then  # up installs the release again (notebook 07 uninstalled it)
-  for who in alice bob; do
+  for who in alice bob carol; do  # alice and bob take the tutorial, carol the notebooks beyond it, at once
+    if [ "$who" = carol ]; then only=("${BEYOND[@]}"); else only=("${TUTORIAL[@]}"); fi
     ( exports="$(python3 tests/_external_on_local.py "$who" "$(dirname "$VSOLAB_STATE")/external-$who")" &&
       eval "$exports" &&
-      python3 -m labkit run-notebooks --ci --backend external --only "${TUTORIAL[@]}" --output "$ART/executed-external-$who" ) \
+      python3 -m labkit run-notebooks --ci --backend external --only "${only[@]}" --output "$ART/executed-external-$who" ) \
       > "$ART/external-$who.log" 2>&1 &
     ext_pids+=("$!")
   done
   for p in "${ext_pids[@]}"; do wait "$p" || status=1; done
   ext_pids=()
-  for who in alice bob; do printf -- '-- %s (log: %s)\n' "$who" "$ART/external-$who.log"; tail -n 12 "$ART/external-$who.log"; done
+  for who in alice bob carol; do printf -- '-- %s (log: %s)\n' "$who" "$ART/external-$who.log"; tail -n 12 "$ART/external-$who.log"; done
 else
   echo "the lab did not come up with VSO as a Helm release: the external series did not run" >&2; status=1
 fi
@@ -140,7 +141,7 @@ tail -n 25 "$ART/jupyterhub-test.log"
 step "leak scan of executed notebooks (both runs), widget state, status output and logs"
 python3 -m labkit status > "$ART/status.txt" 2>&1
 VSOLAB_EXECUTED="$ART/executed" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider tests/test_executed.py
-for who in alice bob; do
+for who in alice bob carol; do
   VSOLAB_EXECUTED="$ART/executed-external-$who" VSOLAB_RECORDED="$ART/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
     tests/test_executed.py -k "executed_notebook"
 done
