@@ -11,13 +11,12 @@ The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from . import k8s, vault, vso
 from ._duration import duration_seconds
+from ._poll import poll
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -29,17 +28,7 @@ REF_REASON = "VaultAuthGlobalRef"
 #: how often VSO retries a VaultAuth it refused: requeueDurationOnError (5 s, minus jitter), plus margin
 RETRY_SECONDS = 15.0
 
-T = TypeVar("T")
 
-
-def _wait(probe: Callable[[], T], seconds: float) -> T:
-    """``probe()`` until it is truthy or ``seconds`` pass; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 def auth_global(lab: Lab) -> dict | None:
@@ -150,7 +139,7 @@ def _let_team_b_in(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool,
     n = lab.names
     glob = auth_global(lab)
     allowed = list(((glob or {}).get("spec") or {}).get("allowedNamespaces") or [])
-    team_b = _wait(lambda: (lambda o: o if merged(o) else None)(vault_auth(lab, n.team_b_ns)),
+    team_b = poll(lambda: (lambda o: o if merged(o) else None)(vault_auth(lab, n.team_b_ns)),
                    RETRY_SECONDS if n.team_b_ns in allowed else 0) or vault_auth(lab, n.team_b_ns)
     return [
         (f"allowedNamespaces lists {n.team_b_ns}", n.team_b_ns in allowed,
@@ -187,7 +176,7 @@ def _local_audience(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool
     role = vault.client(lab).read(f"auth/{n.k8s_auth_mount}/role/{n.team_a_role}") or {}
     expected = (role.get("data") or {}).get("audience")
     consistent = local == ["team-a"] and expected == "team-a"
-    vss = _wait(lambda: (lambda o: o if vso.is_synced(o) else None)(
+    vss = poll(lambda: (lambda o: o if vso.is_synced(o) else None)(
         vso.get(lab, "VaultStaticSecret", n.team_a_vss, n.team_a_ns)), _refresh_wait(namespace) if consistent else 0)
     return [
         ("team A's VaultAuth sets audiences: [team-a]", local == ["team-a"],

@@ -11,8 +11,6 @@ The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check,
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import hvac
@@ -20,6 +18,7 @@ from hvac import exceptions as hvexc
 from kubernetes import client as kclient
 
 from . import k8s, vault, vso
+from ._poll import poll
 from ._stage import Diagnosis, Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -32,15 +31,6 @@ SYNC_WAIT = 30.0
 
 Results = list[tuple[str, bool, str]]
 
-
-def _wait(probe: Callable[[], Any], seconds: float) -> Any:
-    """``probe()`` until it is truthy or ``seconds`` pass; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 def _vault_value(lab: Lab) -> str | None:
@@ -61,7 +51,7 @@ def _synced(lab: Lab, name: str) -> bool:
 
 def _sync_result(lab: Lab, name: str, ready: bool) -> tuple[str, bool, str]:
     """Wait (only when the fix is in place) for VSO to sync ``name``; the check's last line."""
-    ok = bool(_wait(lambda: _synced(lab, name), SYNC_WAIT)) if ready else _synced(lab, name)
+    ok = bool(poll(lambda: _synced(lab, name), SYNC_WAIT)) if ready else _synced(lab, name)
     hint = vso.hint_from_events(lab, "VaultStaticSecret", name, lab.names.drills_ns)
     return (f"VaultStaticSecret {name} synced Vault's api_key into the Secret {name}", ok, hint)
 
@@ -287,7 +277,7 @@ def _not_owner(lab: Lab, namespace: dict[str, Any]) -> Results:
         ("VSO may write the destination: overwrite is true, or no hand-made Secret is in the way", ready,
          "the Secret legacy-config was made by hand (no VSO owner labels, no ownerReference): see the hints"),
         (f"VSO owns the Secret {LEGACY} (an ownerReference to the VaultStaticSecret)",
-         bool(_wait(owned, SYNC_WAIT)) if ready else owned(), "VSO sets it when it writes the Secret"),
+         bool(poll(owned, SYNC_WAIT)) if ready else owned(), "VSO sets it when it writes the Secret"),
         _sync_result(lab, LEGACY, ready),
     ]
 

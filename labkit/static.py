@@ -6,10 +6,10 @@ The stage's record, :data:`STAGE` (at the end), names its notebook, undo, check 
 from __future__ import annotations
 
 import secrets as _secrets
-import time
 from typing import Any
 
 from . import app, k8s, vault, vso
+from ._poll import poll
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -130,15 +130,6 @@ API_VSS = "vault-static-secret-api"
 API_SECRET = "vso-static-api"
 
 
-def _wait(probe: Any, seconds: float) -> Any:
-    """``probe()`` until it is truthy or ``seconds`` pass; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
-
 
 def _refresh_wait(namespace: dict[str, Any]) -> float:
     """How long VSO may take to copy a change: refreshAfter (the notebook's parameter), plus margin."""
@@ -164,7 +155,7 @@ def _api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]
         sec = read_secret(lab)
         return sec if sec.get("api_key") == kv["api_key"] else None
 
-    sec = (_wait(copied, _refresh_wait(namespace)) if "api_key" in kv else None) or read_secret(lab)
+    sec = (poll(copied, _refresh_wait(namespace)) if "api_key" in kv else None) or read_secret(lab)
     return [
         (f"Vault's {n.kv_mount}/{n.kv_path} has api_key", "api_key" in kv,
          f"vault kv ____ {n.kv_mount}/{n.kv_path} api_key=…"),
@@ -199,7 +190,7 @@ def _second_secret(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool,
         sec = k8s.secret_data(lab.kube, API_SECRET, n.static_ns) or {}
         return sec if sec.get("api_key") == kv["api_key"] else None
 
-    sec = (_wait(copied, 30) if vss and allowed and "api_key" in kv else None) or \
+    sec = (poll(copied, 30) if vss and allowed and "api_key" in kv else None) or \
         k8s.secret_data(lab.kube, API_SECRET, n.static_ns) or {}
     main = vso.get(lab, "VaultStaticSecret", n.static_vss, n.static_ns)
     return [

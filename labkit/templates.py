@@ -17,6 +17,7 @@ from urllib.parse import quote_plus, unquote, urlsplit
 
 from . import k8s, vault, vso
 from ._duration import duration_seconds
+from ._poll import poll
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -79,15 +80,6 @@ def show_url(lab: Lab) -> str:
     ])
 
 
-def _wait(probe: Callable[[], Any], seconds: float) -> Any:
-    """``probe()`` until it is truthy or ``seconds`` pass; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.25)
-
 
 def _refresh_wait(refresh_after: str) -> float:
     """How long VSO may take to copy a change: refreshAfter (less 10-20 % jitter), plus a margin for a slow lab."""
@@ -103,7 +95,7 @@ def wait_rendered(lab: Lab, seconds: float = 30) -> bool:
         synced = vso.is_synced(vso.get(lab, "VaultStaticSecret", n.templates_vss, n.templates_ns))
         return synced and _complete(kv) and read_secret(lab).get("DATABASE_URL") == database_url(kv)
 
-    return bool(_wait(rendered, seconds))
+    return bool(poll(rendered, seconds, interval=0.25))
 
 
 def wait_followed(lab: Lab, refresh_after: str = "10s") -> float | None:
@@ -166,7 +158,7 @@ def _vss_synced_with(lab: Lab, name: str, key: str, expected: Callable[[dict[str
         sec = read_secret(lab, (((obj or {}).get("spec") or {}).get("destination") or {}).get("name"))
         return vso.is_synced(obj) and _complete(kv) and sec.get(key) == expected(kv)
 
-    _wait(done, seconds)
+    poll(done, seconds, interval=0.25)
     obj = vso.get(lab, "VaultStaticSecret", name, n.templates_ns)
     return obj, read_secret(lab, (((obj or {}).get("spec") or {}).get("destination") or {}).get("name"))
 
