@@ -15,7 +15,7 @@ from _labs import lab_fixture
 
 from labkit import _cells, _procs, cache, connect, helm, install, k8s, static
 from labkit.backends.local import LocalLab
-from labkit.helm_postrender import render
+from labkit.helm_postrender import render, set_probe_fields
 from labkit.notebook import SPEC
 
 SELECTOR = "control-plane=controller-manager"
@@ -52,6 +52,55 @@ def test_post_renderer_runs_as_helm_runs_it_and_refuses_a_flag_it_cannot_find() 
     assert ok.returncode == 0 and "--upstream=http://127.0.0.1:1/" in ok.stdout
     bad = subprocess.run([str(helm.POST_RENDERER), "--no-such-flag=1"], input=RENDERED, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == "" and "--no-such-flag" in bad.stderr
+
+
+PROBES = """      containers:
+      - name: manager
+        livenessProbe:
+          httpGet:
+            path: /healthz
+            port: 8081
+          initialDelaySeconds: 15
+          periodSeconds: 20
+        readinessProbe:
+          httpGet:
+            path: /readyz
+            port: 8081
+          initialDelaySeconds: 5
+          periodSeconds: 10
+        resources: {}
+"""
+
+
+def test_post_renderer_sets_a_probes_own_fields_and_nothing_else() -> None:
+    out, used = set_probe_fields(PROBES, {"readinessProbe.initialDelaySeconds": "1", "readinessProbe.periodSeconds": "1",
+                                          "readinessProbe.port": "9"})
+    assert used == {"readinessProbe.initialDelaySeconds", "readinessProbe.periodSeconds"}  # port is httpGet's
+    assert "          initialDelaySeconds: 1\n          periodSeconds: 1\n        resources" in out
+    assert "initialDelaySeconds: 15\n          periodSeconds: 20" in out and "port: 8081" in out  # liveness kept
+    assert out.replace("Seconds: 1\n", "Seconds: X\n", 2) == PROBES.replace(
+        "initialDelaySeconds: 5", "initialDelaySeconds: X").replace("periodSeconds: 10", "periodSeconds: X")
+
+
+def test_post_renderer_refuses_a_probe_field_the_manifests_do_not_set() -> None:
+    ok = subprocess.run([str(helm.POST_RENDERER), "readinessProbe.periodSeconds=1"], input=PROBES,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "periodSeconds: 1\n" in ok.stdout
+    bad = subprocess.run([str(helm.POST_RENDERER), "startupProbe.periodSeconds=1"], input=PROBES,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == "" and "startupProbe.periodSeconds" in bad.stderr
+    wrong = subprocess.run([str(helm.POST_RENDERER), "readinessProbe.periodSeconds=soon"], input=PROBES,
+                           capture_output=True, text=True)
+    assert wrong.returncode == 1 and "<probe>.<field>=<integer>" in wrong.stderr
+
+
+def test_the_release_is_upgraded_only_when_the_renderers_arguments_change() -> None:
+    a = "#!/bin/sh\nexec /usr/bin/python3 /a/labkit/helm_postrender.py --upstream=http://127.0.0.1:1/ x.y=1\n"
+    assert helm._renderer_args(a) == ["--upstream=http://127.0.0.1:1/", "x.y=1"]
+    assert helm._renderer_args(a.replace("/usr/bin/python3", "/opt/venv/bin/python3.11").replace("/a/", "/b/")) \
+        == helm._renderer_args(a)  # another spelling of the interpreter, a moved checkout: the same manifests
+    assert helm._renderer_args(a.replace(":1/", ":2/")) != helm._renderer_args(a)
+    assert helm._renderer_args("") is None
 
 
 # -- the notebook's files ---------------------------------------------------------------------------
@@ -153,6 +202,11 @@ def test_the_notebooks_helm_cell_installs_a_ready_manager_pod_that_syncs(lab: Lo
     assert values["controller"]["strategy"] == {"type": "Recreate"}
     row = _operator_row(lab)
     assert row.healthy and row.detail == "Running, Ready, restarts 0" and row.address.endswith(pod.metadata.name)
+    # the post-renderer's readiness probe is in the pod's spec, where the agent reads it (the chart says 5 s, 10 s)
+    manager_spec = next(c for c in pod.spec.containers if c.name == "manager")
+    probe = manager_spec.readiness_probe
+    assert (probe.initial_delay_seconds, probe.period_seconds) == tuple(helm.READINESS_PROBE.values()) == (1, 1)
+    assert manager_spec.liveness_probe.initial_delay_seconds == 15  # the chart's: the post-renderer left it
     cmdlines = _processes(lab, pod.metadata.uid)
     # the built manager (under root, the pods' user runs a read-only mirror of it: labkit.backends.local.runas.PodHost.runnable)
     manager = next(c for c in cmdlines if Path(c[0]).name == install.PRODUCTS["vso"].paths()["vso-manager"].name)

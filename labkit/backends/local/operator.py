@@ -77,9 +77,9 @@ def ensure_operator(lab: LocalLab, say: Callable[[str], None], *, install_missin
         helm.install_release(lab)
         say(f"  operator   installed (helm upgrade --install) in {time.monotonic() - t0:.1f}s")
         return "installed"
-    if changed:  # the lab's ports moved since the release was installed: the same values, new ports
+    if changed:  # the lab's ports (or its post-renderer) changed since the install: the same values, re-rendered
         helm.install_release(lab)
-        say(f"  operator   upgraded to the lab's new ports in {time.monotonic() - t0:.1f}s")
+        say(f"  operator   upgraded in {time.monotonic() - t0:.1f}s (the lab's Helm values or post-renderer changed)")
         return "upgraded"
     if not lab._operator_pods() and _scaled_to_zero(lab):  # e.g. notebook 13's drill operator-down, left broken
         from kubernetes import client as kclient
