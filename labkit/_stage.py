@@ -108,3 +108,14 @@ class Stage:
         """Do what the notebook does: run its step cells, the learner's own commands (:func:`labkit._cells.run_steps`);
         return their ids. There is no second copy of the steps in Python."""
         return _cells.run_steps(lab, self.number, params)
+
+
+def by_id(records: Any, attr: str, what: str) -> dict[str, Any]:
+    """Every stage record's ``attr`` items (``exercises``, ``diagnoses``), by id; an id declared twice is a bug."""
+    out: dict[str, Any] = {}
+    for stage in records:
+        for item in getattr(stage, attr):
+            if item.id in out:
+                raise ValueError(f"{what} id {item.id!r} is declared twice (stage {stage.number} and another)")
+            out[item.id] = item
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _stage
 from ._stage import Diagnosis, own_lab
 from .backends.contract import Lab
 from .display import Check
@@ -34,11 +35,7 @@ def _load() -> dict[str, Diagnosis]:
     if not REGISTRY:
         from .stages import RECORDS
 
-        for stage in RECORDS:
-            for d in stage.diagnoses:
-                if d.id in REGISTRY:
-                    raise ValueError(f"drill id {d.id!r} is declared twice")
-                REGISTRY[d.id] = d
+        REGISTRY.update(_stage.by_id(RECORDS, "diagnoses", "drill"))
     return REGISTRY
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _stage
 from ._stage import Exercise as Exercise
 from ._stage import exercise as exercise
 from .backends.contract import Lab
@@ -36,11 +37,7 @@ def _load() -> dict[str, Exercise]:
     if not REGISTRY:
         from .stages import RECORDS
 
-        for stage in RECORDS:
-            for ex in stage.exercises:
-                if ex.id in REGISTRY:
-                    raise ValueError(f"exercise id {ex.id!r} is declared twice (stages {stage.number} and another)")
-                REGISTRY[ex.id] = ex
+        REGISTRY.update(_stage.by_id(RECORDS, "exercises", "exercise"))
     return REGISTRY
 
 

@@ -32,19 +32,27 @@ GENERATED = {Names().static_ns: {"password", "api_key"}, Names().dynamic_ns: {"u
 #: Secrets of a static role (notebook 13's drill): the username is the DBA's fixed name, shown in the notebook's
 #: text; only the password is generated
 FIXED_USERNAME = {Names().reports_secret}
-#: KV v2 secrets whose generated values no Kubernetes Secret holds as they are: (mount, path) → keys. Notebook 09's
-#: Secret carries its password only rendered into URLs (URL-encoded) and excludes the raw field.
-VAULT_KV = {(Names().templates_mount, Names().templates_path): {"password"}}
+#: KV v2 secrets whose generated values no Kubernetes Secret holds as they are: names → (mount, path, keys), for
+#: the tutorial's names and every attendee prefix seen. Notebook 09's Secret carries its password only rendered into
+#: URLs (URL-encoded) and excludes the raw field.
+VAULT_KV = (lambda n: (n.templates_mount, n.templates_path, {"password"}),)
 
 
-def vault_values(state: State) -> set[str]:
-    """The generated values of :data:`VAULT_KV` as Vault holds them now (none while a notebook has not written them)."""
+def prefixes(namespaces: set[str]) -> set[str]:
+    """The attendee prefixes (and ``""``) of the lab's namespaces: ``carol-`` from ``carol-`` + a tutorial namespace."""
+    tutorial = set(GENERATED)
+    return {""} | {ns[: -len(t)] for ns in namespaces for t in tutorial if ns.endswith(t) and ns != t}
+
+
+def vault_values(state: State, namespaces: set[str]) -> set[str]:
+    """The generated values of :data:`VAULT_KV` as Vault holds them now, for the tutorial's names and every attendee
+    prefix in ``namespaces`` (none while a notebook has not written them)."""
     from labkit import vault
     from labkit.backends.local import LocalLab
 
     c = vault.client(LocalLab(state.root))
     out: set[str] = set()
-    for (mount, path), keys in VAULT_KV.items():
+    for mount, path, keys in (where(Names(prefix=p)) for p in prefixes(namespaces) for where in VAULT_KV):
         try:
             data = c.secrets.kv.v2.read_secret_version(path, mount_point=mount, raise_on_deleted_version=True)
         except Exception:  # not written yet, or the mount is gone
@@ -84,7 +92,8 @@ def main(out: str) -> None:
         values.update(str(sec[k]) for k in ("vault_root_token", "postgres_password") if sec.get(k))
         try:
             core = kclient.CoreV1Api(api_client(state.path("kube", "admin.kubeconfig")))
-            for s in core.list_secret_for_all_namespaces(_request_timeout=5).items:
+            secrets = core.list_secret_for_all_namespaces(_request_timeout=5).items
+            for s in secrets:
                 # the tutorial's namespaces, and the same under an attendee's prefix (the external backend's runs)
                 keys = next((ks for ns, ks in GENERATED.items() if s.metadata.namespace.endswith(ns)), set())
                 if s.metadata.name in FIXED_USERNAME:  # a static role's username is chosen, not generated
@@ -93,7 +102,7 @@ def main(out: str) -> None:
                     for k, v in (s.data or {}).items():
                         if k in keys:
                             values.update(pieces(base64.b64decode(v).decode(errors="replace")))
-            values.update(vault_values(state))
+            values.update(vault_values(state, {s.metadata.namespace for s in secrets}))
         except Exception:  # the lab restarts between notebooks; keep polling
             pass
         flush()

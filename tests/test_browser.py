@@ -17,19 +17,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from _jupyterlab import run_all
+from _jupyterlab import run_all, serve
 from _labs import lab_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,45 +127,15 @@ def test_executed_notebook_widget_state_holds_no_generated_credential(lab: Any, 
 
 @pytest.fixture(scope="module")
 def jupyter(lab: Any, base: Path) -> Iterator[tuple[str, Path]]:
-    """JupyterLab on 127.0.0.1, a random token, a free port, its own settings; stopped at the end."""
-    import port_for
-
-    root, settings = base / "jl", base / "jl-settings"
-    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
-    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    """JupyterLab on 127.0.0.1 (tests/_jupyterlab.serve: a random token, a free port, its own settings), serving a
+    copy of the widgets notebook; stopped at the end, its log kept with the artifacts."""
+    root = base / "jl"
     _notebook_copy(root / "live_widgets.ipynb", INTERACTIVE=True, LIVE_SECONDS=300)
-    port, token = port_for.select_random(), uuid.uuid4().hex
-    env = {**os.environ, "VSOLAB_STATE": str(lab.state.root), "JUPYTERLAB_SETTINGS_DIR": str(settings),
-           "JUPYTERLAB_WORKSPACES_DIR": str(base / "jl-ws"), "JUPYTER_RUNTIME_DIR": str(base / "jl-rt")}
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
-    cmd += ["--allow-root"] if os.getuid() == 0 else []
-    log = (base / "jupyterlab.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/api/status", headers={"Authorization": f"token {token}"}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (base / "jupyterlab.log").read_text()[-3000:]
-            time.sleep(0.3)
-        yield f"{url}/lab/tree/live_widgets.ipynb?token={token}", root
+        with serve(root, base, env={"VSOLAB_STATE": str(lab.state.root)}) as (url, token):
+            yield f"{url}/lab/tree/live_widgets.ipynb?token={token}", root
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # our own process group: the server and its kernels
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        if ARTIFACTS.exists():
+        if ARTIFACTS.exists() and (base / "jupyterlab.log").exists():
             shutil.copy(base / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
 
 
