@@ -138,11 +138,13 @@ c.Spawner.http_timeout = 120
 
 # --- Memory and CPU -------------------------------------------------------------------------------------------------
 # LocalProcessSpawner does NOT enforce these: it only passes MEM_LIMIT and CPU_LIMIT to the server (which
-# jupyter-resource-usage displays). Size the host instead: one lab is 682 MiB PSS idle plus about 90 MiB per open
-# kernel (benchmarks/RESULTS.md, docs/instructor.md "Sizing"), so plan N x 1 GiB + 1 GiB for the hub and the OS.
+# jupyter-resource-usage displays). Size the host instead: one lab alone is 848 MiB PSS with the app running, plus
+# about 90 MiB per open kernel, and one attendee running the whole series peaked at 1088 MiB (lab and kernel;
+# benchmarks/RESULTS.md, docs/instructor.md "Sizing"). Labs on one host share their binaries' pages, so plan
+# N x 1.1 GiB + 1 GiB for the hub and the OS, and 2 attendees per core. The limit shown is the Kubernetes setup's.
 # To enforce them, run the servers in systemd units (jupyterhub-systemdspawner, as TLJH does: MemoryMax/CPUQuota),
 # or use the Kubernetes setup (jupyterhub/z2jh-values.yaml), where they are the pod's requests and limits.
-c.Spawner.mem_limit = os.environ.get("VSOLAB_MEM_LIMIT", "1G")
+c.Spawner.mem_limit = os.environ.get("VSOLAB_MEM_LIMIT", "2G")
 c.Spawner.cpu_limit = float(os.environ.get("VSOLAB_CPU_LIMIT", "1"))
 
 # --- Culling idle servers (jupyterhub-idle-culler from PyPI, in the hub's environment) ------------------------------

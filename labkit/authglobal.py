@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import k8s, vault, vso
-from ._duration import duration_seconds
-from ._poll import poll
+from ._poll import poll, refresh_wait
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -152,10 +151,6 @@ def _let_team_b_in(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool,
     ]
 
 
-def _refresh_wait(namespace: dict[str, Any]) -> float:
-    return duration_seconds(str(namespace.get("REFRESH_AFTER") or "10s")) + 15
-
-
 @exercise(
     "local-audience",
     "Override the token audience in team A's VaultAuth only (team-a), see which value VSO uses, then make Vault's "
@@ -176,8 +171,10 @@ def _local_audience(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool
     role = vault.client(lab).read(f"auth/{n.k8s_auth_mount}/role/{n.team_a_role}") or {}
     expected = (role.get("data") or {}).get("audience")
     consistent = local == ["team-a"] and expected == "team-a"
+    # 15 s over refreshAfter: the VaultStaticSecret failed its logins before the fix, so VSO may be backing off
+    wait = refresh_wait(namespace.get("REFRESH_AFTER"), 15) if consistent else 0
     vss = poll(lambda: (lambda o: o if vso.is_synced(o) else None)(
-        vso.get(lab, "VaultStaticSecret", n.team_a_vss, n.team_a_ns)), _refresh_wait(namespace) if consistent else 0)
+        vso.get(lab, "VaultStaticSecret", n.team_a_vss, n.team_a_ns)), wait)
     return [
         ("team A's VaultAuth sets audiences: [team-a]", local == ["team-a"],
          f"kubectl patch vaultauth {n.team_auth} -n {n.team_a_ns} --type merge "

@@ -9,7 +9,7 @@ import secrets as _secrets
 from typing import Any
 
 from . import app, k8s, vault, vso
-from ._poll import poll
+from ._poll import poll, refresh_wait
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -131,13 +131,6 @@ API_SECRET = "vso-static-api"
 
 
 
-def _refresh_wait(namespace: dict[str, Any]) -> float:
-    """How long VSO may take to copy a change: refreshAfter (the notebook's parameter), plus margin."""
-    from ._duration import duration_seconds
-
-    return duration_seconds(str(namespace.get("REFRESH_AFTER") or "10s")) + 10
-
-
 @exercise(
     "api-key",
     "Add api_key to static/exampleapp/creds without losing username and password; watch it reach the Secret.",
@@ -155,7 +148,7 @@ def _api_key(lab: Lab, namespace: dict[str, Any]) -> list[tuple[str, bool, str]]
         sec = read_secret(lab)
         return sec if sec.get("api_key") == kv["api_key"] else None
 
-    sec = (poll(copied, _refresh_wait(namespace)) if "api_key" in kv else None) or read_secret(lab)
+    sec = (poll(copied, refresh_wait(namespace.get("REFRESH_AFTER"))) if "api_key" in kv else None) or read_secret(lab)
     return [
         (f"Vault's {n.kv_mount}/{n.kv_path} has api_key", "api_key" in kv,
          f"vault kv ____ {n.kv_mount}/{n.kv_path} api_key=…"),

@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import quote_plus, unquote, urlsplit
 
 from . import k8s, vault, vso
-from ._duration import duration_seconds
-from ._poll import poll
+from ._poll import poll, refresh_wait
 from ._stage import Stage, exercise
 from ._teardown import delete_namespace, vault_quiet
 from .backends.contract import Lab
@@ -81,11 +80,6 @@ def show_url(lab: Lab) -> str:
 
 
 
-def _refresh_wait(refresh_after: str) -> float:
-    """How long VSO may take to copy a change: refreshAfter (less 10-20 % jitter), plus a margin for a slow lab."""
-    return duration_seconds(refresh_after) + 10
-
-
 def wait_rendered(lab: Lab, seconds: float = 30) -> bool:
     """Wait until the VaultStaticSecret has synced its current spec and ``DATABASE_URL`` is Vault's current one."""
     n = lab.names
@@ -102,7 +96,7 @@ def wait_followed(lab: Lab, refresh_after: str = "10s") -> float | None:
     """Seconds until ``DATABASE_URL`` carries Vault's current password (run it right after ``vault kv patch``);
     None if it did not within refreshAfter plus a margin."""
     start = time.monotonic()
-    if not wait_rendered(lab, _refresh_wait(refresh_after)):
+    if not wait_rendered(lab, refresh_wait(refresh_after)):
         return None
     return time.monotonic() - start
 
@@ -140,7 +134,7 @@ def check(lab: Lab, *, followed: float | None = NOT_MEASURED, refresh_after: str
          "exclude them with `excludes: [\".*\"]` in the SecretTransformation (or the VaultStaticSecret)"),
     ]
     if followed != NOT_MEASURED:
-        limit = _refresh_wait(refresh_after)
+        limit = refresh_wait(refresh_after)
         results.append((f"after `vault kv patch`, DATABASE_URL followed the new password within refreshAfter "
                         f"({refresh_after}) and a margin", followed is not None and followed <= limit and url_ok,
                         "run the `vault kv patch` cell, then the `templates.wait_followed` cell right after it"))

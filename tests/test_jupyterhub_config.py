@@ -173,7 +173,11 @@ def test_the_single_host_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert callable(c.Spawner.pre_spawn_hook) and callable(c.Spawner.post_stop_hook)
     # memory and CPU are set (passed as MEM_LIMIT/CPU_LIMIT; LocalProcessSpawner does not enforce them)
     assert _bytes(c.Spawner.mem_limit) >= (figures()["lab_mib"] + figures()["kernel_mib"]) * MIB
-    assert "does NOT enforce" in CONFIG.read_text()
+    assert _bytes(c.Spawner.mem_limit) >= density()["peak_mib"] * MIB  # one attendee's peak is under the shown limit
+    text = CONFIG.read_text()
+    assert "does NOT enforce" in text
+    for quoted in (f"{figures()['lab_mib']} MiB", f"{density()['peak_mib']} MiB"):  # the sizing comment follows them
+        assert quoted in text, f"jupyterhub/jupyterhub_config.py should say {quoted!r} (the figures changed)"
     # the idle culler runs as a hub service, from the hub's own Python, with the scopes it needs
     (culler,) = c.JupyterHub.services
     assert culler["command"][:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
