@@ -87,6 +87,9 @@ beyond_track() {  # notebooks 08-13 on a lab of their own, from nothing: papermi
   fi
   kill "$rec" 2>/dev/null; wait "$rec" 2>/dev/null
   python3 -m labkit status > "$ART/status-beyond.txt" 2>&1
+  echo "== leak scan of this lab's logs, before it is purged"
+  VSOLAB_EXECUTED="$ART/executed-beyond" VSOLAB_RECORDED="$ART/recorded-secrets-beyond.json" \
+    python3 -m pytest -q -p no:cacheprovider tests/test_executed.py -k logs || rc=1
   python3 -m labkit down --purge >/dev/null 2>&1
   return $rc
 }
@@ -146,10 +149,10 @@ for who in alice bob carol; do
     tests/test_executed.py -k "executed_notebook"
 done
 VSOLAB_EXECUTED="$ART/executed-beyond" VSOLAB_RECORDED="$ART/recorded-secrets-beyond.json" pytest_step -q -p no:cacheprovider \
-  tests/test_executed.py -k "executed_notebook or recorder"
+  tests/test_executed.py -k "executed_notebook or recorder or logs"
 VSOLAB_EXECUTED="$ART/browser" VSOLAB_RECORDED="$ART/browser/recorded-secrets.json" pytest_step -q -p no:cacheprovider \
-  tests/test_executed.py -k "executed_notebook or recorder"
+  tests/test_executed.py -k "executed_notebook or recorder or logs"
 VSOLAB_EXECUTED="$ART/learner-beyond/browser" VSOLAB_RECORDED="$ART/learner-beyond/browser/recorded-secrets.json" \
-  pytest_step -q -p no:cacheprovider tests/test_executed.py -k "executed_notebook or recorder"
+  pytest_step -q -p no:cacheprovider tests/test_executed.py -k "executed_notebook or recorder or logs"
 step "done: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status

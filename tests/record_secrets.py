@@ -3,7 +3,9 @@
 Watches the lab's Kubernetes Secrets (the KV values VSO syncs, the dynamic
 PostgreSQL credentials) and reads the lab's root token and PostgreSQL admin
 password, so tests/test_executed.py can scan outputs for the real values.
-Writes a 0600 JSON file outside the repository. Stops on SIGTERM.
+Writes a 0600 JSON file outside the repository (the values), and beside it ``<name>-usernames.json`` (those
+values that are database usernames: a database server logs them by design, so the log scan leaves them out).
+Stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def vault_values(state: State, namespaces: set[str]) -> set[str]:
     return out
 
 
+def usernames_file(out: str) -> str:
+    """Where :func:`main` writes the recorded values that are database usernames."""
+    return out[: -len(".json")] + "-usernames.json" if out.endswith(".json") else out + "-usernames"
+
+
 def pieces(value: str) -> set[str]:
     """The value, and for a PEM private key also each line of its body: an output that shows one line of a key leaks
     it as surely as one that shows all of it."""
@@ -73,6 +80,7 @@ def pieces(value: str) -> set[str]:
 def main(out: str) -> None:
     state = State()
     values: set[str] = set()
+    usernames: set[str] = set()
     stop = False
 
     def handle(*_: object) -> None:
@@ -82,10 +90,11 @@ def main(out: str) -> None:
     signal.signal(signal.SIGTERM, handle)
 
     def flush() -> None:
-        tmp = out + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            json.dump(sorted(values), fh)
-        os.replace(tmp, out)
+        for path, what in ((out, values), (usernames_file(out), usernames)):
+            tmp = path + ".tmp"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                json.dump(sorted(what), fh)
+            os.replace(tmp, path)
 
     while not stop:
         sec = state.secrets()
@@ -101,7 +110,10 @@ def main(out: str) -> None:
                 if keys:
                     for k, v in (s.data or {}).items():
                         if k in keys:
-                            values.update(pieces(base64.b64decode(v).decode(errors="replace")))
+                            value = base64.b64decode(v).decode(errors="replace")
+                            values.update(pieces(value))
+                            if k == "username":
+                                usernames.add(value)
             values.update(vault_values(state, {s.metadata.namespace for s in secrets}))
         except Exception:  # the lab restarts between notebooks; keep polling
             pass

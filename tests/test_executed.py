@@ -48,6 +48,32 @@ def test_no_credential_in_executed_notebook_or_widget_state(nb):
         assert value not in widget_state
 
 
+def _log_files() -> list[Path]:
+    """The lab's own logs (every component's, and every container's that the node agent kept: the operator's, the
+    app's), from its state directory (VSOLAB_STATE) or as copied beside the executed notebooks (``lab-logs/``: the
+    learner's path purges its lab), and this run's logs beside them (papermill's and pytest's output of each track)."""
+    state = os.environ.get("VSOLAB_STATE")
+    dirs = [Path(state) / "logs"] if state else []
+    files = [p for d in [*dirs, EXECUTED / "lab-logs"] if d.is_dir() for p in d.rglob("*") if p.is_file()]
+    return sorted(files) + sorted(EXECUTED.parent.glob("*.log"))
+
+
+def test_no_credential_in_the_labs_logs_or_the_runs_logs():
+    """Secrets never reach a log. Database usernames are left out: PostgreSQL logs a failed login by its user's
+    name, as it does on any server, and a username alone opens nothing."""
+    usernames = RECORDED.with_name(RECORDED.stem + "-usernames.json")
+    names = set(json.loads(usernames.read_text())) if usernames.exists() else set()
+    values = [v for v in secrets() if v not in names]
+    files = _log_files()
+    assert files, "no log to scan: the lab's state directory and the run's logs are both missing"
+    leaked = []
+    for path in files:
+        if path.stat().st_size < 50_000_000:
+            text = path.read_text(errors="ignore")
+            leaked += [f"{path.name}: {v[:4]}… ({len(v)} chars)" for v in values if v in text]
+    assert not leaked, f"generated credentials found in logs: {leaked}"
+
+
 def test_status_output_has_no_credential(tmp_path):
     out = subprocess.run(["python3", "-m", "labkit", "status"], capture_output=True, text=True).stdout
     status_file = EXECUTED.parent / "status.txt"

@@ -309,6 +309,8 @@ def test_every_notebook_in_jupyterlab_at_defaults_with_typed_solutions(base: Pat
             finally:
                 browser.close()
     finally:
+        if (state / "logs").is_dir():  # for the leak scan of the lab's logs (tests/test_executed.py), before the purge
+            shutil.copytree(state / "logs", out / "lab-logs", dirs_exist_ok=True)
         subprocess.run([sys.executable, "-m", "labkit", "--state", str(state), "down", "--purge"],
                        capture_output=True, timeout=300)
         (out / "timings.json").write_text(json.dumps(timings, indent=1))
