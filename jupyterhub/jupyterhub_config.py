@@ -121,6 +121,9 @@ async def stop_lab(spawner) -> None:  # type: ignore[no-untyped-def]
 
 c.JupyterHub.spawner_class = VsolabSpawner
 c.Spawner.cmd = [f"{ENV}/bin/jupyterhub-singleuser"]
+# Kernels over Unix sockets in a private 0700 directory, not TCP on 127.0.0.1, where every attendee on the host could
+# subscribe to another's output channel without its key (labkit/_kernels.py says more; labkit lab does the same).
+c.Spawner.args = ["--MultiKernelManager.kernel_manager_class=labkit._kernels_server.ServerPrivateKernelManager"]
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.default_url = f"/lab/tree/{NOTEBOOKS}"
 c.Spawner.notebook_dir = "~"

@@ -148,14 +148,21 @@ def cmd_run_notebooks(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def jupyterlab_argv(*, no_browser: bool = False, port: int | None = None) -> list[str]:
+    """``labkit lab``'s JupyterLab: on 127.0.0.1 only, on the notebooks, its kernels over Unix sockets only their
+    user can open (labkit/_kernels.py)."""
+    from ._kernels import SERVER_ARGS
+
+    nb = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+    return [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={nb}", *SERVER_ARGS,
+            *(["--no-browser"] if no_browser else []),
+            *([f"--ServerApp.port={port}", "--ServerApp.port_retries=0"] if port else [])]
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Start the lab, then JupyterLab on the notebooks (on 127.0.0.1 only)."""
     cmd_up(args)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    nb = os.path.join(here, "notebooks")
-    argv = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={nb}",
-            *(["--no-browser"] if args.no_browser else []),
-            *([f"--ServerApp.port={args.port}", "--ServerApp.port_retries=0"] if args.port else [])]
+    argv = jupyterlab_argv(no_browser=args.no_browser, port=args.port)
     if os.geteuid() == 0:
         # JupyterLab refuses root without --allow-root; containers, cloud VMs and CI run as root.
         print("labkit lab: running as root, so JupyterLab gets --allow-root. On a shared machine, run the lab as an "

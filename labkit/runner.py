@@ -33,6 +33,8 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from ._kernels import AsyncPrivateKernelManager
+
     solutions = solutions or ci
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,8 @@ def run_notebooks(output: str | Path, *, backend: str = "local", ci: bool = Fals
             _cells.fill_solutions(nb, source)
         try:
             pm.execute_notebook(str(source), str(out / nb.name), parameters=params, cwd=str(nb.parent), progress_bar=False,
-                                kernel_name="python3", request_save_on_cell_execute=True)
+                                kernel_name="python3", request_save_on_cell_execute=True,
+                                kernel_manager_class=AsyncPrivateKernelManager)  # no TCP: see labkit/_kernels.py
         except PapermillExecutionError as exc:
             status = f"FAILED at cell {exc.cell_index} ({exc.ename})"
             ok = False

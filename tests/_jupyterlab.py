@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import requests
 
+from labkit._kernels import SERVER_ARGS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -120,7 +122,7 @@ def serve(root: Path, base: Path, env: dict[str, str] | None = None) -> Iterator
             "JUPYTERLAB_WORKSPACES_DIR": str(base / "jl-ws"), "JUPYTER_RUNTIME_DIR": str(base / "jl-rt")}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.expose_app_in_browser=True"]
+           "--LabApp.expose_app_in_browser=True", *SERVER_ARGS]  # kernels as `labkit lab` runs them
     cmd += ["--allow-root"] if os.getuid() == 0 else []
     log_path = base / "jupyterlab.log"
     log = log_path.open("w")

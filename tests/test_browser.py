@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _jupyterlab import run_all, serve
+from _jupyterlab import run_all, serve, wait_until_run
 from _labs import lab_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +174,10 @@ def test_widgets_in_jupyterlab_in_headless_chromium(lab: Any, jupyter: tuple[str
             assert values.count() >= 2 and all(MASK in t for t in values.all_inner_texts())
             button = sv.locator("button.vsolab-reveal")
             assert button.is_enabled()
+            # A click is a comm message the kernel handles between cells: wait for Run All to finish (the later
+            # cells import plotly and draw three more views; on a busy machine that took over 10 s, and the test's
+            # 10 s wait for the reveal ran out while the click was still queued)
+            wait_until_run(page, 120, progress=lambda m: None)
             button.click()
             page.wait_for_selector(".vsolab-secret[data-revealed='1']", timeout=10_000)
             for _ in range(10):  # the credentials rotate every ~20s: compare with the Secret read at the same moment

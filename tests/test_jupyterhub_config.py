@@ -166,6 +166,9 @@ def test_the_single_host_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
     assert issubclass(c.JupyterHub.spawner_class, LocalProcessSpawner)
     assert c.Spawner.cmd == ["/opt/example/venv/bin/jupyterhub-singleuser"]
+    from labkit._kernels import SERVER_ARGS
+
+    assert c.Spawner.args == SERVER_ARGS  # kernels over private Unix sockets, as `labkit lab` runs them
     env = c.Spawner.environment
     assert env["VSOLAB_CACHE"] == "/opt/example/cache" and env["PATH"].startswith("/opt/example/venv/bin:")
     assert callable(env["VSOLAB_STATE"])

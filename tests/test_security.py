@@ -120,12 +120,20 @@ def mode(path: Path) -> int:
 # -- listeners ---------------------------------------------------------------------------------------------------
 def test_every_listener_is_on_loopback_and_every_lab_port_is_the_labs(lab: LocalLab, recorder: Recorder) -> None:
     n = lab.names
-    pods = k8s.pods(lab.kube, n.dynamic_ns, f"app={n.app}")
-    assert pods, "the app runs, so its port is checked too"
-    pod_ports = {int((p.metadata.annotations or {})[PORT_ANNOTATION]) for p in pods}
+
+    def app_ports() -> dict[str, int]:  # the Ready app pods (not ones starting or going away), by uid
+        return {p.metadata.uid: int((p.metadata.annotations or {})[PORT_ANNOTATION])
+                for p in k8s.ready_pods(lab.kube, n.dynamic_ns, f"app={n.app}")}
+
+    before = app_ports()
+    assert before, "the app runs, so its port is checked too"
     pids = lab_pids(lab)
     sockets = [c for c in psutil.net_connections(kind="inet") if c.pid in pids
                and (c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr))]
+    # The app rolls at every credential rotation (every ~30 s at CI parameters): a pod listed before the sockets were
+    # read may have gone by then, with its port. Only the pods there before and after count (a clean-clone CI run failed on that).
+    after = app_ports()
+    pod_ports = {port for uid, port in before.items() if uid in after}
     off_loopback = [(psutil.Process(c.pid).name(), c.laddr) for c in sockets if c.laddr.ip != "127.0.0.1"]
     assert not off_loopback, f"listening beyond 127.0.0.1: {off_loopback}"
     mine = {c.laddr.port for c in sockets}
