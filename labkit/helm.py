@@ -168,7 +168,8 @@ def write_post_renderer(state: State, args: list[str]) -> Path:
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, str(POST_RENDERER), *args])
     text = ("#!/bin/sh\n# The lab's Helm post-renderer (written by labkit; see labkit/helm_postrender.py): it sets\n"
             "# kube-rbac-proxy's addresses to this lab's loopback ports, which the chart has no value for, and\n"
-            "# probes the manager's readiness after 1 s and every 1 s (the chart: after 5 s, every 10 s).\n"
+            f"# probes the manager's readiness after {READINESS_PROBE['initialDelaySeconds']} s and every "
+            f"{READINESS_PROBE['periodSeconds']} s (the chart: after 5 s, every 10 s).\n"
             f"exec {cmd}\n") if args else (
             "#!/bin/sh\n# The lab's Helm post-renderer (written by labkit): on this backend the manifests pass\n"
             "# through unchanged.\nexec cat\n")
